@@ -1,0 +1,162 @@
+/*
+ * umas.h - public C API of the umas engine: fairchem's UMA-S (eSCN-MD + MoLE) potentials.
+ *
+ * Life cycle:
+ *
+ *     umas_error err;
+ *     umas_model *model = umas_model_load("uma.safetensors", &err);   // the file: all experts
+ *     umas_system sys = {.task = "omat", .charge = 0, .spin = 0,
+ *                        .num_atoms = n, .atomic_numbers = z};
+ *     umas_options opt = {.backend = "general", .device = "cpu"};
+ *     umas_context *ctx = umas_context_create(model, &sys, &opt, &err);  // MoLE merge, once
+ *     umas_graph graph = {...};             // nodes and directed edges, built by the caller
+ *     umas_result result = {.node_energy = per_atom};   // outputs the caller wants
+ *     umas_compute(ctx, &graph, &result, &err);          // every timestep
+ *     umas_context_free(ctx);
+ *     umas_model_free(model);
+ *
+ * Every function that can fail returns NULL or a non-zero status and writes a message that says
+ * what went wrong and what to do into *err (err may be NULL). Nothing here prints or exits.
+ * Units are fairchem's: eV, Angstrom, eV/Angstrom.
+ *
+ * A model may be shared by several contexts; a context is used by one thread at a time.
+ */
+#ifndef UMAS_H
+#define UMAS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct umas_error {
+    char message[512];
+} umas_error;
+
+/* ---------------------------------------------------------------------------------------------
+ * Model file: a safetensors file written by umas-convert (docs/model-format.md).
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct umas_model umas_model;
+
+typedef struct umas_model_info {
+    const char *model_id;   /* e.g. "UMA-S-1.2.1" */
+    int sphere_channels;    /* C */
+    int hidden_channels;    /* H */
+    int edge_channels;      /* Ce, also the radial MLP hidden width */
+    int lmax, mmax;         /* 2, 2 (the only supported values) */
+    int num_layers;         /* eSCN-MD blocks */
+    int num_distance_basis; /* B Gaussians */
+    int num_experts;        /* K, backbone MoLE experts */
+    int max_num_elements;   /* rows of the element embeddings (atomic numbers 1..this-1) */
+    int max_neighbors;      /* fairchem's per-atom neighbour limit (section 1.3 of the spec) */
+    double cutoff;          /* Angstrom */
+    int num_tasks;          /* tasks (datasets) the model can be run as */
+} umas_model_info;
+
+/* Loads and validates a model file (every tensor's name, dtype and shape). */
+umas_model *umas_model_load(const char *path, umas_error *err);
+void umas_model_free(umas_model *model);
+
+const umas_model_info *umas_model_get_info(const umas_model *model);
+/* Name of task i, 0 <= i < num_tasks, e.g. "omat", "omol". */
+const char *umas_model_task_name(const umas_model *model, int i);
+/* Bytes of the model's tensors (all experts). */
+size_t umas_model_bytes(const umas_model *model);
+
+/* fairchem's default spin multiplicity for a task: 1 for omol, 0 for the others. */
+int umas_default_spin(const char *task);
+
+/* ---------------------------------------------------------------------------------------------
+ * Context: the model specialised (MoLE-merged) for one system and one backend.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct umas_context umas_context;
+
+/* What the MoLE merge depends on. Describes the WHOLE system (all MPI ranks), not a subdomain. */
+typedef struct umas_system {
+    const char *task;           /* one of umas_model_task_name() */
+    int charge;                 /* total charge, -100..100 */
+    int spin;                   /* spin multiplicity, 0..100 (see umas_default_spin) */
+    int num_atoms;              /* atoms in the whole system, > 0 */
+    const int *atomic_numbers;  /* [num_atoms], or NULL when element_counts is given */
+    const int *element_counts;  /* [max_num_elements] atoms per atomic number, or NULL */
+} umas_system;
+
+typedef struct umas_options {
+    const char *backend; /* "general" (default when NULL) */
+    const char *device;  /* "cpu" (default when NULL) */
+} umas_options;
+
+umas_context *umas_context_create(const umas_model *model, const umas_system *system,
+                                  const umas_options *options, umas_error *err);
+void umas_context_free(umas_context *ctx);
+
+/* Expert mixing coefficients of the merge: [num_experts]. */
+const double *umas_context_expert_coefficients(const umas_context *ctx);
+/* Bytes held by the context (merged weights and work buffers). */
+size_t umas_context_bytes(const umas_context *ctx);
+
+/* ---------------------------------------------------------------------------------------------
+ * Compute: one energy evaluation on a graph supplied by the caller.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Nodes are atoms; edge e carries a message from node edge_source[e] (j, the sender) to node
+ * edge_target[e] (i, the receiver). edge_vector[e] = r_j - r_i + shift, the vector from the
+ * receiver to the sender's (periodic image) position, exactly as fairchem defines it. Every
+ * pair within the cutoff must appear in both directions. */
+typedef struct umas_graph {
+    int num_nodes;             /* N */
+    int num_energy_nodes;      /* nodes [0, num_energy_nodes) count toward the energy */
+    const int *atomic_numbers; /* [N] */
+    int num_edges;             /* E */
+    const int *edge_source;    /* [E] */
+    const int *edge_target;    /* [E] */
+    const double *edge_vector; /* [E][3] Angstrom */
+} umas_graph;
+
+typedef struct umas_result {
+    double energy;       /* out: eV, sum over energy nodes, with element references */
+    double *node_energy; /* out, optional [N]: eV per node (0 for nodes past num_energy_nodes) */
+} umas_result;
+
+int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result,
+                 umas_error *err);
+
+/* ---------------------------------------------------------------------------------------------
+ * Utilities for callers that do not have a neighbour list of their own (umas-eval, tests).
+ * ------------------------------------------------------------------------------------------- */
+
+/* Chemical symbol <-> atomic number (1..118). Returns 0 / NULL when unknown. */
+int umas_element_number(const char *symbol);
+const char *umas_element_symbol(int atomic_number);
+
+/* Directed edges of a (periodic) structure, in fairchem's convention. */
+typedef struct umas_edge_list {
+    int num_edges;
+    int *source;     /* [E] j */
+    int *target;     /* [E] i */
+    int *cell_shift; /* [E][3] integer image n of the source: its image is at r_j + n . cell */
+    double *vector;  /* [E][3] r_j - r_i + n . cell */
+} umas_edge_list;
+
+/* All ordered pairs (j, i, n) with 0 < |r_j + n.cell - r_i| <= cutoff, over every periodic image
+ * along the periodic directions (any triclinic cell; cells smaller than the cutoff included).
+ * cell rows are the lattice vectors; it is ignored along non-periodic directions. */
+int umas_build_edges(int num_atoms, const double *positions, const double cell[9],
+                     const int pbc[3], double cutoff, umas_edge_list *edges, umas_error *err);
+void umas_edge_list_free(umas_edge_list *edges);
+
+/* fairchem's max_neighbors rule (spec section 1.3, enforce_strictly = False): if some target atom
+ * has more than max_neighbors incoming edges, keep for each such atom the edges whose squared
+ * length is <= (squared length of its (max_neighbors+1)-th nearest) + 0.01 A^2; other atoms keep
+ * all. Removes edges in place, keeps the order of the rest. Returns how many atoms were cut. */
+int umas_limit_neighbors(umas_edge_list *edges, int num_atoms, int max_neighbors);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UMAS_H */
