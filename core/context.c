@@ -1,0 +1,199 @@
+/* context.c - context life cycle (validation, MoLE merge, backend choice) and umas_compute. */
+#include "context.h"
+
+#include "error.h"
+#include "mole.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+static const umas_backend *const backends[] = {&umas_backend_general_cpu};
+
+static const umas_backend *find_backend(const char *name, const char *device, umas_error *err) {
+    if (!name)
+        name = "general";
+    if (!device)
+        device = "cpu";
+    int known_name = 0;
+    for (size_t i = 0; i < sizeof backends / sizeof backends[0]; i++) {
+        if (strcmp(backends[i]->name, name) != 0)
+            continue;
+        known_name = 1;
+        if (strcmp(backends[i]->device, device) == 0)
+            return backends[i];
+    }
+    if (known_name)
+        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on cpu)",
+                  name, device);
+    else
+        umas_fail(err, "unknown backend '%s' (this build has: general)", name);
+    return NULL;
+}
+
+/* Atoms per atomic number of the whole system, validated against the element table. */
+static int *composition(const umas_model *model, const umas_system *sys, umas_error *err) {
+    int z_max = model->info.max_num_elements;
+    int *counts = calloc((size_t)z_max, sizeof(int));
+    if (!counts)
+        return umas_fail(err, "out of memory"), NULL;
+    long total = 0;
+    if (sys->atomic_numbers) {
+        for (int i = 0; i < sys->num_atoms; i++) {
+            int z = sys->atomic_numbers[i];
+            if (z < 1 || z >= z_max) {
+                free(counts);
+                return umas_fail(err, "atom %d has atomic number %d; the model knows 1..%d", i, z,
+                                 z_max - 1),
+                       NULL;
+            }
+            counts[z]++;
+        }
+        total = sys->num_atoms;
+    } else {
+        for (int z = 0; z < z_max; z++) {
+            int n = sys->element_counts[z];
+            if (n < 0 || (n > 0 && z == 0)) {
+                free(counts);
+                return umas_fail(err, "element count %d for atomic number %d is invalid", n, z),
+                       NULL;
+            }
+            counts[z] = n;
+            total += n;
+        }
+    }
+    if (total != sys->num_atoms) {
+        free(counts);
+        return umas_fail(err, "element counts sum to %ld atoms, the system has %d", total,
+                         sys->num_atoms),
+               NULL;
+    }
+    return counts;
+}
+
+static int check_system(const umas_model *model, const umas_system *sys, umas_error *err) {
+    if (!sys->task)
+        return umas_fail(err, "no task given (the model has e.g. '%s')", model->tasks[0].name);
+    if (!umas_model_find_task(model, sys->task)) {
+        char names[256] = "";
+        for (int i = 0; i < model->num_tasks; i++) {
+            size_t used = strlen(names);
+            snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                     model->tasks[i].name);
+        }
+        return umas_fail(err, "the model has no task '%s' (it has: %s)", sys->task, names);
+    }
+    if (sys->charge < -100 || sys->charge > 100)
+        return umas_fail(err, "charge %d is outside the model's range -100..100", sys->charge);
+    if (sys->spin < 0 || sys->spin > 100)
+        return umas_fail(err, "spin multiplicity %d is outside the model's range 0..100",
+                         sys->spin);
+    if (sys->num_atoms <= 0)
+        return umas_fail(err, "the system has no atoms (%d)", sys->num_atoms);
+    if (!sys->atomic_numbers && !sys->element_counts)
+        return umas_fail(err, "the system needs atomic_numbers or element_counts");
+    return 0;
+}
+
+umas_context *umas_context_create(const umas_model *model, const umas_system *sys,
+                                  const umas_options *options, umas_error *err) {
+    if (!model || !sys)
+        return umas_fail(err, "umas_context_create: model and system are required"), NULL;
+    if (check_system(model, sys, err))
+        return NULL;
+    const umas_backend *backend =
+        find_backend(options ? options->backend : NULL, options ? options->device : NULL, err);
+    if (!backend)
+        return NULL;
+    int *counts = composition(model, sys, err);
+    if (!counts)
+        return NULL;
+    umas_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        free(counts);
+        return umas_fail(err, "out of memory"), NULL;
+    }
+    ctx->model = model;
+    ctx->task = umas_model_find_task(model, sys->task);
+    ctx->backend = backend;
+    ctx->charge = sys->charge;
+    ctx->spin = sys->spin;
+    ctx->num_atoms = sys->num_atoms;
+    ctx->expert_coefficients = calloc((size_t)model->info.num_experts, sizeof(double));
+    ctx->routing_input = calloc(2 * (size_t)model->info.sphere_channels, sizeof(double));
+    int failed = !ctx->expert_coefficients || !ctx->routing_input;
+    if (failed)
+        umas_fail(err, "out of memory");
+    else
+        failed = umas_merge(model, ctx->task, sys->charge, sys->spin, counts, sys->num_atoms,
+                            &ctx->weights, ctx->expert_coefficients, ctx->routing_input, err) ||
+                 backend->create(ctx, err);
+    free(counts);
+    if (failed) {
+        umas_context_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void umas_context_free(umas_context *ctx) {
+    if (!ctx)
+        return;
+    if (ctx->backend_state)
+        ctx->backend->destroy(ctx);
+    umas_weights_free(&ctx->weights);
+    free(ctx->expert_coefficients);
+    free(ctx->routing_input);
+    free(ctx->trace);
+    free(ctx);
+}
+
+const double *umas_context_expert_coefficients(const umas_context *ctx) {
+    return ctx->expert_coefficients;
+}
+
+size_t umas_context_bytes(const umas_context *ctx) {
+    return ctx->weights.bytes + ctx->backend->bytes(ctx);
+}
+
+/* Everything a backend may rely on: indices in range, finite non-zero edge vectors. */
+static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error *err) {
+    int z_max = ctx->model->info.max_num_elements;
+    if (g->num_nodes < 0 || g->num_edges < 0 || g->num_energy_nodes < 0 ||
+        g->num_energy_nodes > g->num_nodes)
+        return umas_fail(err, "graph: bad sizes (%d nodes, %d energy nodes, %d edges)",
+                         g->num_nodes, g->num_energy_nodes, g->num_edges);
+    if (g->num_nodes > 0 && !g->atomic_numbers)
+        return umas_fail(err, "graph: atomic_numbers missing");
+    if (g->num_edges > 0 && (!g->edge_source || !g->edge_target || !g->edge_vector))
+        return umas_fail(err, "graph: edge arrays missing");
+    for (int n = 0; n < g->num_nodes; n++)
+        if (g->atomic_numbers[n] < 1 || g->atomic_numbers[n] >= z_max)
+            return umas_fail(err, "atom %d has atomic number %d; the model knows 1..%d", n,
+                             g->atomic_numbers[n], z_max - 1);
+    for (int e = 0; e < g->num_edges; e++) {
+        int s = g->edge_source[e], t = g->edge_target[e];
+        if (s < 0 || s >= g->num_nodes || t < 0 || t >= g->num_nodes)
+            return umas_fail(err, "edge %d connects nodes %d -> %d outside 0..%d", e, s, t,
+                             g->num_nodes - 1);
+        const double *r = g->edge_vector + 3 * (size_t)e;
+        double d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+        if (!isfinite(d2))
+            return umas_fail(err, "edge %d (atoms %d -> %d) has a non-finite vector: NaN or inf"
+                                  " positions?", e, s, t);
+        if (d2 == 0.0)
+            return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)",
+                             e, s, t);
+    }
+    return 0;
+}
+
+int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result,
+                 umas_error *err) {
+    if (!ctx || !graph || !result)
+        return umas_fail(err, "umas_compute: context, graph and result are required");
+    if (check_graph(ctx, graph, err))
+        return -1;
+    return ctx->backend->compute(ctx, graph, result, err);
+}

@@ -1,0 +1,47 @@
+/* edgewise.h - the message part of an eSCN-MD block, on a chunk of edges (spec 7.2), and the
+ * edge-degree embedding (spec 6). Straightforward "general" form: dense per-edge rotations,
+ * SO(2) convolutions as GEMMs over the chunk, scatter-add into the receivers. */
+#ifndef UMAS_EDGEWISE_H
+#define UMAS_EDGEWISE_H
+
+#include "weights.h"
+#include "wigner.h"
+
+/* M-order position p holds L-order coefficient umas_m_to_l[p] (spec 2.2):
+ * p: l0m0 l1m0 l2m0 l1m+1 l2m+1 l1m-1 l2m-1 l2m+2 l2m-2. */
+extern const int umas_m_to_l[9];
+
+/* A chunk of edges with their geometry. */
+typedef struct umas_edge_chunk {
+    int count;
+    const int *source;           /* [n] sender j */
+    const int *target;           /* [n] receiver i */
+    const umas_wigner *wigner;   /* [n] */
+    const double *envelope;      /* [n] */
+} umas_edge_chunk;
+
+/* Work space for umas_edgewise_forward on chunks of up to n edges. */
+typedef struct umas_edgewise_work {
+    double *rotated;   /* [n][9][2C] gathered [source | target], rotated, M-order */
+    double *conv1_m0;  /* [n][2H + 3H] */
+    double *gated;     /* [n][9][H] conv1 output (M-order), gated in place */
+    double *product_r; /* [n][4 max(C, H)] x_r W^T of the m > 0 convolutions */
+    double *product_i; /* [n][4 max(C, H)] x_i W^T */
+    double *messages;  /* [n][9][C] conv2 output (M-order) */
+} umas_edgewise_work;
+
+size_t umas_edgewise_work_doubles(int n, int C, int H);
+void umas_edgewise_work_bind(umas_edgewise_work *work, double *memory, int n, int C, int H);
+
+/* x_out[target] += env * D^T conv2(gate(conv1(to_m D [x[source] | x[target]] * radial))) for
+ * every edge of the chunk. radial: [n][12C], conv1's per-(m, l, channel) scales.
+ * x, x_out: [N][9][C], L-order. */
+void umas_edgewise_forward(const umas_block_weights *b, int C, int H,
+                           const umas_edge_chunk *edges, const double *radial, const double *x,
+                           double *x_out, umas_edgewise_work *work);
+
+/* x_out[target] += (env / 5) * sum_l rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]. */
+void umas_edge_degree_forward(int C, const umas_edge_chunk *edges, const double *radial,
+                              double *x_out);
+
+#endif

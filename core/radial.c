@@ -1,0 +1,40 @@
+/* radial.c - Gaussian distance basis and polynomial envelope (spec sections 4.1, 4.2). */
+#include "radial.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+int umas_gaussian_basis_init(umas_gaussian_basis *basis, int num_basis, double cutoff) {
+    basis->num_basis = num_basis;
+    basis->offsets = malloc(sizeof(double) * (size_t)num_basis);
+    if (!basis->offsets)
+        return -1;
+    /* torch.linspace: the first half counts up from the start, the second half down from the
+     * end, so the last offset is exactly the cutoff. */
+    double step = cutoff / (num_basis - 1);
+    for (int k = 0; k < num_basis; k++)
+        basis->offsets[k] = (k < num_basis / 2) ? k * step : cutoff - (num_basis - 1 - k) * step;
+    double delta = basis->offsets[1] - basis->offsets[0];
+    basis->coeff = -0.5 / ((2.0 * delta) * (2.0 * delta));
+    return 0;
+}
+
+void umas_gaussian_basis_free(umas_gaussian_basis *basis) {
+    free(basis->offsets);
+    basis->offsets = NULL;
+}
+
+void umas_gaussian_forward(const umas_gaussian_basis *basis, double d, double *g) {
+    for (int k = 0; k < basis->num_basis; k++) {
+        double x = d - basis->offsets[k];
+        g[k] = exp(basis->coeff * x * x);
+    }
+}
+
+double umas_envelope(double d, double cutoff) {
+    double x = d / cutoff;
+    if (x >= 1.0)
+        return 0.0;
+    double x5 = x * x * x * x * x;
+    return 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x;
+}

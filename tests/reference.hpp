@@ -1,0 +1,165 @@
+// reference.hpp - the shared fairchem reference cases (tests/data/<model>/<case>/) and the
+// converted reference models, for the GoogleTest suites.
+//
+// Data layout and provenance: tests/data/REFERENCE-README.md. Ground truth = the *_f64 arrays,
+// computed by fairchem in float64.
+#ifndef UMAS_TESTS_REFERENCE_HPP
+#define UMAS_TESTS_REFERENCE_HPP
+
+#include "npy.hpp"
+#include "umas.h"
+
+#include <cjson/cJSON.h>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+inline std::string test_data_dir() {
+    const char *env = std::getenv("UMAS_TEST_DATA");
+    return env ? env : UMAS_TEST_DATA_DIR;
+}
+
+// Converted models (tiny, tiny_v12, umas), written by the ctest fixture convert_reference_models.
+inline std::string test_models_dir() {
+    const char *env = std::getenv("UMAS_TEST_MODELS");
+    return env ? env : UMAS_TEST_MODELS_DIR;
+}
+
+inline bool file_exists(const std::string &path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0;
+}
+
+inline std::string model_path(const std::string &model) {
+    return test_models_dir() + "/" + model + ".safetensors";
+}
+
+inline std::string read_text(const std::string &path) {
+    std::ifstream in(path);
+    if (!in)
+        throw std::runtime_error("cannot read " + path);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// One reference structure with fairchem's float64 results.
+struct ReferenceCase {
+    std::string model, name, dir;
+    std::string task;
+    int charge = 0, spin = 0;
+    int num_atoms = 0;
+    std::vector<int> atomic_numbers;
+    std::vector<double> positions; // [N][3]
+    std::vector<double> cell;      // [3][3] rows = lattice vectors
+    int pbc[3] = {0, 0, 0};
+    double energy = 0;                   // eV, float64 reference
+    std::vector<double> per_atom_energy; // eV
+
+    std::string file(const std::string &name_in_case) const {
+        return dir + "/" + name_in_case;
+    }
+};
+
+inline ReferenceCase load_case(const std::string &model, const std::string &name) {
+    ReferenceCase c;
+    c.model = model;
+    c.name = name;
+    c.dir = test_data_dir() + "/" + model + "/" + name;
+    cJSON *meta = cJSON_Parse(read_text(c.dir + "/meta.json").c_str());
+    if (!meta)
+        throw std::runtime_error("bad meta.json in " + c.dir);
+    c.task = cJSON_GetObjectItem(meta, "task")->valuestring;
+    c.charge = (int)cJSON_GetObjectItem(meta, "charge")->valuedouble;
+    c.spin = (int)cJSON_GetObjectItem(meta, "spin")->valuedouble;
+    c.energy = cJSON_GetObjectItem(cJSON_GetObjectItem(meta, "energy_eV"), "f64")->valuedouble;
+    cJSON_Delete(meta);
+
+    NpyArray z = npy_load(c.file("atomic_numbers.npy"));
+    NpyArray pos = npy_load(c.file("positions.npy"));
+    NpyArray cell = npy_load(c.file("cell.npy"));
+    NpyArray pbc = npy_load(c.file("pbc.npy"));
+    c.num_atoms = (int)z.size();
+    for (double v : z.values)
+        c.atomic_numbers.push_back((int)v);
+    c.positions = pos.values;
+    c.cell = cell.values;
+    for (int k = 0; k < 3; k++)
+        c.pbc[k] = pbc.values[k] != 0;
+    c.per_atom_energy = npy_load(c.file("per_atom_energy_f64.npy")).values;
+    return c;
+}
+
+// Every reference case of a model (directory names under tests/data/<model>/).
+inline std::vector<std::string> case_names(const std::string &model) {
+    if (model == "tiny_v12")
+        return {"a_cu_fcc_108", "c_molecule_q0_s1"}; // the only tiny_v12 cases shipped
+    return {"a_cu_fcc_108",     "b_triclinic_perovskite_60", "c_molecule_q0_s1",
+            "c_molecule_q1_s2", "d_isolated_atom",           "e_si_primitive_2",
+            "f_cu_fcc_2000"};
+}
+
+// Owns a model, a context for one case, and the case's graph (built by umas_build_edges).
+struct Evaluation {
+    umas_model *model = nullptr;
+    umas_context *ctx = nullptr;
+    umas_edge_list edges = {};
+    umas_error err = {};
+
+    Evaluation() = default;
+    Evaluation(const Evaluation &) = delete;
+    Evaluation &operator=(const Evaluation &) = delete;
+    ~Evaluation() {
+        umas_edge_list_free(&edges);
+        umas_context_free(ctx);
+        umas_model_free(model);
+    }
+
+    // Loads the model and merges it for the case; builds the case's edges. Throws on error.
+    void setup(const std::string &model_file, const ReferenceCase &c,
+               const char *backend = "general") {
+        model = umas_model_load(model_file.c_str(), &err);
+        if (!model)
+            throw std::runtime_error(err.message);
+        umas_system sys = {c.task.c_str(), c.charge, c.spin, c.num_atoms,
+                           c.atomic_numbers.data(), nullptr};
+        umas_options opt = {backend, "cpu"};
+        ctx = umas_context_create(model, &sys, &opt, &err);
+        if (!ctx)
+            throw std::runtime_error(err.message);
+        for (int k = 0; k < 3; k++)
+            pbc[k] = c.pbc[k];
+        rebuild_edges(c.positions, c.cell);
+    }
+
+    // Edges of a (moved) structure with the case's periodicity.
+    void rebuild_edges(const std::vector<double> &positions, const std::vector<double> &cell) {
+        umas_edge_list_free(&edges);
+        if (umas_build_edges((int)positions.size() / 3, positions.data(), cell.data(), pbc,
+                             umas_model_get_info(model)->cutoff, &edges, &err))
+            throw std::runtime_error(err.message);
+    }
+
+    // Energy (eV) and per-atom energies of the current edges.
+    double energy(const std::vector<int> &atomic_numbers, std::vector<double> *per_atom) {
+        std::vector<double> node_energy(atomic_numbers.size());
+        umas_graph g = {(int)atomic_numbers.size(), (int)atomic_numbers.size(),
+                        atomic_numbers.data(),      edges.num_edges,
+                        edges.source,               edges.target,
+                        edges.vector};
+        umas_result r = {0, node_energy.data()};
+        if (umas_compute(ctx, &g, &r, &err))
+            throw std::runtime_error(err.message);
+        if (per_atom)
+            *per_atom = node_energy;
+        return r.energy;
+    }
+
+    int pbc[3] = {0, 0, 0};
+};
+
+#endif
