@@ -154,8 +154,7 @@ static void radial_input(general_state *s, const umas_weights *w, const umas_gra
         int zs = g->atomic_numbers[g->edge_source[e]], zt = g->atomic_numbers[g->edge_target[e]];
         umas_gaussian_forward(&s->basis, s->distance[e], a);
         memcpy(a + w->B, w->source_embedding + (size_t)zs * w->Ce, sizeof(double) * w->Ce);
-        memcpy(a + w->B + w->Ce, w->target_embedding + (size_t)zt * w->Ce,
-               sizeof(double) * w->Ce);
+        memcpy(a + w->B + w->Ce, w->target_embedding + (size_t)zt * w->Ce, sizeof(double) * w->Ce);
     }
 }
 
@@ -174,8 +173,7 @@ static void record_trace(umas_context *ctx, int stage, const double *x, int node
 
 /* Charge/spin balancing of l = 0 channels (spec 8): their sums over the system become
  * charge (resp. spin - 1). */
-static void balance(const int *channels, int count, double target, double *h, int nodes,
-                    int C) {
+static void balance(const int *channels, int count, double target, double *h, int nodes, int C) {
     for (int k = 0; k < count; k++) {
         int c = channels[k];
         double sum = 0;

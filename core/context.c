@@ -180,8 +180,10 @@ static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error 
         const double *r = g->edge_vector + 3 * (size_t)e;
         double d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
         if (!isfinite(d2))
-            return umas_fail(err, "edge %d (atoms %d -> %d) has a non-finite vector: NaN or inf"
-                                  " positions?", e, s, t);
+            return umas_fail(err,
+                             "edge %d (atoms %d -> %d) has a non-finite vector: NaN or inf"
+                             " positions?",
+                             e, s, t);
         if (d2 == 0.0)
             return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)",
                              e, s, t);
@@ -189,8 +191,7 @@ static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error 
     return 0;
 }
 
-int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result,
-                 umas_error *err) {
+int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err) {
     if (!ctx || !graph || !result)
         return umas_fail(err, "umas_compute: context, graph and result are required");
     if (check_graph(ctx, graph, err))

@@ -130,9 +130,9 @@ static void gate_forward(int n, int H, const double *conv1_m0, double *o) {
     }
 }
 
-void umas_edgewise_forward(const umas_block_weights *b, int C, int H,
-                           const umas_edge_chunk *edges, const double *radial, const double *x,
-                           double *x_out, umas_edgewise_work *work) {
+void umas_edgewise_forward(const umas_block_weights *b, int C, int H, const umas_edge_chunk *edges,
+                           const double *radial, const double *x, double *x_out,
+                           umas_edgewise_work *work) {
     int n = edges->count;
     double *y = work->rotated, *o = work->gated, *z = work->messages;
 

@@ -14,10 +14,10 @@ extern const int umas_m_to_l[9];
 /* A chunk of edges with their geometry. */
 typedef struct umas_edge_chunk {
     int count;
-    const int *source;           /* [n] sender j */
-    const int *target;           /* [n] receiver i */
-    const umas_wigner *wigner;   /* [n] */
-    const double *envelope;      /* [n] */
+    const int *source;         /* [n] sender j */
+    const int *target;         /* [n] receiver i */
+    const umas_wigner *wigner; /* [n] */
+    const double *envelope;    /* [n] */
 } umas_edge_chunk;
 
 /* Work space for umas_edgewise_forward on chunks of up to n edges. */
@@ -36,9 +36,9 @@ void umas_edgewise_work_bind(umas_edgewise_work *work, double *memory, int n, in
 /* x_out[target] += env * D^T conv2(gate(conv1(to_m D [x[source] | x[target]] * radial))) for
  * every edge of the chunk. radial: [n][12C], conv1's per-(m, l, channel) scales.
  * x, x_out: [N][9][C], L-order. */
-void umas_edgewise_forward(const umas_block_weights *b, int C, int H,
-                           const umas_edge_chunk *edges, const double *radial, const double *x,
-                           double *x_out, umas_edgewise_work *work);
+void umas_edgewise_forward(const umas_block_weights *b, int C, int H, const umas_edge_chunk *edges,
+                           const double *radial, const double *x, double *x_out,
+                           umas_edgewise_work *work);
 
 /* x_out[target] += (env / 5) * sum_l rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]. */
 void umas_edge_degree_forward(int C, const umas_edge_chunk *edges, const double *radial,

@@ -45,7 +45,8 @@ static double norm(const double a[3]) {
     return sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
 }
 
-static double det3(double m[3][3]) /* not const: C11 cannot pass double[3][3] as const */ {
+/* m is not const: C11 does not convert double (*)[3] to const double (*)[3]. */
+static double det3(double m[3][3]) {
     return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
            m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
            m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
@@ -232,8 +233,8 @@ void umas_edge_list_free(umas_edge_list *edges) {
     memset(edges, 0, sizeof *edges);
 }
 
-int umas_build_edges(int num_atoms, const double *positions, const double cell[9],
-                     const int pbc[3], double cutoff, umas_edge_list *edges, umas_error *err) {
+int umas_build_edges(int num_atoms, const double *positions, const double cell[9], const int pbc[3],
+                     double cutoff, umas_edge_list *edges, umas_error *err) {
     if (edges == NULL) {
         return set_error(err, "umas_build_edges: edges is NULL");
     }
@@ -254,8 +255,8 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     for (int i = 0; i < num_atoms; i++) {
         const double *r = positions + 3 * (size_t)i;
         if (!isfinite(r[0]) || !isfinite(r[1]) || !isfinite(r[2])) {
-            return set_error(err, "the position of atom %d is not finite (%g %g %g)", i, r[0],
-                             r[1], r[2]);
+            return set_error(err, "the position of atom %d is not finite (%g %g %g)", i, r[0], r[1],
+                             r[2]);
         }
     }
     int periodic[3];
@@ -278,19 +279,19 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     const double rc2 = cutoff * cutoff;
 
     int status = -1;
-    double *frac = NULL;        /* [N][3] fractional coordinates of the atoms */
-    int *image_lo = NULL;       /* [N][3] first image n along each direction */
-    int *image_hi = NULL;       /* [N][3] last image n along each direction */
-    int *ghost_atom = NULL;     /* [G] atom of each ghost; ghosts are ordered by (atom, n) */
-    int *ghost_shift = NULL;    /* [G][3] its image n */
-    size_t *ghost_bin = NULL;   /* [G] its bin */
-    size_t *bin_start = NULL;   /* [B+1] first entry of each bin in the by_bin arrays */
-    int *by_bin_ghost = NULL;   /* [G] ghosts ordered by bin */
-    int *by_bin_atom = NULL;    /* [G] their atoms */
+    double *frac = NULL;         /* [N][3] fractional coordinates of the atoms */
+    int *image_lo = NULL;        /* [N][3] first image n along each direction */
+    int *image_hi = NULL;        /* [N][3] last image n along each direction */
+    int *ghost_atom = NULL;      /* [G] atom of each ghost; ghosts are ordered by (atom, n) */
+    int *ghost_shift = NULL;     /* [G][3] its image n */
+    size_t *ghost_bin = NULL;    /* [G] its bin */
+    size_t *bin_start = NULL;    /* [B+1] first entry of each bin in the by_bin arrays */
+    int *by_bin_ghost = NULL;    /* [G] ghosts ordered by bin */
+    int *by_bin_atom = NULL;     /* [G] their atoms */
     double *by_bin_shift = NULL; /* [G][3] their shifts n . cell (periodic directions only) */
-    int *atom_bin = NULL;       /* [N][3] bin coordinates of each atom (its n = 0 image) */
-    uint64_t *hits = NULL;      /* [hit_cap] neighbours of the current target: ghost << 32 | slot */
-    double *hit_vector = NULL;  /* [hit_cap][3] their edge vectors, by slot */
+    int *atom_bin = NULL;        /* [N][3] bin coordinates of each atom (its n = 0 image) */
+    uint64_t *hits = NULL;     /* [hit_cap] neighbours of the current target: ghost << 32 | slot */
+    double *hit_vector = NULL; /* [hit_cap][3] their edge vectors, by slot */
     size_t hit_cap = 0, capacity = 0, num_edges = 0;
 
     frac = malloc((size_t)num_atoms * 3 * sizeof(double));
@@ -459,7 +460,9 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
         }
         double expected = (double)num_ghosts / region * 4.18879 * cutoff * cutoff * cutoff;
         double guess = num_atoms * (1.1 * (isfinite(expected) ? expected : 0) + 8) + 256;
-        guess = guess < (double)INT32_MAX ? guess : (double)INT32_MAX;
+        double most = (double)num_atoms * (double)num_ghosts;
+        guess = guess < most ? guess : most;
+        guess = guess < 4194304.0 ? guess : 4194304.0; /* beyond this, grow when needed */
         if (reserve_edges(edges, &capacity, (size_t)guess) != 0) {
             set_error(err, "umas_build_edges: out of memory (%.0f edges)", guess);
             goto done;
@@ -604,9 +607,9 @@ int umas_limit_neighbors(umas_edge_list *edges, int num_atoms, int max_neighbors
     }
 
     /* Squared lengths of the incoming edges of each atom with too many: d2[start[i]..). */
-    int *start = calloc((size_t)num_atoms + 1, sizeof(int)); /* [N+1] */
+    int *start = calloc((size_t)num_atoms + 1, sizeof(int));        /* [N+1] */
     double *threshold = malloc((size_t)num_atoms * sizeof(double)); /* [N] largest kept d2 */
-    int *cut = calloc((size_t)num_atoms, sizeof(int));               /* [N] 1 if it lost edges */
+    int *cut = calloc((size_t)num_atoms, sizeof(int));              /* [N] 1 if it lost edges */
     size_t total = 0;
     for (int i = 0; i < num_atoms; i++) {
         total += count[i] > max_neighbors ? (size_t)count[i] : 0;
@@ -645,8 +648,7 @@ int umas_limit_neighbors(umas_edge_list *edges, int num_atoms, int max_neighbors
     for (int e = 0; e < num_edges; e++) {
         int t = edges->target[e];
         const double *v = edges->vector + 3 * (size_t)e;
-        if (t >= 0 && t < num_atoms &&
-            !(v[0] * v[0] + v[1] * v[1] + v[2] * v[2] <= threshold[t])) {
+        if (t >= 0 && t < num_atoms && !(v[0] * v[0] + v[1] * v[1] + v[2] * v[2] <= threshold[t])) {
             cut[t] = 1;
             continue;
         }

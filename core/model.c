@@ -112,8 +112,10 @@ static int parse_tensor_entry(const cJSON *entry, const unsigned char *data, siz
     double begin = cJSON_GetNumberValue(cJSON_GetArrayItem(offsets, 0));
     double end = cJSON_GetNumberValue(cJSON_GetArrayItem(offsets, 1));
     if (!(begin >= 0 && end >= begin && end <= (double)data_size))
-        return umas_fail(err, "tensor '%s': data_offsets [%.0f, %.0f] outside the %zu data bytes"
-                         " (truncated or corrupt file)", t->name, begin, end, data_size);
+        return umas_fail(err,
+                         "tensor '%s': data_offsets [%.0f, %.0f] outside the %zu data bytes"
+                         " (truncated or corrupt file)",
+                         t->name, begin, end, data_size);
     if ((size_t)(end - begin) != t->numel * item)
         return umas_fail(err, "tensor '%s': %.0f data bytes for %zu elements of %s", t->name,
                          end - begin, t->numel, dtype->valuestring);
@@ -127,8 +129,7 @@ static int parse_tensor_entry(const cJSON *entry, const unsigned char *data, siz
 
 static int get_int(const cJSON *obj, const char *key, int *out, umas_error *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-        fabs(v->valuedouble) > 1e9)
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
         return umas_fail(err, "model metadata: '%s' must be an integer", key);
     *out = (int)v->valuedouble;
     return 0;
@@ -225,14 +226,10 @@ static int parse_backbone(umas_model *m, const cJSON *bb, umas_error *err) {
         return -1;
     if (parse_channel_list(bb, "charge_balanced_channels", info->sphere_channels,
                            &m->charge_balanced, &m->num_charge_balanced, err) ||
-        parse_channel_list(bb, "spin_balanced_channels", info->sphere_channels,
-                           &m->spin_balanced, &m->num_spin_balanced, err))
+        parse_channel_list(bb, "spin_balanced_channels", info->sphere_channels, &m->spin_balanced,
+                           &m->num_spin_balanced, err))
         return -1;
     return 0;
-}
-
-static int compare_names(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 static int parse_task(umas_model *m, const cJSON *tasks, const cJSON *entry, umas_task *task,
@@ -268,6 +265,10 @@ static int parse_task(umas_model *m, const cJSON *tasks, const cJSON *entry, uma
     return 0;
 }
 
+static int compare_datasets(const umas_task *a, const umas_task *b) {
+    return strcmp(a->dataset ? a->dataset : "", b->dataset ? b->dataset : "");
+}
+
 /* Tasks, head wrapper and head expert index: expert = position of the task's dataset in the
  * sorted list of distinct datasets (fairchem's DatasetSpecificMoEWrapper). */
 static int parse_tasks(umas_model *m, const cJSON *meta, umas_error *err) {
@@ -286,32 +287,28 @@ static int parse_tasks(umas_model *m, const cJSON *meta, umas_error *err) {
     if (n < 1)
         return umas_fail(err, "model metadata: dataset_mapping is empty");
     m->tasks = calloc((size_t)n, sizeof(umas_task));
-    char **datasets = calloc((size_t)n, sizeof(char *));
-    if (!m->tasks || !datasets) {
-        free(datasets);
+    if (!m->tasks)
         return umas_fail(err, "out of memory");
-    }
+    m->num_tasks = 0;
     const cJSON *entry;
     cJSON_ArrayForEach(entry, mapping) {
-        if (parse_task(m, tasks, entry, &m->tasks[m->num_tasks], err)) {
-            m->num_tasks++;
-            free(datasets);
+        if (parse_task(m, tasks, entry, &m->tasks[m->num_tasks++], err))
             return -1;
-        }
-        datasets[m->num_tasks] = m->tasks[m->num_tasks].dataset;
-        m->num_tasks++;
     }
-    qsort(datasets, (size_t)n, sizeof(char *), compare_names);
-    int distinct = 0;
-    for (int i = 0; i < n; i++)
-        if (i == 0 || strcmp(datasets[i], datasets[i - 1]) != 0)
-            datasets[distinct++] = datasets[i];
-    for (int t = 0; t < m->num_tasks; t++)
-        for (int k = 0; k < distinct; k++)
-            if (strcmp(m->tasks[t].dataset, datasets[k]) == 0)
-                m->tasks[t].head_expert = k;
-    m->num_head_experts = distinct;
-    free(datasets);
+    /* expert of task t = number of distinct datasets sorting before its dataset */
+    m->num_head_experts = 0;
+    for (int t = 0; t < m->num_tasks; t++) {
+        m->tasks[t].head_expert = 0;
+        for (int u = 0; u < m->num_tasks; u++) {
+            int first = 1; /* u is the first task with its dataset */
+            for (int v = 0; v < u && first; v++)
+                first = compare_datasets(&m->tasks[v], &m->tasks[u]) != 0;
+            if (first && compare_datasets(&m->tasks[u], &m->tasks[t]) < 0)
+                m->tasks[t].head_expert++;
+            if (first && t == 0)
+                m->num_head_experts++;
+        }
+    }
     m->info.num_tasks = m->num_tasks;
     return 0;
 }
@@ -386,8 +383,7 @@ static int expect(const umas_model *m, umas_error *err, const int64_t *shape, co
 
 #define SHAPE(...) ((const int64_t[]){__VA_ARGS__, -1})
 
-static int check_radial_mlp(const umas_model *m, umas_error *err, const char *prefix,
-                            int64_t out) {
+static int check_radial_mlp(const umas_model *m, umas_error *err, const char *prefix, int64_t out) {
     int64_t ce = m->info.edge_channels;
     int64_t f = m->info.num_distance_basis + 2 * ce;
     if (expect(m, err, SHAPE(ce, f), "%s.net.0.weight", prefix) ||
@@ -433,8 +429,7 @@ static int check_block(const umas_model *m, umas_error *err, int l) {
         expect(m, err, SHAPE(3 * c), "%s.edge_wise.so2_conv_2.fc_m0.bias", p) ||
         expect(m, err, SHAPE(k, 4 * c, 2 * h), "%s.edge_wise.so2_conv_2.so2_m_conv.0.fc.weights",
                p) ||
-        expect(m, err, SHAPE(k, 2 * c, h), "%s.edge_wise.so2_conv_2.so2_m_conv.1.fc.weights",
-               p) ||
+        expect(m, err, SHAPE(k, 2 * c, h), "%s.edge_wise.so2_conv_2.so2_m_conv.1.fc.weights", p) ||
         expect(m, err, SHAPE(2 * h, c), "%s.atom_wise.scalar_mlp.0.weight", p) ||
         expect(m, err, SHAPE(2 * h), "%s.atom_wise.scalar_mlp.0.bias", p) ||
         expect(m, err, SHAPE(3, h, c), "%s.atom_wise.so3_linear_1.weight", p) ||
@@ -510,9 +505,10 @@ static int parse_file(umas_model *m, umas_error *err) {
     for (int i = 7; i >= 0; i--)
         header_size = (header_size << 8) | bytes[i];
     if (header_size > MAX_HEADER_BYTES || 8 + header_size > m->mapping_size)
-        return umas_fail(err, "not a safetensors file or truncated (header of %llu bytes in a"
-                              " %zu-byte file)", (unsigned long long)header_size,
-                         m->mapping_size);
+        return umas_fail(err,
+                         "not a safetensors file or truncated (header of %llu bytes in a"
+                         " %zu-byte file)",
+                         (unsigned long long)header_size, m->mapping_size);
     cJSON *header = cJSON_ParseWithLength((const char *)bytes + 8, (size_t)header_size);
     if (!cJSON_IsObject(header)) {
         cJSON_Delete(header);

@@ -23,10 +23,10 @@ typedef struct umas_tensor {
 
 /* A task the model can be run as (a key of the dataset mapping). */
 typedef struct umas_task {
-    char *name;                 /* e.g. "omat" */
-    char *dataset;              /* dataset_mapping[name]: selects the dataset embedding */
-    int head_expert;            /* index of dataset in the sorted dataset list */
-    double energy_mean;         /* normalizer: E = rmsd * E_model + mean */
+    char *name;         /* e.g. "omat" */
+    char *dataset;      /* dataset_mapping[name]: selects the dataset embedding */
+    int head_expert;    /* index of dataset in the sorted dataset list */
+    double energy_mean; /* normalizer: E = rmsd * E_model + mean */
     double energy_rmsd;
     double *element_references; /* [max_num_elements] eV, added per atom */
 } umas_task;
@@ -34,9 +34,9 @@ typedef struct umas_task {
 struct umas_model {
     umas_model_info info;
     char *model_id;
-    int head_is_moe;       /* DatasetSpecificMoEWrapper (per-dataset head experts) */
-    int num_head_experts;  /* Kh when head_is_moe */
-    int *charge_balanced;  /* channel indices with charge balancing (spec section 8) */
+    int head_is_moe;      /* DatasetSpecificMoEWrapper (per-dataset head experts) */
+    int num_head_experts; /* Kh when head_is_moe */
+    int *charge_balanced; /* channel indices with charge balancing (spec section 8) */
     int num_charge_balanced;
     int *spin_balanced;
     int num_spin_balanced;

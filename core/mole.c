@@ -251,8 +251,7 @@ static void system_embedding(loader *ld, const umas_task *task, int charge, int 
                              double *c_sys) {
     int c = ld->model->info.sphere_channels;
     char name[NAME_SIZE];
-    tensor_name(name, "backbone.dataset_embedding.dataset_emb_dict.%s.weight",
-             task->dataset);
+    tensor_name(name, "backbone.dataset_embedding.dataset_emb_dict.%s.weight", task->dataset);
     const umas_tensor *charge_emb = find(ld, "backbone.charge_embedding.rand_emb.weight");
     const umas_tensor *spin_emb = find(ld, "backbone.spin_embedding.rand_emb.weight");
     const umas_tensor *dataset_emb = find(ld, name);
@@ -332,9 +331,9 @@ static void route(loader *ld, const int *counts, int num_atoms, const double *c_
  * The merge
  * ------------------------------------------------------------------------------------------- */
 
-int umas_merge(const umas_model *m, const umas_task *task, int charge, int spin,
-               const int *counts, int num_atoms, umas_weights *w, double *coefficients,
-               double *routing_input, umas_error *err) {
+int umas_merge(const umas_model *m, const umas_task *task, int charge, int spin, const int *counts,
+               int num_atoms, umas_weights *w, double *coefficients, double *routing_input,
+               umas_error *err) {
     const umas_model_info *info = &m->info;
     memset(w, 0, sizeof *w);
     loader ld = {m, w, err, 0};

@@ -40,8 +40,8 @@ void umas_silu_forward(double *x, size_t n) {
         x[i] = umas_silu(x[i]);
 }
 
-void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a,
-                             double *hidden, double *hidden2, double *out) {
+void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a, double *hidden,
+                             double *hidden2, double *out) {
     int ce = mlp->fc1.out;
     umas_linear_forward(&mlp->fc1, rows, a, mlp->fc1.in, hidden, ce);
     umas_layer_norm_forward(&mlp->norm1, rows, hidden);

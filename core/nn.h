@@ -25,7 +25,7 @@ void umas_layer_norm_forward(const umas_layer_norm *ln, int rows, double *x);
 void umas_silu_forward(double *x, size_t n);
 
 /* out[rows][fc3.out] = MLP(a[rows][F]); hidden is work space [rows][Ce]. */
-void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a,
-                             double *hidden, double *hidden2, double *out);
+void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a, double *hidden,
+                             double *hidden2, double *out);
 
 #endif

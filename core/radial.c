@@ -6,6 +6,9 @@
 
 int umas_gaussian_basis_init(umas_gaussian_basis *basis, int num_basis, double cutoff) {
     basis->num_basis = num_basis;
+    basis->offsets = NULL;
+    if (num_basis < 2)
+        return -1;
     basis->offsets = malloc(sizeof(double) * (size_t)num_basis);
     if (!basis->offsets)
         return -1;

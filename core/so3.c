@@ -40,8 +40,8 @@ void umas_rms_norm_forward(const umas_rms_norm *norm, int nodes, int C, const do
 }
 
 /* y[:, i, :] = x[:, i, :] W_{l(i)}^T (+ bias at i = 0) for every coefficient i: SO3_Linear. */
-static void so3_linear_forward(const double *weight, const double *bias, int out, int in,
-                               int nodes, const double *x, double *y) {
+static void so3_linear_forward(const double *weight, const double *bias, int out, int in, int nodes,
+                               const double *x, double *y) {
     for (int i = 0; i < 9; i++) {
         umas_linear lin = {out, in, (double *)weight + (size_t)umas_degree_of[i] * out * in,
                            i == 0 ? (double *)bias : NULL};

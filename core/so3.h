@@ -10,8 +10,7 @@ extern const int umas_degree_of[9];
 /* rms_norm_sh (EquivariantRMSNormArraySphericalHarmonicsV2, spec 7.1): per node, centre the
  * l = 0 row over channels, scale everything by 1/sqrt(weighted mean square + 1e-5), multiply by
  * the per-degree affine scale, add the l = 0 bias. y may not alias x. */
-void umas_rms_norm_forward(const umas_rms_norm *norm, int nodes, int C, const double *x,
-                           double *y);
+void umas_rms_norm_forward(const umas_rms_norm *norm, int nodes, int C, const double *x, double *y);
 
 /* SpectralAtomwise (spec 7.3): out[N][9][C] = FFN(v[N][9][C]).
  * work: gates [N][2H] and hidden [N][9][H]. */

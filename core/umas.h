@@ -77,12 +77,12 @@ typedef struct umas_context umas_context;
 
 /* What the MoLE merge depends on. Describes the WHOLE system (all MPI ranks), not a subdomain. */
 typedef struct umas_system {
-    const char *task;           /* one of umas_model_task_name() */
-    int charge;                 /* total charge, -100..100 */
-    int spin;                   /* spin multiplicity, 0..100 (see umas_default_spin) */
-    int num_atoms;              /* atoms in the whole system, > 0 */
-    const int *atomic_numbers;  /* [num_atoms], or NULL when element_counts is given */
-    const int *element_counts;  /* [max_num_elements] atoms per atomic number, or NULL */
+    const char *task;          /* one of umas_model_task_name() */
+    int charge;                /* total charge, -100..100 */
+    int spin;                  /* spin multiplicity, 0..100 (see umas_default_spin) */
+    int num_atoms;             /* atoms in the whole system, > 0 */
+    const int *atomic_numbers; /* [num_atoms], or NULL when element_counts is given */
+    const int *element_counts; /* [max_num_elements] atoms per atomic number, or NULL */
 } umas_system;
 
 typedef struct umas_options {
@@ -122,8 +122,7 @@ typedef struct umas_result {
     double *node_energy; /* out, optional [N]: eV per node (0 for nodes past num_energy_nodes) */
 } umas_result;
 
-int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result,
-                 umas_error *err);
+int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err);
 
 /* ---------------------------------------------------------------------------------------------
  * Utilities for callers that do not have a neighbour list of their own (umas-eval, tests).
@@ -145,8 +144,8 @@ typedef struct umas_edge_list {
 /* All ordered pairs (j, i, n) with 0 < |r_j + n.cell - r_i| <= cutoff, over every periodic image
  * along the periodic directions (any triclinic cell; cells smaller than the cutoff included).
  * cell rows are the lattice vectors; it is ignored along non-periodic directions. */
-int umas_build_edges(int num_atoms, const double *positions, const double cell[9],
-                     const int pbc[3], double cutoff, umas_edge_list *edges, umas_error *err);
+int umas_build_edges(int num_atoms, const double *positions, const double cell[9], const int pbc[3],
+                     double cutoff, umas_edge_list *edges, umas_error *err);
 void umas_edge_list_free(umas_edge_list *edges);
 
 /* fairchem's max_neighbors rule (spec section 1.3, enforce_strictly = False): if some target atom

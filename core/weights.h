@@ -54,10 +54,10 @@ typedef struct umas_weights {
     int num_layers;
     int num_elements;
     double cutoff;
-    double *sphere_embedding; /* [Z][C] */
-    double *source_embedding; /* [Z][Ce] */
-    double *target_embedding; /* [Z][Ce] */
-    double *system_embedding; /* [C] c_sys = SiLU(mix_csd [charge; spin; dataset]) */
+    double *sphere_embedding;      /* [Z][C] */
+    double *source_embedding;      /* [Z][Ce] */
+    double *target_embedding;      /* [Z][Ce] */
+    double *system_embedding;      /* [C] c_sys = SiLU(mix_csd [charge; spin; dataset]) */
     umas_radial_mlp degree_radial; /* a_e -> [3C], edge-degree embedding */
     umas_block_weights *blocks;    /* [num_layers] */
     umas_rms_norm final_norm;

@@ -35,8 +35,8 @@ static void edge_frame(const double e[3], double R[3][3]) {
     double norm = sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
     for (int k = 0; k < 3; k++)
         u[k] /= norm;
-    double w[3] = {u[1] * e[2] - u[2] * e[1], u[2] * e[0] - u[0] * e[2],
-                   u[0] * e[1] - u[1] * e[0]};
+    const double w[3] = {u[1] * e[2] - u[2] * e[1], u[2] * e[0] - u[0] * e[2],
+                         u[0] * e[1] - u[1] * e[0]};
     for (int k = 0; k < 3; k++) {
         R[0][k] = u[k];
         R[1][k] = e[k];

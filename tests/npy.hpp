@@ -19,7 +19,7 @@
 #include <vector>
 
 struct NpyArray {
-    std::vector<size_t> shape; // e.g. {2, E}; empty for a scalar
+    std::vector<size_t> shape;  // e.g. {2, E}; empty for a scalar
     std::vector<double> values; // [product of shape], C order
     std::string dtype;          // descr as in the file, e.g. "<i8"
 

@@ -98,9 +98,8 @@ inline ReferenceCase load_case(const std::string &model, const std::string &name
 inline std::vector<std::string> case_names(const std::string &model) {
     if (model == "tiny_v12")
         return {"a_cu_fcc_108", "c_molecule_q0_s1"}; // the only tiny_v12 cases shipped
-    return {"a_cu_fcc_108",     "b_triclinic_perovskite_60", "c_molecule_q0_s1",
-            "c_molecule_q1_s2", "d_isolated_atom",           "e_si_primitive_2",
-            "f_cu_fcc_2000"};
+    return {"a_cu_fcc_108",    "b_triclinic_perovskite_60", "c_molecule_q0_s1", "c_molecule_q1_s2",
+            "d_isolated_atom", "e_si_primitive_2",          "f_cu_fcc_2000"};
 }
 
 // Owns a model, a context for one case, and the case's graph (built by umas_build_edges).
@@ -125,7 +124,7 @@ struct Evaluation {
         model = umas_model_load(model_file.c_str(), &err);
         if (!model)
             throw std::runtime_error(err.message);
-        umas_system sys = {c.task.c_str(), c.charge, c.spin, c.num_atoms,
+        umas_system sys = {c.task.c_str(),          c.charge, c.spin, c.num_atoms,
                            c.atomic_numbers.data(), nullptr};
         umas_options opt = {backend, "cpu"};
         ctx = umas_context_create(model, &sys, &opt, &err);
@@ -147,9 +146,12 @@ struct Evaluation {
     // Energy (eV) and per-atom energies of the current edges.
     double energy(const std::vector<int> &atomic_numbers, std::vector<double> *per_atom) {
         std::vector<double> node_energy(atomic_numbers.size());
-        umas_graph g = {(int)atomic_numbers.size(), (int)atomic_numbers.size(),
-                        atomic_numbers.data(),      edges.num_edges,
-                        edges.source,               edges.target,
+        umas_graph g = {(int)atomic_numbers.size(),
+                        (int)atomic_numbers.size(),
+                        atomic_numbers.data(),
+                        edges.num_edges,
+                        edges.source,
+                        edges.target,
                         edges.vector};
         umas_result r = {0, node_energy.data()};
         if (umas_compute(ctx, &g, &r, &err))

@@ -68,8 +68,8 @@ TEST_P(ReferenceEnergy, MatchesFairchemFloat64) {
         max_abs(c.per_atom_energy);
     std::printf("[ measured ] %s/%s: E = %.10f eV (fairchem %.10f), relative error %.2e, "
                 "per-atom %.2e, %d edges\n",
-                id.model.c_str(), id.name.c_str(), energy, c.energy, energy_error,
-                per_atom_error, ev.edges.num_edges);
+                id.model.c_str(), id.name.c_str(), energy, c.energy, energy_error, per_atom_error,
+                ev.edges.num_edges);
     EXPECT_LE(energy_error, 1e-8);
     EXPECT_LE(per_atom_error, 1e-8);
 }
@@ -98,8 +98,7 @@ TEST_P(TinyIntermediates, NodeFeaturesAfterEveryStage) {
     for (size_t s = 0; s < stages.size(); s++) {
         NpyArray ref = npy_load(c.file("intermediates/" + stages[s] + ".npy"));
         ASSERT_EQ(ref.size(), stage_size) << stages[s];
-        double error = max_abs_diff(ev.ctx->trace + s * stage_size, ref.values.data(),
-                                    stage_size) /
+        double error = max_abs_diff(ev.ctx->trace + s * stage_size, ref.values.data(), stage_size) /
                        max_abs(ref.values);
         EXPECT_LE(error, 1e-10) << "first mismatch at stage " << stages[s];
         std::printf("[ measured ] tiny/%s %s: relative max error %.2e\n", GetParam().c_str(),
@@ -120,8 +119,7 @@ TEST_P(TinyIntermediates, MoleRoutingAndCoefficients) {
     ASSERT_EQ(coef.size(), (size_t)K);
     EXPECT_LE(max_abs_diff(ev.ctx->weights.system_embedding, csd.values.data(), C), 1e-13);
     EXPECT_LE(max_abs_diff(ev.ctx->routing_input, input.values.data(), 2 * C), 1e-13);
-    EXPECT_LE(max_abs_diff(umas_context_expert_coefficients(ev.ctx), coef.values.data(), K),
-              1e-13);
+    EXPECT_LE(max_abs_diff(umas_context_expert_coefficients(ev.ctx), coef.values.data(), K), 1e-13);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, TinyIntermediates,
@@ -150,11 +148,10 @@ TEST(MoleMerge, MergedWeightsOfBlock0AndHeadMatchFairchem) {
         {"output_heads.energyandforcehead.head.energy_block.4", &w.head[2]},
     };
     for (const Expected &e : expected) {
-        NpyArray ref = npy_load(c.file(std::string("intermediates/merged_weights/") + e.file +
-                                       ".weight.npy"));
+        NpyArray ref =
+            npy_load(c.file(std::string("intermediates/merged_weights/") + e.file + ".weight.npy"));
         ASSERT_EQ(ref.size(), (size_t)e.linear->out * e.linear->in) << e.file;
-        EXPECT_LE(max_abs_diff(e.linear->weight, ref.values.data(), ref.size()), 1e-14)
-            << e.file;
+        EXPECT_LE(max_abs_diff(e.linear->weight, ref.values.data(), ref.size()), 1e-14) << e.file;
     }
 }
 
@@ -191,8 +188,8 @@ std::vector<double> rotate_rows(const std::vector<double> &rows, const double Q[
     std::vector<double> out(rows.size());
     for (size_t r = 0; r < rows.size() / 3; r++)
         for (int i = 0; i < 3; i++)
-            out[3 * r + i] = Q[i][0] * rows[3 * r] + Q[i][1] * rows[3 * r + 1] +
-                             Q[i][2] * rows[3 * r + 2];
+            out[3 * r + i] =
+                Q[i][0] * rows[3 * r] + Q[i][1] * rows[3 * r + 1] + Q[i][2] * rows[3 * r + 2];
     return out;
 }
 

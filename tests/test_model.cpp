@@ -177,9 +177,8 @@ TEST(ModelFile, DataOffsetsOutsideTheFile) {
 }
 
 TEST(ModelFile, UnsupportedArchitectureIsRefused) {
-    std::string path = edited_tiny_model("lmax", [](std::string &h) {
-        replace_once(h, "\\\"lmax\\\": 2", "\\\"lmax\\\": 3");
-    });
+    std::string path = edited_tiny_model(
+        "lmax", [](std::string &h) { replace_once(h, "\\\"lmax\\\": 2", "\\\"lmax\\\": 3"); });
     std::string message = load_error(path);
     EXPECT_NE(message.find("unsupported model: lmax = 3"), std::string::npos) << message;
 }
