@@ -158,7 +158,13 @@ static void radial_input(general_state *s, const umas_weights *w, const umas_gra
     }
 }
 
-static umas_edge_chunk chunk_of(const general_state *s, const umas_graph *g, int first, int n) {
+/* The edges [first, first + chunk) and their radial MLP output: s->radial [n][mlp out]. */
+static umas_edge_chunk radial_chunk(general_state *s, const umas_weights *w, const umas_graph *g,
+                                    const umas_radial_mlp *mlp, int first) {
+    int n = g->num_edges - first < s->chunk ? g->num_edges - first : s->chunk;
+    radial_input(s, w, g, first, n);
+    umas_radial_mlp_forward(mlp, n, s->radial_input, s->radial_hidden,
+                            s->radial_hidden + (size_t)n * w->Ce, s->radial);
     umas_edge_chunk c = {n, g->edge_source + first, g->edge_target + first, s->wigner + first,
                          s->envelope + first};
     return c;
@@ -197,11 +203,7 @@ static void embed_nodes(const umas_weights *w, const umas_graph *g, double *h) {
 
 static void edge_degree(general_state *s, const umas_weights *w, const umas_graph *g) {
     for (int first = 0; first < g->num_edges; first += s->chunk) {
-        int n = g->num_edges - first < s->chunk ? g->num_edges - first : s->chunk;
-        radial_input(s, w, g, first, n);
-        umas_radial_mlp_forward(&w->degree_radial, n, s->radial_input, s->radial_hidden,
-                                s->radial_hidden + (size_t)n * w->Ce, s->radial);
-        umas_edge_chunk edges = chunk_of(s, g, first, n);
+        umas_edge_chunk edges = radial_chunk(s, w, g, &w->degree_radial, first);
         umas_edge_degree_forward(w->C, &edges, s->radial, s->h);
     }
 }
@@ -216,11 +218,7 @@ static void block_forward(umas_context *ctx, const umas_block_weights *b, const 
         for (int c = 0; c < C; c++)
             s->u[(size_t)n * 9 * C + c] += w->system_embedding[c];
     for (int first = 0; first < g->num_edges; first += s->chunk) {
-        int n = g->num_edges - first < s->chunk ? g->num_edges - first : s->chunk;
-        radial_input(s, w, g, first, n);
-        umas_radial_mlp_forward(&b->radial, n, s->radial_input, s->radial_hidden,
-                                s->radial_hidden + (size_t)n * w->Ce, s->radial);
-        umas_edge_chunk edges = chunk_of(s, g, first, n);
+        umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
         umas_edgewise_forward(b, C, H, &edges, s->radial, s->u, s->h, &s->work);
     }
 
