@@ -15,6 +15,8 @@
  */
 #include "umas.h"
 
+#include "error.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,16 +26,6 @@
 /* At most this many ghosts (periodic images of atoms near the structure); far more than any
  * sensible input needs (a 1e6-atom box has ~1.2e6). */
 #define MAX_GHOSTS ((double)(1 << 27))
-
-static int set_error(umas_error *err, const char *fmt, ...) {
-    if (err != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static void cross(const double a[3], const double b[3], double out[3]) {
     out[0] = a[1] * b[2] - a[2] * b[1];
@@ -57,7 +49,7 @@ static double det3(double m[3][3]) {
  * Fails when the periodic rows are not finite or not linearly independent. */
 static int make_basis(const double cell[9], const int periodic[3], double basis[3][3],
                       umas_error *err) {
-    int p[3], np = 0, q[3], nq = 0;
+    int p[3] = {0, 0, 0}, np = 0, q[3] = {0, 0, 0}, nq = 0;
     for (int a = 0; a < 3; a++) {
         if (periodic[a]) {
             p[np++] = a;
@@ -68,7 +60,7 @@ static int make_basis(const double cell[9], const int periodic[3], double basis[
     for (int k = 0; k < np; k++) {
         for (int c = 0; c < 3; c++) {
             if (!isfinite(cell[3 * p[k] + c])) {
-                return set_error(err, "cell vector %d (periodic) is not finite", p[k]);
+                return umas_fail(err, "cell vector %d (periodic) is not finite", p[k]);
             }
         }
     }
@@ -84,7 +76,7 @@ static int make_basis(const double cell[9], const int periodic[3], double basis[
         double scale = norm(basis[0]) * norm(basis[1]) * norm(basis[2]);
         double det = det3(basis);
         if (!(scale > 0) || !(fabs(det) > 1e-10 * scale)) {
-            return set_error(err,
+            return umas_fail(err,
                              "the cell is singular (det = %g): its three periodic lattice "
                              "vectors must be linearly independent",
                              det);
@@ -97,7 +89,7 @@ static int make_basis(const double cell[9], const int periodic[3], double basis[
         cross(u, v, n);
         double len = norm(n), scale = norm(u) * norm(v);
         if (!(scale > 0) || !(len > 1e-10 * scale)) {
-            return set_error(err,
+            return umas_fail(err,
                              "the cell is singular: periodic lattice vectors %d and %d are zero "
                              "or parallel",
                              p[0], p[1]);
@@ -111,7 +103,7 @@ static int make_basis(const double cell[9], const int periodic[3], double basis[
     const double *u = basis[p[0]];
     double len = norm(u);
     if (!(len > 0)) {
-        return set_error(err, "the cell is singular: periodic lattice vector %d is zero", p[0]);
+        return umas_fail(err, "the cell is singular: periodic lattice vector %d is zero", p[0]);
     }
     int k = 0; /* the Cartesian axis least aligned with u */
     for (int c = 1; c < 3; c++) {
@@ -236,26 +228,26 @@ void umas_edge_list_free(umas_edge_list *edges) {
 int umas_build_edges(int num_atoms, const double *positions, const double cell[9], const int pbc[3],
                      double cutoff, umas_edge_list *edges, umas_error *err) {
     if (edges == NULL) {
-        return set_error(err, "umas_build_edges: edges is NULL");
+        return umas_fail(err, "umas_build_edges: edges is NULL");
     }
     memset(edges, 0, sizeof *edges);
     if (num_atoms < 0) {
-        return set_error(err, "umas_build_edges: num_atoms = %d is negative", num_atoms);
+        return umas_fail(err, "umas_build_edges: num_atoms = %d is negative", num_atoms);
     }
     if (!(cutoff > 0) || !isfinite(cutoff)) {
-        return set_error(err, "umas_build_edges: the cutoff (%g) must be positive and finite",
+        return umas_fail(err, "umas_build_edges: the cutoff (%g) must be positive and finite",
                          cutoff);
     }
     if (num_atoms == 0) {
         return 0;
     }
     if (positions == NULL) {
-        return set_error(err, "umas_build_edges: positions is NULL");
+        return umas_fail(err, "umas_build_edges: positions is NULL");
     }
     for (int i = 0; i < num_atoms; i++) {
         const double *r = positions + 3 * (size_t)i;
         if (!isfinite(r[0]) || !isfinite(r[1]) || !isfinite(r[2])) {
-            return set_error(err, "the position of atom %d is not finite (%g %g %g)", i, r[0], r[1],
+            return umas_fail(err, "the position of atom %d is not finite (%g %g %g)", i, r[0], r[1],
                              r[2]);
         }
     }
@@ -266,11 +258,11 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
         any_periodic |= periodic[a];
     }
     if (any_periodic && cell == NULL) {
-        return set_error(err, "umas_build_edges: the cell is NULL but some direction is periodic");
+        return umas_fail(err, "umas_build_edges: the cell is NULL but some direction is periodic");
     }
 
     /* Fractional coordinates and the geometry of the grid. */
-    double basis[3][3], inv[3][3];
+    double basis[3][3] = {{0}}, inv[3][3];
     if (make_basis(cell, periodic, basis, err) != 0) {
         return -1;
     }
@@ -299,7 +291,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     image_hi = malloc((size_t)num_atoms * 3 * sizeof(int));
     atom_bin = malloc((size_t)num_atoms * 3 * sizeof(int));
     if (frac == NULL || image_lo == NULL || image_hi == NULL || atom_bin == NULL) {
-        set_error(err, "umas_build_edges: out of memory (%d atoms)", num_atoms);
+        umas_fail(err, "umas_build_edges: out of memory (%d atoms)", num_atoms);
         goto done;
     }
     double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
@@ -315,7 +307,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
         }
     }
     if (!isfinite(fmax)) {
-        set_error(err, "umas_build_edges: positions too large for this cell");
+        umas_fail(err, "umas_build_edges: positions too large for this cell");
         goto done;
     }
     /* delta[a]: largest fractional difference along a of two points within the cutoff, with a
@@ -345,7 +337,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
             }
             count *= nhi - nlo + 1;
             if (count > MAX_GHOSTS || total + count > MAX_GHOSTS) {
-                set_error(err,
+                umas_fail(err,
                           "the cell is too small for the cutoff %g (or the atoms are spread "
                           "over too many cells): more than %.0f periodic images needed",
                           cutoff, MAX_GHOSTS);
@@ -395,7 +387,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     bin_start = calloc(num_bins + 1, sizeof(size_t));
     if (ghost_atom == NULL || ghost_shift == NULL || ghost_bin == NULL || by_bin_ghost == NULL ||
         by_bin_atom == NULL || by_bin_shift == NULL || bin_start == NULL) {
-        set_error(err, "umas_build_edges: out of memory (%zu periodic images)", num_ghosts);
+        umas_fail(err, "umas_build_edges: out of memory (%zu periodic images)", num_ghosts);
         goto done;
     }
 
@@ -429,7 +421,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     for (size_t b = 0; b < num_bins; b++) {
         bin_start[b + 1] += bin_start[b];
     }
-    for (size_t h = 0; h < num_ghosts; h++) {
+    for (size_t h = 0; h < g; h++) { /* g == num_ghosts */
         size_t slot = bin_start[ghost_bin[h]]++;
         const int *n = ghost_shift + 3 * h;
         by_bin_ghost[slot] = (int)h;
@@ -464,7 +456,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
         guess = guess < most ? guess : most;
         guess = guess < 4194304.0 ? guess : 4194304.0; /* beyond this, grow when needed */
         if (reserve_edges(edges, &capacity, (size_t)guess) != 0) {
-            set_error(err, "umas_build_edges: out of memory (%.0f edges)", guess);
+            umas_fail(err, "umas_build_edges: out of memory (%.0f edges)", guess);
             goto done;
         }
     }
@@ -508,7 +500,7 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
                                 hit_vector = grown_v;
                             }
                             if (grown == NULL || grown_v == NULL) {
-                                set_error(err, "umas_build_edges: out of memory");
+                                umas_fail(err, "umas_build_edges: out of memory");
                                 goto done;
                             }
                             hit_cap = cap;
@@ -525,11 +517,11 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
         }
         sort_u64(hits, num_hits);
         if (num_edges + num_hits > (size_t)INT32_MAX) {
-            set_error(err, "umas_build_edges: more than %d edges", INT32_MAX);
+            umas_fail(err, "umas_build_edges: more than %d edges", INT32_MAX);
             goto done;
         }
         if (reserve_edges(edges, &capacity, num_edges + num_hits) != 0) {
-            set_error(err, "umas_build_edges: out of memory (%zu edges)", num_edges + num_hits);
+            umas_fail(err, "umas_build_edges: out of memory (%zu edges)", num_edges + num_hits);
             goto done;
         }
         for (size_t k = 0; k < num_hits; k++, num_edges++) {

@@ -151,7 +151,8 @@ void umas_edge_list_free(umas_edge_list *edges);
 /* fairchem's max_neighbors rule (spec section 1.3, enforce_strictly = False): if some target atom
  * has more than max_neighbors incoming edges, keep for each such atom the edges whose squared
  * length is <= (squared length of its (max_neighbors+1)-th nearest) + 0.01 A^2; other atoms keep
- * all. Removes edges in place, keeps the order of the rest. Returns how many atoms were cut. */
+ * all; max_neighbors <= 0 means no limit. Removes edges in place, keeps the order of the rest.
+ * Returns how many atoms lost edges, or -1 when out of memory. */
 int umas_limit_neighbors(umas_edge_list *edges, int num_atoms, int max_neighbors);
 
 #ifdef __cplusplus

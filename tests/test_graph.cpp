@@ -292,10 +292,6 @@ std::vector<fs::path> reference_cases() {
     return cases;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 } // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -364,11 +360,7 @@ TEST(BuildEdges, CuFcc2000) {
     Structure s = load_structure(dir);
     ASSERT_EQ(s.num_atoms, 2000);
     Edges edges;
-    auto t0 = std::chrono::steady_clock::now();
     build(s, 6.0, edges);
-    double seconds = seconds_since(t0);
-    std::printf("[ timing   ] 2000-atom FCC graph: %.2f ms, %d edges\n", 1e3 * seconds,
-                edges.size());
     EXPECT_EQ(edges.size(), 156000);
     std::vector<int> count = neighbours_per_target(edges.list, s.num_atoms);
     EXPECT_EQ(*std::min_element(count.begin(), count.end()), 77);
@@ -377,16 +369,11 @@ TEST(BuildEdges, CuFcc2000) {
     check_symmetric(edges.list);
 }
 
-TEST(BuildEdges, CuFcc16000IsFast) {
+TEST(BuildEdges, CuFcc16000) {
     Structure s = make_fcc(10, 10, 40, 0.05, 7);
     ASSERT_EQ(s.num_atoms, 16000);
     Edges edges;
-    auto t0 = std::chrono::steady_clock::now();
     build(s, 6.0, edges);
-    double seconds = seconds_since(t0);
-    std::printf("[ timing   ] 16000-atom FCC graph: %.2f ms, %d edges\n", 1e3 * seconds,
-                edges.size());
-    EXPECT_LT(seconds, 5.0); // ~0.1 s in a release build; generous for sanitizers / debug
     std::vector<int> count = neighbours_per_target(edges.list, s.num_atoms);
     EXPECT_GE(*std::min_element(count.begin(), count.end()), 74);
     EXPECT_LE(*std::max_element(count.begin(), count.end()), 82);
