@@ -48,7 +48,6 @@ typedef struct general_state {
     double *radial;         /* [chunk][12C] */
     double *edgewise_space; /* umas_edgewise_work_doubles(chunk) */
     umas_edgewise_work work;
-    size_t bytes;
 } general_state;
 
 static size_t chunk_doubles_per_edge(const umas_weights *w) {
@@ -88,13 +87,17 @@ static int general_create(umas_context *ctx, umas_error *err) {
         !s->radial_hidden || !s->radial || !s->edgewise_space)
         return umas_fail(err, "out of memory for the general backend's work space");
     umas_edgewise_work_bind(&s->work, s->edgewise_space, s->chunk, w->C, w->H);
-    s->bytes = sizeof(double) * (size_t)s->chunk * per_edge;
     return 0;
 }
 
+/* Work space: per chunk, per edge (geometry) and per node (features, FFN, head). */
 static size_t general_bytes(const umas_context *ctx) {
     const general_state *s = ctx->backend_state;
-    return s->bytes;
+    const umas_weights *w = &ctx->weights;
+    size_t per_node = sizeof(double) * (27 * (size_t)w->C + 13 * (size_t)w->H + 1);
+    size_t per_edge = 2 * sizeof(double) + sizeof(umas_wigner);
+    return sizeof(double) * (size_t)s->chunk * chunk_doubles_per_edge(w) +
+           (size_t)s->edge_capacity * per_edge + (size_t)s->node_capacity * per_node;
 }
 
 /* Grows the per-edge and per-node buffers to the graph (never shrinks: MD graphs are stable). */
@@ -111,7 +114,6 @@ static int reserve(umas_context *ctx, const umas_graph *g, umas_error *err) {
         s->edge_capacity = (s->distance && s->envelope && s->wigner) ? g->num_edges : 0;
         if (!s->edge_capacity)
             return umas_fail(err, "out of memory for the geometry of %d edges", g->num_edges);
-        s->bytes += e * (2 * sizeof(double) + sizeof(umas_wigner));
     }
     if (g->num_nodes > s->node_capacity) {
         free_node_buffers(s);
@@ -128,7 +130,6 @@ static int reserve(umas_context *ctx, const umas_graph *g, umas_error *err) {
         s->node_capacity = ok ? g->num_nodes : 0;
         if (!ok)
             return umas_fail(err, "out of memory for the features of %d atoms", g->num_nodes);
-        s->bytes += n * sizeof(double) * (27 * C + 13 * H + 1);
     }
     return 0;
 }

@@ -231,12 +231,16 @@ static double silu(double x) {
 }
 
 /* y[out] = W x + b for a [out][in] tensor W read from the model. */
-static void tensor_matvec(const umas_tensor *weight, const umas_tensor *bias, const double *x,
-                          double *y) {
+static void tensor_matvec(loader *ld, const umas_tensor *weight, const umas_tensor *bias,
+                          const double *x, double *y) {
     int out = (int)weight->shape[0], in = (int)weight->shape[1];
     double *row = malloc(sizeof(double) * (size_t)in);
-    if (!row)
+    if (!row) {
+        if (!ld->failed)
+            umas_fail(ld->err, "out of memory");
+        ld->failed = 1;
         return;
+    }
     umas_tensor_read(bias, 0, (size_t)out, y);
     for (int o = 0; o < out; o++) {
         umas_tensor_read(weight, (size_t)o * (size_t)in, (size_t)in, row);
@@ -265,7 +269,7 @@ static void system_embedding(loader *ld, const umas_task *task, int charge, int 
     umas_tensor_read(charge_emb, (size_t)(charge + 100) * (size_t)c, (size_t)c, input);
     umas_tensor_read(spin_emb, (size_t)spin * (size_t)c, (size_t)c, input + c);
     umas_tensor_read(dataset_emb, 0, (size_t)c, input + 2 * c);
-    tensor_matvec(mix_w, mix_b, input, c_sys);
+    tensor_matvec(ld, mix_w, mix_b, input, c_sys);
     for (int i = 0; i < c; i++)
         c_sys[i] = silu(c_sys[i]);
     free(input);
@@ -308,13 +312,13 @@ static void route(loader *ld, const int *counts, int num_atoms, const double *c_
         routing_input[i] /= denominator;
         routing_input[c + i] = c_sys[i];
     }
-    tensor_matvec(w[0], b[0], routing_input, h1);
+    tensor_matvec(ld, w[0], b[0], routing_input, h1);
     for (int i = 0; i < 2 * k; i++)
         h1[i] = silu(h1[i]);
-    tensor_matvec(w[1], b[1], h1, h2);
+    tensor_matvec(ld, w[1], b[1], h1, h2);
     for (int i = 0; i < 2 * k; i++)
         h2[i] = silu(h2[i]);
-    tensor_matvec(w[2], b[2], h2, coef);
+    tensor_matvec(ld, w[2], b[2], h2, coef);
     double max = -INFINITY, sum = 0;
     for (int i = 0; i < k; i++) {
         coef[i] = silu(coef[i]); /* the routing MLP ends with a SiLU too */

@@ -123,7 +123,9 @@ int main(int argc, char **argv) {
     umas_edge_list edges = {0};
     double *energies = calloc((size_t)frame.num_atoms + 1, sizeof(double));
     int status = 1;
-    if (!model)
+    if (!energies)
+        snprintf(err.message, sizeof err.message, "out of memory");
+    if (!model || !energies)
         goto fail;
     const umas_model_info *info = umas_model_get_info(model);
     umas_system system = {a.task, a.charge, a.spin, frame.num_atoms, frame.atomic_numbers, NULL};
