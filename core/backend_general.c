@@ -1,15 +1,26 @@
 /* backend_general.c - the `general` backend on the CPU, float64: the straightforward reference
- * path of the eSCN-MD forward pass (spec 14.1):
+ * path of the eSCN-MD forward pass (spec 14.1) and its hand-written backward (spec 14.2).
  *
+ * Forward:
  *   geometry   per edge: d, envelope, Wigner D
  *   embedding  h[n][0] = sphere_embedding[Z_n] + c_sys, other coefficients 0
  *   degree     h[target] += edge-degree messages
  *   block l    u = norm_1(h) (+ c_sys on l = 0);  h += messages(u)
  *              h += FFN(norm_2(h));  h = balance(h)
  *   output     energy_n = head(final_norm(h)[n][0])
+ * Backward (when forces or the virial are asked for): the same steps in reverse, seeded with
+ * dE/d energy_n = 1 on the energy nodes, down to dE/dD, dE/d envelope and dE/d distance per edge,
+ * then dE/dr_e = (dE/dd) e + (tau x e) / d (spec 3.6).
  *
- * Edges are processed in chunks so the per-edge activations ([E][9][2C] and friends) never
- * exist for all edges at once: memory is O(nodes + chunk), plus 35 doubles of geometry per edge.
+ * Edges are processed in chunks so per-edge activations ([E][9][2C] and friends) never exist for
+ * all edges at once; the backward recomputes a chunk's edge pipeline from the saved node
+ * features instead of storing it. Memory, float64:
+ *   per edge   geometry D, envelope, distance (36 doubles); with gradients also dE/dD, dE/denv,
+ *              dE/dd (36 doubles): 288 + 288 bytes
+ *   per node   27 C + 13 H + 1 doubles of work; with gradients also the block inputs and the
+ *              post-message features of every block plus the final features ((2 L + 1) 9 C
+ *              doubles; UMA-S: 83 KB per atom) and 27 C + 22 H of adjoint work
+ *   per chunk  about 32 MB (the chunk size adapts to C, H)
  */
 #include "context.h"
 #include "edgewise.h"
@@ -27,37 +38,66 @@ enum { CHUNK_BYTES = 32 << 20 }; /* target size of the per-chunk work space */
 
 typedef struct general_state {
     umas_gaussian_basis basis;
+    umas_wigner_generators generators;
     int chunk; /* edges per chunk */
 
-    int edge_capacity;
-    double *distance;    /* [E] */
-    double *envelope;    /* [E] */
-    umas_wigner *wigner; /* [E] */
+    /* per edge, [E] */
+    int edge_capacity, gradient_edge_capacity;
+    double *distance;
+    double *envelope;
+    umas_wigner *wigner;
+    umas_wigner *d_wigner; /* dE/dD */
+    double *d_envelope;    /* dE/denv */
+    double *d_distance;    /* dE/dd */
 
-    int node_capacity;
-    double *h;           /* [N][9][C] the residual stream */
-    double *u;           /* [N][9][C] normed input of the current sub-layer */
-    double *ffn_out;     /* [N][9][C] */
-    double *ffn_gates;   /* [N][2H] */
-    double *ffn_hidden;  /* [N][9][H] */
-    double *head_hidden; /* [N][2H] */
-    double *node_output; /* [N] energy head output, model units */
+    /* per node */
+    int node_capacity, gradient_node_capacity;
+    double *h;               /* [N][9][C] the residual stream */
+    double *u;               /* [N][9][C] normed input of the current sub-layer */
+    double *ffn_out;         /* [N][9][C] */
+    double *ffn_gates;       /* [N][2H] */
+    double *ffn_hidden;      /* [N][9][H] */
+    double *head_hidden;     /* [N][2H] */
+    double *node_output;     /* [N] energy head output, model units */
+    double *saved;           /* [2 L + 1][N][9][C] block inputs, post-message features, final */
+    double *dh, *du, *d_tmp; /* [N][9][C] adjoints */
+    double *ffn_work;        /* umas_spectral_atomwise_backward_work(N) */
 
-    double *radial_input;   /* [chunk][F] Gaussians, source and target element embeddings */
-    double *radial_hidden;  /* [chunk][2 Ce] */
-    double *radial;         /* [chunk][12C] */
-    double *edgewise_space; /* umas_edgewise_work_doubles(chunk) */
+    /* per chunk */
+    double *radial_input;           /* [chunk][F] Gaussians, source and target element embeddings */
+    umas_radial_saved radial_saved; /* 3 x [chunk][Ce] */
+    double *radial;                 /* [chunk][12C] */
+    double *d_radial;               /* [chunk][12C] */
+    double *d_gaussians;            /* [chunk][B] */
+    double *radial_work;            /* [chunk][2 Ce] */
+    double *edgewise_space;
     umas_edgewise_work work;
 } general_state;
 
 static size_t chunk_doubles_per_edge(const umas_weights *w) {
-    return (size_t)w->F + 2 * (size_t)w->Ce + 12 * (size_t)w->C +
+    return (size_t)w->F + 3 * (size_t)w->Ce + 24 * (size_t)w->C + (size_t)w->B + 2 * (size_t)w->Ce +
            umas_edgewise_work_doubles(1, w->C, w->H);
 }
 
+/* Replaces *p by an uninitialised array of n doubles; 0 on success. */
+static int regrow(double **p, size_t n) {
+    free(*p);
+    *p = malloc(sizeof(double) * (n ? n : 1));
+    return *p ? 0 : -1;
+}
+
 static void free_node_buffers(general_state *s) {
-    free(s->h), free(s->u), free(s->ffn_out), free(s->ffn_gates), free(s->ffn_hidden);
-    free(s->head_hidden), free(s->node_output);
+    double **all[] = {&s->h,          &s->u,           &s->ffn_out,    &s->ffn_gates,
+                      &s->ffn_hidden, &s->head_hidden, &s->node_output};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free(*all[i]), *all[i] = NULL;
+}
+
+static void free_gradient_buffers(general_state *s) {
+    free(s->d_wigner), free(s->d_envelope), free(s->d_distance);
+    free(s->saved), free(s->dh), free(s->du), free(s->d_tmp), free(s->ffn_work);
+    s->d_wigner = NULL, s->d_envelope = s->d_distance = NULL;
+    s->saved = s->dh = s->du = s->d_tmp = s->ffn_work = NULL;
 }
 
 static void general_destroy(umas_context *ctx) {
@@ -65,7 +105,9 @@ static void general_destroy(umas_context *ctx) {
     umas_gaussian_basis_free(&s->basis);
     free(s->distance), free(s->envelope), free(s->wigner);
     free_node_buffers(s);
-    free(s->radial_input), free(s->radial_hidden), free(s->radial), free(s->edgewise_space);
+    free_gradient_buffers(s);
+    free(s->radial_input), free(s->radial_saved.pre_norm1), free(s->radial), free(s->d_radial);
+    free(s->d_gaussians), free(s->radial_work), free(s->edgewise_space);
     free(s);
     ctx->backend_state = NULL;
 }
@@ -76,60 +118,88 @@ static int general_create(umas_context *ctx, umas_error *err) {
     if (!s)
         return umas_fail(err, "out of memory");
     ctx->backend_state = s;
+    umas_wigner_generators_init(&s->generators);
     size_t per_edge = chunk_doubles_per_edge(w);
     s->chunk = (int)(CHUNK_BYTES / (per_edge * sizeof(double)));
     s->chunk = s->chunk < 64 ? 64 : s->chunk > 8192 ? 8192 : s->chunk;
-    s->radial_input = malloc(sizeof(double) * (size_t)s->chunk * w->F);
-    s->radial_hidden = malloc(sizeof(double) * (size_t)s->chunk * 2 * w->Ce);
-    s->radial = malloc(sizeof(double) * (size_t)s->chunk * 12 * w->C);
+    size_t n = (size_t)s->chunk;
+    s->radial_input = malloc(sizeof(double) * n * w->F);
+    s->radial_saved.pre_norm1 = malloc(sizeof(double) * n * 3 * w->Ce);
+    s->radial = malloc(sizeof(double) * n * 12 * w->C);
+    s->d_radial = malloc(sizeof(double) * n * 12 * w->C);
+    s->d_gaussians = malloc(sizeof(double) * n * w->B);
+    s->radial_work = malloc(sizeof(double) * n * 2 * w->Ce);
     s->edgewise_space = malloc(sizeof(double) * umas_edgewise_work_doubles(s->chunk, w->C, w->H));
     if (umas_gaussian_basis_init(&s->basis, w->B, w->cutoff) || !s->radial_input ||
-        !s->radial_hidden || !s->radial || !s->edgewise_space)
+        !s->radial_saved.pre_norm1 || !s->radial || !s->d_radial || !s->d_gaussians ||
+        !s->radial_work || !s->edgewise_space)
         return umas_fail(err, "out of memory for the general backend's work space");
+    s->radial_saved.pre_norm2 = s->radial_saved.pre_norm1 + n * w->Ce;
+    s->radial_saved.hidden = s->radial_saved.pre_norm2 + n * w->Ce;
     umas_edgewise_work_bind(&s->work, s->edgewise_space, s->chunk, w->C, w->H);
     return 0;
 }
 
-/* Work space: per chunk, per edge (geometry) and per node (features, FFN, head). */
+static size_t saved_doubles(const umas_weights *w, int nodes) {
+    return (2 * (size_t)w->num_layers + 1) * (size_t)nodes * 9 * (size_t)w->C;
+}
+
+/* Work space: per chunk, per edge and per node, as in the comment at the top. */
 static size_t general_bytes(const umas_context *ctx) {
     const general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
-    size_t per_node = sizeof(double) * (27 * (size_t)w->C + 13 * (size_t)w->H + 1);
+    size_t C = (size_t)w->C, H = (size_t)w->H;
     size_t per_edge = 2 * sizeof(double) + sizeof(umas_wigner);
+    size_t per_node = sizeof(double) * (27 * C + 13 * H + 1);
+    size_t gradient_per_node =
+        sizeof(double) * (27 * C + 22 * H) + sizeof(double) * saved_doubles(w, 1);
     return sizeof(double) * (size_t)s->chunk * chunk_doubles_per_edge(w) +
-           (size_t)s->edge_capacity * per_edge + (size_t)s->node_capacity * per_node;
+           (size_t)s->edge_capacity * per_edge + (size_t)s->node_capacity * per_node +
+           (size_t)s->gradient_edge_capacity * per_edge +
+           (size_t)s->gradient_node_capacity * gradient_per_node;
 }
 
 /* Grows the per-edge and per-node buffers to the graph (never shrinks: MD graphs are stable). */
-static int reserve(umas_context *ctx, const umas_graph *g, umas_error *err) {
+static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_error *err) {
     general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
-    size_t C = (size_t)w->C, H = (size_t)w->H;
+    size_t C = (size_t)w->C, H = (size_t)w->H, e = (size_t)g->num_edges;
+    size_t n = (size_t)g->num_nodes;
     if (g->num_edges > s->edge_capacity) {
-        free(s->distance), free(s->envelope), free(s->wigner);
-        size_t e = (size_t)g->num_edges;
-        s->distance = malloc(sizeof(double) * e);
-        s->envelope = malloc(sizeof(double) * e);
+        free(s->wigner);
         s->wigner = malloc(sizeof(umas_wigner) * e);
-        s->edge_capacity = (s->distance && s->envelope && s->wigner) ? g->num_edges : 0;
-        if (!s->edge_capacity)
+        int ok = !regrow(&s->distance, e) && !regrow(&s->envelope, e) && s->wigner;
+        s->edge_capacity = ok ? g->num_edges : 0;
+        if (!ok)
             return umas_fail(err, "out of memory for the geometry of %d edges", g->num_edges);
     }
     if (g->num_nodes > s->node_capacity) {
         free_node_buffers(s);
-        size_t n = (size_t)g->num_nodes;
-        s->h = malloc(sizeof(double) * n * 9 * C);
-        s->u = malloc(sizeof(double) * n * 9 * C);
-        s->ffn_out = malloc(sizeof(double) * n * 9 * C);
-        s->ffn_gates = malloc(sizeof(double) * n * 2 * H);
-        s->ffn_hidden = malloc(sizeof(double) * n * 9 * H);
-        s->head_hidden = malloc(sizeof(double) * n * 2 * H);
-        s->node_output = malloc(sizeof(double) * n);
-        int ok = s->h && s->u && s->ffn_out && s->ffn_gates && s->ffn_hidden && s->head_hidden &&
-                 s->node_output;
+        int ok = !regrow(&s->h, n * 9 * C) && !regrow(&s->u, n * 9 * C) &&
+                 !regrow(&s->ffn_out, n * 9 * C) && !regrow(&s->ffn_gates, n * 2 * H) &&
+                 !regrow(&s->ffn_hidden, n * 9 * H) && !regrow(&s->head_hidden, n * 2 * H) &&
+                 !regrow(&s->node_output, n);
         s->node_capacity = ok ? g->num_nodes : 0;
         if (!ok)
             return umas_fail(err, "out of memory for the features of %d atoms", g->num_nodes);
+    }
+    if (gradients &&
+        (g->num_edges > s->gradient_edge_capacity || g->num_nodes > s->gradient_node_capacity)) {
+        free_gradient_buffers(s);
+        size_t e_max =
+            e > (size_t)s->gradient_edge_capacity ? e : (size_t)s->gradient_edge_capacity;
+        size_t n_max =
+            n > (size_t)s->gradient_node_capacity ? n : (size_t)s->gradient_node_capacity;
+        s->d_wigner = malloc(sizeof(umas_wigner) * (e_max ? e_max : 1));
+        int ok = s->d_wigner && !regrow(&s->d_envelope, e_max) && !regrow(&s->d_distance, e_max) &&
+                 !regrow(&s->saved, saved_doubles(w, n_max)) && !regrow(&s->dh, n_max * 9 * C) &&
+                 !regrow(&s->du, n_max * 9 * C) && !regrow(&s->d_tmp, n_max * 9 * C) &&
+                 !regrow(&s->ffn_work, umas_spectral_atomwise_backward_work((int)n_max, w->H));
+        s->gradient_edge_capacity = ok ? (int)e_max : 0;
+        s->gradient_node_capacity = ok ? (int)n_max : 0;
+        if (!ok)
+            return umas_fail(err, "out of memory for the backward pass of %d atoms, %d edges",
+                             g->num_nodes, g->num_edges);
     }
     return 0;
 }
@@ -164,11 +234,20 @@ static umas_edge_chunk radial_chunk(general_state *s, const umas_weights *w, con
                                     const umas_radial_mlp *mlp, int first) {
     int n = g->num_edges - first < s->chunk ? g->num_edges - first : s->chunk;
     radial_input(s, w, g, first, n);
-    umas_radial_mlp_forward(mlp, n, s->radial_input, s->radial_hidden,
-                            s->radial_hidden + (size_t)n * w->Ce, s->radial);
+    umas_radial_mlp_forward(mlp, n, s->radial_input, &s->radial_saved, s->radial);
     umas_edge_chunk c = {n, g->edge_source + first, g->edge_target + first, s->wigner + first,
                          s->envelope + first};
     return c;
+}
+
+/* Backward of radial_chunk for its distances: s->d_radial -> dE/dd added to d_distance. */
+static void radial_chunk_backward(general_state *s, const umas_weights *w,
+                                  const umas_radial_mlp *mlp, int first, int n) {
+    umas_radial_mlp_backward(mlp, n, &s->radial_saved, s->d_radial, s->d_gaussians, w->B,
+                             s->radial_work);
+    for (int k = 0; k < n; k++)
+        s->d_distance[first + k] += umas_gaussian_backward(&s->basis, s->distance[first + k],
+                                                           s->d_gaussians + (size_t)k * w->B);
 }
 
 static void record_trace(umas_context *ctx, int stage, const double *x, int nodes) {
@@ -179,7 +258,7 @@ static void record_trace(umas_context *ctx, int stage, const double *x, int node
 }
 
 /* Charge/spin balancing of l = 0 channels (spec 8): their sums over the system become
- * charge (resp. spin - 1). */
+ * `target`. The backward is the same operation with target 0 (it removes the mean). */
 static void balance(const int *channels, int count, double target, double *h, int nodes, int C) {
     for (int k = 0; k < count; k++) {
         int c = channels[k];
@@ -209,30 +288,78 @@ static void edge_degree(general_state *s, const umas_weights *w, const umas_grap
     }
 }
 
-static void block_forward(umas_context *ctx, const umas_block_weights *b, const umas_graph *g) {
+/* u = norm_1(h) + c_sys on l = 0: the input of the block's messages. */
+static void message_input(const umas_weights *w, const umas_block_weights *b, int N,
+                          const double *h, double *u) {
+    int C = w->C;
+    umas_rms_norm_forward(&b->norm_1, N, C, h, u);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            u[(size_t)n * 9 * C + c] += w->system_embedding[c];
+}
+
+/* One block on s->h. With `save` (the backward will run), keeps the block input and the
+ * features after the messages in save[0], save[1]. */
+static void block_forward(umas_context *ctx, const umas_block_weights *b, const umas_graph *g,
+                          double *save) {
     general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, C = w->C, H = w->H;
+    size_t size = (size_t)N * 9 * C;
 
-    umas_rms_norm_forward(&b->norm_1, N, C, s->h, s->u);
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++)
-            s->u[(size_t)n * 9 * C + c] += w->system_embedding[c];
+    if (save)
+        memcpy(save, s->h, sizeof(double) * size);
+    message_input(w, b, N, s->h, s->u);
     for (int first = 0; first < g->num_edges; first += s->chunk) {
         umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
         umas_edgewise_forward(b, C, H, &edges, s->radial, s->u, s->h, &s->work);
     }
+    if (save)
+        memcpy(save + size, s->h, sizeof(double) * size);
 
     umas_rms_norm_forward(&b->norm_2, N, C, s->h, s->u);
     umas_spectral_atomwise_forward(b, N, C, H, s->u, s->ffn_out, s->ffn_gates, s->ffn_hidden);
-    for (size_t k = 0; k < (size_t)N * 9 * C; k++)
+    for (size_t k = 0; k < size; k++)
         s->h[k] += s->ffn_out[k];
 
     balance(w->charge_balanced, w->num_charge_balanced, ctx->charge, s->h, N, C);
     balance(w->spin_balanced, w->num_spin_balanced, ctx->spin - 1.0, s->h, N, C);
 }
 
-/* node_output[n] = head MLP of the final l = 0 features, model units. */
+/* Backward of one block: s->dh holds dE/d(block output) and becomes dE/d(block input). */
+static void block_backward(umas_context *ctx, const umas_block_weights *b, const umas_graph *g,
+                           const double *save) {
+    general_state *s = ctx->backend_state;
+    const umas_weights *w = &ctx->weights;
+    int N = g->num_nodes, C = w->C, H = w->H;
+    size_t size = (size_t)N * 9 * C;
+    const double *h_in = save, *h_mid = save + size;
+
+    balance(w->charge_balanced, w->num_charge_balanced, 0.0, s->dh, N, C);
+    balance(w->spin_balanced, w->num_spin_balanced, 0.0, s->dh, N, C);
+
+    /* h_out = h_mid + FFN(norm_2(h_mid)) */
+    umas_rms_norm_forward(&b->norm_2, N, C, h_mid, s->u);
+    umas_spectral_atomwise_backward(b, N, C, H, s->u, s->dh, s->d_tmp, s->ffn_work);
+    umas_rms_norm_backward(&b->norm_2, N, C, h_mid, s->d_tmp, s->du);
+    for (size_t k = 0; k < size; k++)
+        s->dh[k] += s->du[k];
+
+    /* h_mid = h_in + messages(u), u = norm_1(h_in) + c_sys */
+    message_input(w, b, N, h_in, s->u);
+    memset(s->du, 0, sizeof(double) * size);
+    for (int first = 0; first < g->num_edges; first += s->chunk) {
+        umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
+        umas_edgewise_backward(b, C, H, &edges, s->radial, s->u, s->dh, s->du, s->d_radial,
+                               s->d_wigner + first, s->d_envelope + first, &s->work);
+        radial_chunk_backward(s, w, &b->radial, first, edges.count);
+    }
+    umas_rms_norm_backward(&b->norm_1, N, C, h_in, s->du, s->d_tmp);
+    for (size_t k = 0; k < size; k++)
+        s->dh[k] += s->d_tmp[k];
+}
+
+/* node_output[n] = head MLP of the final l = 0 features s->u[n][0], model units. */
 static void energy_head(general_state *s, const umas_weights *w, int N) {
     int H = w->H;
     double *h1 = s->head_hidden, *h2 = s->head_hidden + (size_t)N * H;
@@ -243,35 +370,124 @@ static void energy_head(general_state *s, const umas_weights *w, int N) {
     umas_linear_forward(&w->head[2], N, h2, H, s->node_output, 1);
 }
 
+/* du[n] = d(sum of the energy nodes' head outputs) / d(final features u[n]): non-zero on l = 0
+ * only. Recomputes the head's pre-activations from s->u. */
+static void energy_head_backward(general_state *s, const umas_weights *w, int N, int energy_nodes) {
+    int C = w->C, H = w->H;
+    double *z1 = s->head_hidden, *z2 = s->head_hidden + (size_t)N * H;
+    double *a1 = s->ffn_hidden; /* [N][H] scratch */
+    umas_linear_forward(&w->head[0], N, s->u, 9 * C, z1, H);
+    for (size_t k = 0; k < (size_t)N * H; k++)
+        a1[k] = umas_silu(z1[k]);
+    umas_linear_forward(&w->head[1], N, a1, H, z2, H);
+    for (int n = 0; n < N; n++) /* dE/dz2 = w3 * SiLU'(z2) for energy nodes */
+        for (int k = 0; k < H; k++)
+            z2[(size_t)n * H + k] =
+                n < energy_nodes
+                    ? w->head[2].weight[k] * umas_silu_derivative(z2[(size_t)n * H + k])
+                    : 0.0;
+    umas_linear_backward(&w->head[1], N, z2, H, a1, H, H, 0); /* dE/da1 */
+    for (size_t k = 0; k < (size_t)N * H; k++)
+        a1[k] *= umas_silu_derivative(z1[k]);
+    memset(s->du, 0, sizeof(double) * (size_t)N * 9 * C);
+    umas_linear_backward(&w->head[0], N, a1, H, s->du, 9 * C, C, 0);
+}
+
+/* The backward sweep: dE/dr per edge (eV/A, model units times rmsd) into the result. */
+static void backward(umas_context *ctx, const umas_graph *g, umas_result *result) {
+    general_state *s = ctx->backend_state;
+    const umas_weights *w = &ctx->weights;
+    int N = g->num_nodes, E = g->num_edges, L = w->num_layers;
+    size_t size = (size_t)N * 9 * w->C;
+
+    memset(s->d_wigner, 0, sizeof(umas_wigner) * (size_t)E);
+    memset(s->d_envelope, 0, sizeof(double) * (size_t)E);
+    memset(s->d_distance, 0, sizeof(double) * (size_t)E);
+
+    energy_head_backward(s, w, N, g->num_energy_nodes);
+    umas_rms_norm_backward(&w->final_norm, N, w->C, s->saved + 2 * L * size, s->du, s->dh);
+    for (int l = L - 1; l >= 0; l--)
+        block_backward(ctx, &w->blocks[l], g, s->saved + 2 * l * size);
+    for (int first = 0; first < E; first += s->chunk) {
+        umas_edge_chunk edges = radial_chunk(s, w, g, &w->degree_radial, first);
+        umas_edge_degree_backward(w->C, &edges, s->radial, s->dh, s->d_radial, s->d_wigner + first,
+                                  s->d_envelope + first);
+        radial_chunk_backward(s, w, &w->degree_radial, first, edges.count);
+    }
+
+    double virial[6] = {0, 0, 0, 0, 0, 0};
+    if (result->forces)
+        memset(result->forces, 0, sizeof(double) * 3 * (size_t)N);
+    if (result->node_virial)
+        memset(result->node_virial, 0, sizeof(double) * 6 * (size_t)N);
+    for (int e = 0; e < E; e++) {
+        const double *r = g->edge_vector + 3 * (size_t)e;
+        double d = s->distance[e], unit[3] = {r[0] / d, r[1] / d, r[2] / d};
+        double dd = s->d_distance[e] + s->d_envelope[e] * umas_envelope_derivative(d, w->cutoff);
+        double dr[3] = {dd * unit[0], dd * unit[1], dd * unit[2]};
+        umas_wigner_backward(&s->generators, &s->wigner[e], &s->d_wigner[e], unit, d, dr);
+        for (int k = 0; k < 3; k++)
+            dr[k] *= w->energy_rmsd;
+        if (result->edge_gradient)
+            memcpy(result->edge_gradient + 3 * (size_t)e, dr, sizeof dr);
+        int src = g->edge_source[e], tgt = g->edge_target[e];
+        if (result->forces)
+            for (int k = 0; k < 3; k++) {
+                result->forces[3 * (size_t)src + k] -= dr[k];
+                result->forces[3 * (size_t)tgt + k] += dr[k];
+            }
+        /* W = -sym(r (x) dr), LAMMPS order xx yy zz xy xz yz */
+        double W[6] = {-r[0] * dr[0],
+                       -r[1] * dr[1],
+                       -r[2] * dr[2],
+                       -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
+                       -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
+                       -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
+        for (int k = 0; k < 6; k++) {
+            virial[k] += W[k];
+            if (result->node_virial) {
+                result->node_virial[6 * (size_t)src + k] += 0.5 * W[k];
+                result->node_virial[6 * (size_t)tgt + k] += 0.5 * W[k];
+            }
+        }
+    }
+    memcpy(result->virial, virial, sizeof virial);
+}
+
 static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *result,
                            umas_error *err) {
     general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
-    int N = g->num_nodes;
+    int N = g->num_nodes, L = w->num_layers;
+    int gradients =
+        result->forces || result->edge_gradient || result->want_virial || result->node_virial;
     if ((w->num_charge_balanced || w->num_spin_balanced) && g->num_energy_nodes != N)
         return umas_fail(err, "this model balances charge/spin channels over the whole system;"
                               " that needs every atom on one rank (no ghost nodes) for now");
-    if (reserve(ctx, g, err))
+    if (reserve(ctx, g, gradients, err))
         return -1;
     if (ctx->keep_trace) {
         free(ctx->trace);
-        ctx->trace = malloc(sizeof(double) * (size_t)(w->num_layers + 3) * N * 9 * w->C + 1);
+        ctx->trace = malloc(sizeof(double) * (size_t)(L + 3) * N * 9 * w->C + 1);
         ctx->trace_nodes = N;
         if (!ctx->trace)
             return umas_fail(err, "out of memory for the trace");
     }
+    size_t size = (size_t)N * 9 * w->C;
 
     edge_geometry(s, w, g);
     embed_nodes(w, g, s->h);
     record_trace(ctx, 0, s->h, N);
     edge_degree(s, w, g);
     record_trace(ctx, 1, s->h, N);
-    for (int l = 0; l < w->num_layers; l++) {
-        block_forward(ctx, &w->blocks[l], g);
+    for (int l = 0; l < L; l++) {
+        block_forward(ctx, &w->blocks[l], g, gradients ? s->saved + 2 * l * size : NULL);
         record_trace(ctx, 2 + l, s->h, N);
     }
+    if (gradients)
+        memcpy(s->saved + 2 * L * size, s->h, sizeof(double) * size);
     umas_rms_norm_forward(&w->final_norm, N, w->C, s->h, s->u);
-    record_trace(ctx, 2 + w->num_layers, s->u, N);
+    record_trace(ctx, 2 + L, s->u, N);
     energy_head(s, w, N);
 
     /* E = rmsd * sum_n eps_n + mean + sum_n ref[Z_n], in float64; the mean is spread evenly
@@ -288,6 +504,8 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
         if (result->node_energy)
             result->node_energy[n] = e;
     }
+    if (gradients)
+        backward(ctx, g, result);
     return 0;
 }
 

@@ -28,6 +28,12 @@ typedef struct umas_edgewise_work {
     double *product_r; /* [n][4 max(C, H)] x_r W^T of the m > 0 convolutions */
     double *product_i; /* [n][4 max(C, H)] x_i W^T */
     double *messages;  /* [n][9][C] conv2 output (M-order) */
+    /* backward only */
+    double *d_rotated;  /* [n][9][2C] */
+    double *d_gated;    /* [n][9][H] */
+    double *d_conv1_m0; /* [n][5H] */
+    double *d_messages; /* [n][9][C] */
+    double *unscaled;   /* [n][9][2C] rotated features before the radial scaling */
 } umas_edgewise_work;
 
 size_t umas_edgewise_work_doubles(int n, int C, int H);
@@ -40,8 +46,23 @@ void umas_edgewise_forward(const umas_block_weights *b, int C, int H, const umas
                            const double *radial, const double *x, double *x_out,
                            umas_edgewise_work *work);
 
+/* Backward of umas_edgewise_forward. Recomputes the chunk's forward from x and radial, then
+ * from d_out = dE/dx_out [N][9][C]:
+ *   d_x      [N][9][C] += dE/dx through both gather ends
+ *   d_radial [n][12C]   = dE/dradial
+ *   d_wigner [n]       += dE/dD (block-diagonal entries)
+ *   d_envelope [n]     += dE/denv */
+void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const umas_edge_chunk *edges,
+                            const double *radial, const double *x, const double *d_out, double *d_x,
+                            double *d_radial, umas_wigner *d_wigner, double *d_envelope,
+                            umas_edgewise_work *work);
+
 /* x_out[target] += (env / 5) * sum_l rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]. */
 void umas_edge_degree_forward(int C, const umas_edge_chunk *edges, const double *radial,
                               double *x_out);
+/* Its backward: d_radial [n][3C] = dE/drho; d_wigner, d_envelope accumulate. */
+void umas_edge_degree_backward(int C, const umas_edge_chunk *edges, const double *radial,
+                               const double *d_out, double *d_radial, umas_wigner *d_wigner,
+                               double *d_envelope);
 
 #endif

@@ -41,3 +41,19 @@ double umas_envelope(double d, double cutoff) {
     double x5 = x * x * x * x * x;
     return 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x;
 }
+
+double umas_gaussian_backward(const umas_gaussian_basis *basis, double d, const double *dg) {
+    double dd = 0;
+    for (int k = 0; k < basis->num_basis; k++) {
+        double x = d - basis->offsets[k];
+        dd += dg[k] * 2.0 * basis->coeff * x * exp(basis->coeff * x * x);
+    }
+    return dd;
+}
+
+double umas_envelope_derivative(double d, double cutoff) {
+    double x = d / cutoff;
+    if (x >= 1.0)
+        return 0.0;
+    return -105.0 * x * x * x * x * (1.0 - x) * (1.0 - x) / cutoff;
+}

@@ -117,9 +117,21 @@ typedef struct umas_graph {
     const double *edge_vector; /* [E][3] Angstrom */
 } umas_graph;
 
+/* What umas_compute returns. Set the optional pointers to arrays for the outputs you want; the
+ * backward pass (forces, virial) runs only when one of its outputs is asked for. */
 typedef struct umas_result {
     double energy;       /* out: eV, sum over energy nodes, with element references */
     double *node_energy; /* out, optional [N]: eV per node (0 for nodes past num_energy_nodes) */
+
+    /* Gradients of `energy` with respect to the edge vectors (forces = -dE/dr). */
+    double *forces;        /* out, optional [N][3] eV/A: -dE/dr_n through every edge touching n
+                            * (ghost nodes receive the forces of their edges; sum them onto the
+                            * atoms they image, e.g. LAMMPS' reverse communication) */
+    double *edge_gradient; /* out, optional [E][3] eV/A: dE/d edge_vector[e] */
+    int want_virial;       /* in: 1 to fill virial */
+    double virial[6];      /* out: W = -sum_e sym(r_e (x) dE/dr_e), eV, LAMMPS order
+                            * xx yy zz xy xz yz. fairchem's stress = -W / volume. */
+    double *node_virial;   /* out, optional [N][6]: W split half to each end of every edge */
 } umas_result;
 
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err);

@@ -72,3 +72,66 @@ void umas_wigner_from_unit_vector(const double e[3], umas_wigner *D) {
         }
     }
 }
+
+/* K_a v = e_a x v: the generators of rotations about x, y, z acting on vectors. */
+static void vector_generators(double K[3][3][3]) {
+    for (int a = 0; a < 3; a++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++)
+                K[a][i][j] = 0.0;
+    K[0][1][2] = -1, K[0][2][1] = 1;
+    K[1][0][2] = 1, K[1][2][0] = -1;
+    K[2][0][1] = -1, K[2][1][0] = 1;
+}
+
+void umas_wigner_generators_init(umas_wigner_generators *J) {
+    double A[5][3][3];
+    l2_basis(A);
+    vector_generators(J->l1);
+    double(*J1)[3][3] = J->l1;
+    double(*J2)[5][5] = J->l2;
+    /* J2_a[i][j] = (2/3) tr(A_i (K_a A_j - A_j K_a)): the derivative of D^2 at the identity */
+    for (int a = 0; a < 3; a++)
+        for (int i = 0; i < 5; i++)
+            for (int j = 0; j < 5; j++) {
+                double t = 0;
+                for (int p = 0; p < 3; p++)
+                    for (int q = 0; q < 3; q++) {
+                        double commutator = 0;
+                        for (int k = 0; k < 3; k++)
+                            commutator += J1[a][p][k] * A[j][k][q] - A[j][p][k] * J1[a][k][q];
+                        t += A[i][q][p] * commutator;
+                    }
+                J2[a][i][j] = (2.0 / 3.0) * t;
+            }
+}
+
+void umas_wigner_backward(const umas_wigner_generators *J, const umas_wigner *D,
+                          const umas_wigner *dD, const double e[3], double d, double dr[3]) {
+    const double(*J1)[3][3] = J->l1;
+    const double(*J2)[5][5] = J->l2;
+    /* tau_a = -sum_l <dD^l, D^l J^l_a> */
+    double tau[3];
+    for (int a = 0; a < 3; a++) {
+        double t = 0;
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) {
+                double DJ = 0;
+                for (int k = 0; k < 3; k++)
+                    DJ += D->l1[i][k] * J1[a][k][j];
+                t += dD->l1[i][j] * DJ;
+            }
+        for (int i = 0; i < 5; i++)
+            for (int j = 0; j < 5; j++) {
+                double DJ = 0;
+                for (int k = 0; k < 5; k++)
+                    DJ += D->l2[i][k] * J2[a][k][j];
+                t += dD->l2[i][j] * DJ;
+            }
+        tau[a] = -t;
+    }
+    /* dE/dr (direction part) = (tau x e) / d */
+    dr[0] += (tau[1] * e[2] - tau[2] * e[1]) / d;
+    dr[1] += (tau[2] * e[0] - tau[0] * e[2]) / d;
+    dr[2] += (tau[0] * e[1] - tau[1] * e[0]) / d;
+}

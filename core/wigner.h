@@ -16,4 +16,20 @@ typedef struct umas_wigner {
 /* D for a unit vector e (|e| = 1). */
 void umas_wigner_from_unit_vector(const double e[3], umas_wigner *D);
 
+/* Generators J^l_a of the l = 1, 2 representations: D^l(exp(t K_a)) = exp(t J^l_a), with
+ * K_a v = e_a x v. J^1_a = K_a; J^2_a[i][j] = (2/3) tr(A_i (K_a A_j - A_j K_a)). */
+typedef struct umas_wigner_generators {
+    double l1[3][3][3]; /* [a][i][j] */
+    double l2[3][5][5];
+} umas_wigner_generators;
+
+void umas_wigner_generators_init(umas_wigner_generators *J);
+
+/* Backward of the edge direction (spec 3.6): given dD = dE/dD (only roll-invariant uses of D,
+ * which every use in the model is), adds the direction part of dE/dr to dr:
+ *   tau_a = -sum_l <dD^l, D^l J^l_a>,   dr += (tau x e) / d.
+ * Gauge-free: it does not differentiate our choice of roll. */
+void umas_wigner_backward(const umas_wigner_generators *J, const umas_wigner *D,
+                          const umas_wigner *dD, const double e[3], double d, double dr[3]);
+
 #endif

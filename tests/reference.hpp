@@ -143,22 +143,42 @@ struct Evaluation {
             throw std::runtime_error(err.message);
     }
 
-    // Energy (eV) and per-atom energies of the current edges.
-    double energy(const std::vector<int> &atomic_numbers, std::vector<double> *per_atom) {
-        std::vector<double> node_energy(atomic_numbers.size());
-        umas_graph g = {(int)atomic_numbers.size(),
-                        (int)atomic_numbers.size(),
-                        atomic_numbers.data(),
-                        edges.num_edges,
-                        edges.source,
-                        edges.target,
-                        edges.vector};
-        umas_result r = {0, node_energy.data()};
+    struct Output {
+        double energy = 0;
+        std::vector<double> per_atom, forces, edge_gradient; // [N], [N][3], [E][3]
+        double virial[6] = {0, 0, 0, 0, 0, 0};               // eV, xx yy zz xy xz yz
+    };
+
+    // Energy, per-atom energies and, with gradients, forces, edge gradients and the virial.
+    Output compute(const std::vector<int> &atomic_numbers, bool gradients) {
+        Output out;
+        int n = (int)atomic_numbers.size();
+        out.per_atom.resize(n);
+        umas_graph g = {
+            n, n, atomic_numbers.data(), edges.num_edges, edges.source, edges.target, edges.vector};
+        umas_result r = {};
+        r.node_energy = out.per_atom.data();
+        if (gradients) {
+            out.forces.resize(3 * (size_t)n);
+            out.edge_gradient.resize(3 * (size_t)edges.num_edges);
+            r.forces = out.forces.data();
+            r.edge_gradient = out.edge_gradient.data();
+            r.want_virial = 1;
+        }
         if (umas_compute(ctx, &g, &r, &err))
             throw std::runtime_error(err.message);
+        out.energy = r.energy;
+        for (int k = 0; k < 6; k++)
+            out.virial[k] = r.virial[k];
+        return out;
+    }
+
+    // Energy (eV) and per-atom energies of the current edges.
+    double energy(const std::vector<int> &atomic_numbers, std::vector<double> *per_atom) {
+        Output out = compute(atomic_numbers, false);
         if (per_atom)
-            *per_atom = node_energy;
-        return r.energy;
+            *per_atom = out.per_atom;
+        return out.energy;
     }
 
     int pbc[3] = {0, 0, 0};

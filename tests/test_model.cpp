@@ -268,7 +268,7 @@ TEST_F(Context, ComputeRefusesBadGraphs) {
     int src[2] = {0, 1}, tgt[2] = {1, 0};
     double vec[6] = {2.5, 0, 0, -2.5, 0, 0};
     umas_graph g = {2, 2, z.data(), 2, src, tgt, vec};
-    umas_result r = {0, nullptr};
+    umas_result r = {};
     ASSERT_EQ(umas_compute(ctx, &g, &r, &err), 0) << err.message;
 
     vec[1] = NAN;
@@ -292,7 +292,8 @@ TEST_F(Context, AtomsWithoutEdgesGetTheirEmbeddingEnergy) {
     ASSERT_NE(ctx, nullptr) << err.message;
     double per_atom[2];
     umas_graph g = {2, 2, z.data(), 0, nullptr, nullptr, nullptr};
-    umas_result r = {0, per_atom};
+    umas_result r = {};
+    r.node_energy = per_atom;
     ASSERT_EQ(umas_compute(ctx, &g, &r, &err), 0) << err.message;
     EXPECT_TRUE(std::isfinite(r.energy));
     EXPECT_DOUBLE_EQ(r.energy, per_atom[0] + per_atom[1]);
