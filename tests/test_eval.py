@@ -6,8 +6,9 @@
 
 Specification:
   * for each extended-XYZ structure in tests/data/structures (made from the reference cases), the
-    printed energy equals fairchem's float64 energy to 1e-9 relative, and the per-atom energies
-    sum to it;
+    printed energy equals fairchem's float64 energy to 1e-9 relative, the per-atom energies sum
+    to it, the forces equal fairchem's to 1e-9 eV/A and, for periodic cells, the stress (Voigt
+    xx yy zz yz xz xy) equals fairchem's to 1e-11 eV/A^3; molecules print no stress;
   * charge and spin options reach the model (the molecule is evaluated as a cation doublet);
   * bad input exits with status 1 and one 'umas-eval: error:' line on stderr: unknown task,
     missing structure, missing model, unknown element, out-of-range charge.
@@ -30,6 +31,21 @@ CASES = [  # structure, task, extra options, reference case
 ]
 
 
+def read_npy(path):
+    """Values of a little-endian float64 .npy file, flattened (enough for the reference data)."""
+    import ast
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    header_len = struct.unpack("<H", data[8:10])[0]
+    header = ast.literal_eval(data[10:10 + header_len].decode("latin1"))
+    assert header["descr"] == "<f8" and not header["fortran_order"]
+    count = 1
+    for n in header["shape"]:
+        count *= n
+    return list(struct.unpack("<%dd" % count, data[10 + header_len:10 + header_len + 8 * count]))
+
+
 def run(*options):
     return subprocess.run([ARGS.eval, *options], capture_output=True, text=True)
 
@@ -50,6 +66,17 @@ class Energies(unittest.TestCase):
                 self.assertLessEqual(abs(result["energy"] - reference), 1e-9 * abs(reference))
                 self.assertAlmostEqual(sum(result["energies"]), result["energy"], delta=1e-8)
                 self.assertEqual(len(result["energies"]), result["num_atoms"])
+                forces = read_npy(os.path.join(ARGS.data, case, "forces_f64.npy"))
+                ours = [f for atom in result["forces"] for f in atom]
+                self.assertEqual(len(ours), len(forces))
+                self.assertLessEqual(max(abs(a - b) for a, b in zip(ours, forces)), 1e-9)
+                if name.startswith("isopropanol"):
+                    self.assertNotIn("stress", result)
+                else:  # fairchem's 3x3 stress vs our Voigt xx yy zz yz xz xy
+                    s = read_npy(os.path.join(ARGS.data, case, "stress_f64.npy"))
+                    voigt = [s[0], s[4], s[8], s[5], s[2], s[1]]
+                    self.assertLessEqual(max(abs(a - b) for a, b in zip(result["stress"], voigt)),
+                                         1e-11)
 
 
 class Errors(unittest.TestCase):

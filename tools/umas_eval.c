@@ -4,13 +4,16 @@
  *             [--device cpu] STRUCTURE.extxyz
  *
  * Builds the periodic graph itself (all images within the cutoff), applies fairchem's
- * max_neighbors rule, runs the model and prints {"energy": eV, "energies": [eV per atom], ...}.
+ * max_neighbors rule, runs the model and prints {"energy": eV, "energies": [eV per atom],
+ * "forces": [[eV/A]], "stress": [eV/A^3, Voigt xx yy zz yz xz xy, fairchem's sign], ...};
+ * stress only for cells periodic in all three directions.
  * Errors go to stderr with exit status 1. */
 #include "extxyz.h"
 #include "umas.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,12 +90,27 @@ static int parse_arguments(int argc, char **argv, arguments *a) {
     return 0;
 }
 
+static double cell_volume(const double h[9]) {
+    return fabs(h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
+                h[2] * (h[3] * h[7] - h[4] * h[6]));
+}
+
 static void print_json(const arguments *a, const extxyz_frame *frame, int num_edges,
                        const umas_result *result) {
     cJSON *out = cJSON_CreateObject();
     cJSON_AddNumberToObject(out, "energy", result->energy);
     cJSON_AddItemToObject(out, "energies",
                           cJSON_CreateDoubleArray(result->node_energy, frame->num_atoms));
+    cJSON *forces = cJSON_AddArrayToObject(out, "forces");
+    for (int i = 0; i < frame->num_atoms; i++)
+        cJSON_AddItemToArray(forces, cJSON_CreateDoubleArray(result->forces + 3 * (size_t)i, 3));
+    if (frame->pbc[0] && frame->pbc[1] && frame->pbc[2]) {
+        /* fairchem's stress = -W / V; W is in LAMMPS order xx yy zz xy xz yz */
+        const double *W = result->virial;
+        double V = cell_volume(frame->cell);
+        double voigt[6] = {-W[0] / V, -W[1] / V, -W[2] / V, -W[5] / V, -W[4] / V, -W[3] / V};
+        cJSON_AddItemToObject(out, "stress", cJSON_CreateDoubleArray(voigt, 6));
+    }
     cJSON_AddNumberToObject(out, "num_atoms", frame->num_atoms);
     cJSON_AddNumberToObject(out, "num_edges", num_edges);
     cJSON_AddStringToObject(out, "task", a->task);
@@ -122,10 +140,11 @@ int main(int argc, char **argv) {
     umas_context *ctx = NULL;
     umas_edge_list edges = {0};
     double *energies = calloc((size_t)frame.num_atoms + 1, sizeof(double));
+    double *forces = calloc(3 * (size_t)frame.num_atoms + 1, sizeof(double));
     int status = 1;
-    if (!energies)
+    if (!energies || !forces)
         snprintf(err.message, sizeof err.message, "out of memory");
-    if (!model || !energies)
+    if (!model || !energies || !forces)
         goto fail;
     const umas_model_info *info = umas_model_get_info(model);
     umas_system system = {a.task, a.charge, a.spin, frame.num_atoms, frame.atomic_numbers, NULL};
@@ -144,7 +163,7 @@ int main(int argc, char **argv) {
                 cut, info->max_neighbors);
     umas_graph graph = {frame.num_atoms, frame.num_atoms, frame.atomic_numbers, edges.num_edges,
                         edges.source,    edges.target,    edges.vector};
-    umas_result result = {0, energies};
+    umas_result result = {.node_energy = energies, .forces = forces, .want_virial = 1};
     if (umas_compute(ctx, &graph, &result, &err))
         goto fail;
     print_json(&a, &frame, edges.num_edges, &result);
@@ -154,6 +173,7 @@ fail:
     fprintf(stderr, "umas-eval: error: %s\n", err.message);
 done:
     free(energies);
+    free(forces);
     umas_edge_list_free(&edges);
     umas_context_free(ctx);
     umas_model_free(model);
