@@ -165,15 +165,16 @@ static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_e
     const umas_weights *w = &ctx->weights;
     size_t C = (size_t)w->C, H = (size_t)w->H, e = (size_t)g->num_edges;
     size_t n = (size_t)g->num_nodes;
-    if (g->num_edges > s->edge_capacity) {
+    /* (every buffer exists after the first call, also for empty graphs) */
+    if (!s->wigner || g->num_edges > s->edge_capacity) {
         free(s->wigner);
-        s->wigner = malloc(sizeof(umas_wigner) * e);
+        s->wigner = malloc(sizeof(umas_wigner) * (e ? e : 1));
         int ok = !regrow(&s->distance, e) && !regrow(&s->envelope, e) && s->wigner;
         s->edge_capacity = ok ? g->num_edges : 0;
         if (!ok)
             return umas_fail(err, "out of memory for the geometry of %d edges", g->num_edges);
     }
-    if (g->num_nodes > s->node_capacity) {
+    if (!s->h || g->num_nodes > s->node_capacity) {
         free_node_buffers(s);
         int ok = !regrow(&s->h, n * 9 * C) && !regrow(&s->u, n * 9 * C) &&
                  !regrow(&s->ffn_out, n * 9 * C) && !regrow(&s->ffn_gates, n * 2 * H) &&
@@ -183,8 +184,8 @@ static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_e
         if (!ok)
             return umas_fail(err, "out of memory for the features of %d atoms", g->num_nodes);
     }
-    if (gradients &&
-        (g->num_edges > s->gradient_edge_capacity || g->num_nodes > s->gradient_node_capacity)) {
+    if (gradients && (!s->saved || g->num_edges > s->gradient_edge_capacity ||
+                      g->num_nodes > s->gradient_node_capacity)) {
         free_gradient_buffers(s);
         size_t e_max =
             e > (size_t)s->gradient_edge_capacity ? e : (size_t)s->gradient_edge_capacity;
@@ -437,12 +438,12 @@ static void backward(umas_context *ctx, const umas_graph *g, umas_result *result
                 result->forces[3 * (size_t)tgt + k] += dr[k];
             }
         /* W = -sym(r (x) dr), LAMMPS order xx yy zz xy xz yz */
-        double W[6] = {-r[0] * dr[0],
-                       -r[1] * dr[1],
-                       -r[2] * dr[2],
-                       -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
-                       -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
-                       -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
+        const double W[6] = {-r[0] * dr[0],
+                             -r[1] * dr[1],
+                             -r[2] * dr[2],
+                             -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
+                             -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
+                             -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
         for (int k = 0; k < 6; k++) {
             virial[k] += W[k];
             if (result->node_virial) {
@@ -466,6 +467,8 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
                               " that needs every atom on one rank (no ghost nodes) for now");
     if (reserve(ctx, g, gradients, err))
         return -1;
+    if (gradients && !s->saved) /* cannot happen after reserve; keeps the analyzer informed */
+        return umas_fail(err, "internal error: backward buffers missing");
     if (ctx->keep_trace) {
         free(ctx->trace);
         ctx->trace = malloc(sizeof(double) * (size_t)(L + 3) * N * 9 * w->C + 1);

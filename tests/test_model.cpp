@@ -300,4 +300,27 @@ TEST_F(Context, AtomsWithoutEdgesGetTheirEmbeddingEnergy) {
     umas_context_free(ctx);
 }
 
+TEST_F(Context, EmptyGraphAndLoneAtomWithGradients) {
+    // A rank that owns no atoms gets an empty graph; a lone atom has no edges: both are defined.
+    std::vector<int> z = {29};
+    umas_system sys = {"omat", 0, 0, 1, z.data(), nullptr};
+    umas_context *ctx = umas_context_create(model, &sys, nullptr, &err);
+    ASSERT_NE(ctx, nullptr) << err.message;
+    double forces[3] = {1, 1, 1};
+    umas_result r = {};
+    r.forces = forces;
+    r.want_virial = 1;
+    umas_graph empty = {0, 0, nullptr, 0, nullptr, nullptr, nullptr};
+    ASSERT_EQ(umas_compute(ctx, &empty, &r, &err), 0) << err.message;
+    EXPECT_EQ(r.energy, 0.0);
+    umas_graph lone = {1, 1, z.data(), 0, nullptr, nullptr, nullptr};
+    ASSERT_EQ(umas_compute(ctx, &lone, &r, &err), 0) << err.message;
+    EXPECT_TRUE(std::isfinite(r.energy));
+    for (int k = 0; k < 3; k++)
+        EXPECT_EQ(forces[k], 0.0);
+    for (double v : r.virial)
+        EXPECT_EQ(v, 0.0);
+    umas_context_free(ctx);
+}
+
 } // namespace
