@@ -22,6 +22,7 @@
  *              doubles; UMA-S: 83 KB per atom) and 27 C + 22 H of adjoint work
  *   per chunk  about 32 MB (the chunk size adapts to C, H)
  */
+#define _POSIX_C_SOURCE 200809L
 #include "context.h"
 #include "edgewise.h"
 #include "error.h"
@@ -33,6 +34,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { CHUNK_BYTES = 32 << 20 }; /* target size of the per-chunk work space */
 
@@ -455,6 +457,12 @@ static void backward(umas_context *ctx, const umas_graph *g, umas_result *result
     memcpy(result->virial, virial, sizeof virial);
 }
 
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *result,
                            umas_error *err) {
     general_state *s = ctx->backend_state;
@@ -477,6 +485,7 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
             return umas_fail(err, "out of memory for the trace");
     }
     size_t size = (size_t)N * 9 * w->C;
+    double start = seconds_now();
 
     edge_geometry(s, w, g);
     embed_nodes(w, g, s->h);
@@ -507,8 +516,13 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
         if (result->node_energy)
             result->node_energy[n] = e;
     }
-    if (gradients)
+    double middle = seconds_now();
+    result->seconds_forward = middle - start;
+    result->seconds_backward = 0;
+    if (gradients) {
         backward(ctx, g, result);
+        result->seconds_backward = seconds_now() - middle;
+    }
     return 0;
 }
 

@@ -4,6 +4,7 @@
 #include "error.h"
 #include "mole.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -189,6 +190,10 @@ static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error 
                              e, s, t);
     }
     return 0;
+}
+
+int umas_cpu_threads(void) {
+    return openblas_get_num_threads();
 }
 
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err) {

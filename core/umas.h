@@ -66,6 +66,9 @@ const char *umas_model_task_name(const umas_model *model, int i);
 /* Bytes of the model's tensors (all experts). */
 size_t umas_model_bytes(const umas_model *model);
 
+/* Threads the CPU backends use (OpenBLAS; set OPENBLAS_NUM_THREADS to change). */
+int umas_cpu_threads(void);
+
 /* fairchem's default spin multiplicity for a task: 1 for omol, 0 for the others. */
 int umas_default_spin(const char *task);
 
@@ -132,6 +135,9 @@ typedef struct umas_result {
     double virial[6];      /* out: W = -sum_e sym(r_e (x) dE/dr_e), eV, LAMMPS order
                             * xx yy zz xy xz yz. fairchem's stress = -W / volume. */
     double *node_virial;   /* out, optional [N][6]: W split half to each end of every edge */
+
+    double seconds_forward;  /* out: wall time of the forward pass */
+    double seconds_backward; /* out: wall time of the backward pass (0 without gradients) */
 } umas_result;
 
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err);
