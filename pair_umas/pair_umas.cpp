@@ -304,6 +304,36 @@ int PairUMAS::gather_atoms() {
     return (int)slot_of.size();
 }
 
+/* Hops from the owned atoms (0) over the edges, capped at max_hop + 1 for nodes farther away:
+ * breadth-first search over the incoming edges of each node (the graph is symmetric). */
+static std::vector<int> receptive_hops(const umas_edge_list &edges, int nodes, int owned,
+                                       int max_hop) {
+    std::vector<int> first(nodes + 1, 0), sources(edges.num_edges);
+    for (int e = 0; e < edges.num_edges; e++)
+        first[edges.target[e] + 1]++;
+    for (int k = 0; k < nodes; k++)
+        first[k + 1] += first[k];
+    std::vector<int> fill(first.begin(), first.end() - 1);
+    for (int e = 0; e < edges.num_edges; e++)
+        sources[fill[edges.target[e]]++] = edges.source[e];
+    std::vector<int> hop(nodes, max_hop + 1), frontier, next;
+    for (int k = 0; k < owned; k++) {
+        hop[k] = 0;
+        frontier.push_back(k);
+    }
+    for (int h = 1; h <= max_hop && !frontier.empty(); h++) {
+        next.clear();
+        for (int t : frontier)
+            for (int i = first[t]; i < first[t + 1]; i++)
+                if (hop[sources[i]] > h) {
+                    hop[sources[i]] = h;
+                    next.push_back(sources[i]);
+                }
+        frontier.swap(next);
+    }
+    return hop;
+}
+
 /* Edges of the model atoms; in local mode only those into owned atoms, their sources mapped
  * to the owners. Fills edge_* arrays; node_z is cut to the graph's nodes. */
 void PairUMAS::build_graph(int model_atoms, int owned) {
@@ -329,28 +359,55 @@ void PairUMAS::build_graph(int model_atoms, int owned) {
         for (int k = 0; k < owned; k++)
             owner_of_tag[tag[slot_of[k]]] = k;
     }
+    /* shell mode: the owned energies depend on nodes up to `blocks` hops away through their
+     * complete incoming edges (the edge-degree embedding reads neighbour positions, each block
+     * one more hop of features). Keep the edges into nodes within `blocks` hops, and the nodes
+     * within blocks + 1 hops; farther ghosts cannot reach an owned atom. */
+    std::vector<int> node_of(model_atoms, -1);
+    if (mode == SHELL) {
+        int blocks = umas_model_get_info(model)->num_layers;
+        std::vector<int> hop = receptive_hops(all, model_atoms, owned, blocks + 1);
+        int nodes = 0;
+        for (int k = 0; k < model_atoms; k++)
+            if (hop[k] <= blocks + 1)
+                node_of[k] = nodes++;
+        std::vector<int> kept_z(nodes);
+        std::vector<int> kept_slot(nodes);
+        for (int k = 0; k < model_atoms; k++)
+            if (node_of[k] >= 0) {
+                kept_z[node_of[k]] = node_z[k];
+                kept_slot[node_of[k]] = slot_of[k];
+            }
+        for (int e = 0; e < all.num_edges; e++)
+            if (hop[all.target[e]] > blocks)
+                all.target[e] = -1; /* not needed */
+        node_z.swap(kept_z);
+        slot_of.swap(kept_slot);
+    } else {
+        for (int k = 0; k < model_atoms; k++)
+            node_of[k] = k;
+    }
+
     edge_source.clear(), edge_target.clear(), edge_vector.clear();
     edge_source_slot.clear(), edge_target_slot.clear();
     for (int e = 0; e < all.num_edges; e++) {
         int s = all.source[e], t = all.target[e];
-        int source_node = s;
-        if (mode == LOCAL) {
-            if (t >= owned)
-                continue;
-            if (s >= owned) {
-                source_node = owner_of_tag[atom->tag[slot_of[s]]];
-                if (source_node < 0) {
-                    umas_edge_list_free(&all);
-                    error->one(FLERR, "pair_style umas: ghost atom ID " +
-                                          std::to_string(atom->tag[slot_of[s]]) +
-                                          " has no owner on this rank; use mode shell");
-                }
+        if (t < 0 || (mode == LOCAL && t >= owned))
+            continue;
+        int source_node = node_of[s];
+        if (mode == LOCAL && s >= owned) {
+            source_node = owner_of_tag[atom->tag[slot_of[s]]];
+            if (source_node < 0) {
+                umas_edge_list_free(&all);
+                error->one(FLERR, "pair_style umas: ghost atom ID " +
+                                      std::to_string(atom->tag[slot_of[s]]) +
+                                      " has no owner on this rank; use mode shell");
             }
         }
         edge_source.push_back(source_node);
-        edge_target.push_back(t);
-        edge_source_slot.push_back(slot_of[s]);
-        edge_target_slot.push_back(slot_of[t]);
+        edge_target.push_back(node_of[t]);
+        edge_source_slot.push_back(slot_of[node_of[s]]);
+        edge_target_slot.push_back(slot_of[node_of[t]]);
         edge_vector.insert(edge_vector.end(), all.vector + 3 * (size_t)e,
                            all.vector + 3 * (size_t)e + 3);
     }
