@@ -396,8 +396,8 @@ static void energy_head_backward(general_state *s, const umas_weights *w, int N,
     umas_linear_backward(&w->head[0], N, a1, H, s->du, 9 * C, C, 0);
 }
 
-/* The backward sweep: dE/dr per edge (eV/A, model units times rmsd) into the result. */
-static void backward(umas_context *ctx, const umas_graph *g, umas_result *result) {
+/* The backward sweep: dE/dr per edge (eV/A: model units times rmsd) into ctx->edge_gradient. */
+static void backward(umas_context *ctx, const umas_graph *g) {
     general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, E = g->num_edges, L = w->num_layers;
@@ -418,43 +418,17 @@ static void backward(umas_context *ctx, const umas_graph *g, umas_result *result
         radial_chunk_backward(s, w, &w->degree_radial, first, edges.count);
     }
 
-    double virial[6] = {0, 0, 0, 0, 0, 0};
-    if (result->forces)
-        memset(result->forces, 0, sizeof(double) * 3 * (size_t)N);
-    if (result->node_virial)
-        memset(result->node_virial, 0, sizeof(double) * 6 * (size_t)N);
     for (int e = 0; e < E; e++) {
         const double *r = g->edge_vector + 3 * (size_t)e;
         double d = s->distance[e], unit[3] = {r[0] / d, r[1] / d, r[2] / d};
         double dd = s->d_distance[e] + s->d_envelope[e] * umas_envelope_derivative(d, w->cutoff);
-        double dr[3] = {dd * unit[0], dd * unit[1], dd * unit[2]};
+        double *dr = ctx->edge_gradient + 3 * (size_t)e;
+        for (int k = 0; k < 3; k++)
+            dr[k] = dd * unit[k];
         umas_wigner_backward(&s->generators, &s->wigner[e], &s->d_wigner[e], unit, d, dr);
         for (int k = 0; k < 3; k++)
             dr[k] *= w->energy_rmsd;
-        if (result->edge_gradient)
-            memcpy(result->edge_gradient + 3 * (size_t)e, dr, sizeof dr);
-        int src = g->edge_source[e], tgt = g->edge_target[e];
-        if (result->forces)
-            for (int k = 0; k < 3; k++) {
-                result->forces[3 * (size_t)src + k] -= dr[k];
-                result->forces[3 * (size_t)tgt + k] += dr[k];
-            }
-        /* W = -sym(r (x) dr), LAMMPS order xx yy zz xy xz yz */
-        const double W[6] = {-r[0] * dr[0],
-                             -r[1] * dr[1],
-                             -r[2] * dr[2],
-                             -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
-                             -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
-                             -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
-        for (int k = 0; k < 6; k++) {
-            virial[k] += W[k];
-            if (result->node_virial) {
-                result->node_virial[6 * (size_t)src + k] += 0.5 * W[k];
-                result->node_virial[6 * (size_t)tgt + k] += 0.5 * W[k];
-            }
-        }
     }
-    memcpy(result->virial, virial, sizeof virial);
 }
 
 static double seconds_now(void) {
@@ -464,12 +438,10 @@ static double seconds_now(void) {
 }
 
 static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *result,
-                           umas_error *err) {
+                           int gradients, umas_error *err) {
     general_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, L = w->num_layers;
-    int gradients =
-        result->forces || result->edge_gradient || result->want_virial || result->node_virial;
     if ((w->num_charge_balanced || w->num_spin_balanced) && g->num_energy_nodes != N)
         return umas_fail(err, "this model balances charge/spin channels over the whole system;"
                               " that needs every atom on one rank (no ghost nodes) for now");
@@ -520,7 +492,7 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
     result->seconds_forward = middle - start;
     result->seconds_backward = 0;
     if (gradients) {
-        backward(ctx, g, result);
+        backward(ctx, g);
         result->seconds_backward = seconds_now() - middle;
     }
     return 0;

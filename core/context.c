@@ -10,7 +10,12 @@
 #include <stdio.h>
 #include <string.h>
 
-static const umas_backend *const backends[] = {&umas_backend_general_cpu};
+static const umas_backend *const backends[] = {
+    &umas_backend_general_cpu,
+#ifdef UMAS_HAVE_CUDA
+    &umas_backend_general_cuda,
+#endif
+};
 
 static const umas_backend *find_backend(const char *name, const char *device, umas_error *err) {
     if (!name)
@@ -26,8 +31,14 @@ static const umas_backend *find_backend(const char *name, const char *device, um
             return backends[i];
     }
     if (known_name)
-        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on cpu)",
-                  name, device);
+        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on %s)",
+                  name, device,
+#ifdef UMAS_HAVE_CUDA
+                  "cpu and cuda"
+#else
+                  "cpu"
+#endif
+        );
     else
         umas_fail(err, "unknown backend '%s' (this build has: general)", name);
     return NULL;
@@ -147,6 +158,7 @@ void umas_context_free(umas_context *ctx) {
     free(ctx->expert_coefficients);
     free(ctx->routing_input);
     free(ctx->trace);
+    free(ctx->edge_gradient);
     free(ctx);
 }
 
@@ -196,10 +208,60 @@ int umas_cpu_threads(void) {
     return openblas_get_num_threads();
 }
 
+/* Forces, virial and per-node virial from dE/dr per edge (every backend). The edge vector is
+ * r_source - r_target: F_source -= dE/dr, F_target += dE/dr; W = -sum_e sym(r_e (x) dE/dr_e). */
+static void scatter_edge_gradients(const umas_graph *g, const double *gradient,
+                                   umas_result *result) {
+    double virial[6] = {0, 0, 0, 0, 0, 0};
+    if (result->forces)
+        memset(result->forces, 0, sizeof(double) * 3 * (size_t)g->num_nodes);
+    if (result->node_virial)
+        memset(result->node_virial, 0, sizeof(double) * 6 * (size_t)g->num_nodes);
+    if (result->edge_gradient && g->num_edges > 0)
+        memcpy(result->edge_gradient, gradient, sizeof(double) * 3 * (size_t)g->num_edges);
+    for (int e = 0; e < g->num_edges; e++) {
+        const double *r = g->edge_vector + 3 * (size_t)e, *dr = gradient + 3 * (size_t)e;
+        size_t src = (size_t)g->edge_source[e], tgt = (size_t)g->edge_target[e];
+        if (result->forces)
+            for (int k = 0; k < 3; k++) {
+                result->forces[3 * src + k] -= dr[k];
+                result->forces[3 * tgt + k] += dr[k];
+            }
+        /* LAMMPS order xx yy zz xy xz yz */
+        const double W[6] = {-r[0] * dr[0],
+                             -r[1] * dr[1],
+                             -r[2] * dr[2],
+                             -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
+                             -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
+                             -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
+        for (int k = 0; k < 6; k++) {
+            virial[k] += W[k];
+            if (result->node_virial) {
+                result->node_virial[6 * src + k] += 0.5 * W[k];
+                result->node_virial[6 * tgt + k] += 0.5 * W[k];
+            }
+        }
+    }
+    memcpy(result->virial, virial, sizeof virial);
+}
+
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err) {
     if (!ctx || !graph || !result)
         return umas_fail(err, "umas_compute: context, graph and result are required");
     if (check_graph(ctx, graph, err))
         return -1;
-    return ctx->backend->compute(ctx, graph, result, err);
+    int gradients =
+        result->forces || result->edge_gradient || result->want_virial || result->node_virial;
+    if (gradients && (!ctx->edge_gradient || graph->num_edges > ctx->edge_gradient_capacity)) {
+        free(ctx->edge_gradient);
+        ctx->edge_gradient = malloc(sizeof(double) * 3 * ((size_t)graph->num_edges + 1));
+        ctx->edge_gradient_capacity = ctx->edge_gradient ? graph->num_edges : 0;
+        if (!ctx->edge_gradient)
+            return umas_fail(err, "out of memory for the gradients of %d edges", graph->num_edges);
+    }
+    if (ctx->backend->compute(ctx, graph, result, gradients, err))
+        return -1;
+    if (gradients)
+        scatter_edge_gradients(graph, ctx->edge_gradient, result);
+    return 0;
 }

@@ -11,14 +11,19 @@ typedef struct umas_backend {
     const char *name;
     const char *device;
     int (*create)(umas_context *ctx, umas_error *err);
-    /* graph is validated by umas_compute before this is called */
-    int (*compute)(umas_context *ctx, const umas_graph *graph, umas_result *result,
+    /* graph is validated by umas_compute before this is called. Writes energy, node_energy
+     * and the seconds_* of result; when `gradients` is set also dE/dr per edge (eV/A) into
+     * ctx->edge_gradient [E][3], from which umas_compute makes forces and virials. */
+    int (*compute)(umas_context *ctx, const umas_graph *graph, umas_result *result, int gradients,
                    umas_error *err);
     void (*destroy)(umas_context *ctx);
     size_t (*bytes)(const umas_context *ctx);
 } umas_backend;
 
 extern const umas_backend umas_backend_general_cpu;
+#ifdef UMAS_HAVE_CUDA
+extern const umas_backend umas_backend_general_cuda;
+#endif
 
 struct umas_context {
     const umas_model *model;
@@ -29,6 +34,8 @@ struct umas_context {
     double *routing_input;       /* [2C] composition embedding mean, then c_sys */
     umas_weights weights;        /* merged, float64 */
     void *backend_state;
+    double *edge_gradient; /* [E][3] dE/dr per edge, written by the backend */
+    int edge_gradient_capacity;
 
     /* For tests: when keep_trace is set, the backend copies the node features [N][9][C] after
      * each stage into trace: embedding, edge degree, each block, final norm (num_layers + 3). */
