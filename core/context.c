@@ -204,6 +204,12 @@ static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error 
     return 0;
 }
 
+#ifndef UMAS_HAVE_CUDA
+int umas_cuda_device_count(void) {
+    return 0;
+}
+#endif
+
 int umas_cpu_threads(void) {
     return openblas_get_num_threads();
 }

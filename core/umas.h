@@ -66,6 +66,9 @@ const char *umas_model_task_name(const umas_model *model, int i);
 /* Bytes of the model's tensors (all experts). */
 size_t umas_model_bytes(const umas_model *model);
 
+/* CUDA devices visible to this build (0 without CUDA support or without a GPU). */
+int umas_cuda_device_count(void);
+
 /* Threads the CPU backends use (OpenBLAS; set OPENBLAS_NUM_THREADS to change). */
 int umas_cpu_threads(void);
 
@@ -90,7 +93,7 @@ typedef struct umas_system {
 
 typedef struct umas_options {
     const char *backend; /* "general" (default when NULL) */
-    const char *device;  /* "cpu" (default when NULL) */
+    const char *device;  /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
 } umas_options;
 
 umas_context *umas_context_create(const umas_model *model, const umas_system *system,

@@ -1,0 +1,747 @@
+/* backend_cuda.cu - the `general` backend on the GPU: fp32 storage, cuBLAS SGEMM (no TF32),
+ * the same sequence of operations as core/backend_general.c (read that file first: this one
+ * mirrors it function by function). The MoLE merge stays on the host in float64; energies are
+ * summed in float64 on the host; the per-edge geometry and the final edge gradient are computed
+ * in double on the device.
+ *
+ * Memory: one set of per-edge, per-node and per-chunk buffers, grown when a graph needs more and
+ * reused across calls; a failed cudaMalloc reports the bytes asked for with the atom and edge
+ * counts. */
+#include "kernels.h"
+
+extern "C" {
+#include "context.h"
+#include "error.h"
+#include "radial.h"
+}
+
+#include <cublas_v2.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+struct dev_linear {
+    int out = 0, in = 0;
+    float *weight = nullptr; /* [out][in] */
+    float *bias = nullptr;   /* [out] or null */
+};
+struct dev_layer_norm {
+    int n = 0;
+    float *weight = nullptr, *bias = nullptr;
+};
+struct dev_radial {
+    dev_linear fc1, fc2, fc3;
+    dev_layer_norm norm1, norm2;
+};
+struct dev_rms_norm {
+    float *scale = nullptr, *bias = nullptr;
+};
+struct dev_block {
+    dev_rms_norm norm_1, norm_2;
+    dev_radial radial;
+    dev_linear conv1_m0, conv1_m1, conv1_m2, conv2_m0, conv2_m1, conv2_m2, ffn_scalar;
+    float *so3_1 = nullptr, *so3_1_bias = nullptr, *so3_2 = nullptr, *so3_2_bias = nullptr;
+};
+
+/* A device buffer that grows and remembers its size. */
+struct buffer {
+    void *ptr = nullptr;
+    size_t bytes = 0;
+};
+
+struct cuda_state {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    int device = 0;
+    std::vector<void *> weight_memory;
+    size_t weight_bytes = 0;
+
+    float *sphere = nullptr, *source_embedding = nullptr, *target_embedding = nullptr;
+    float *system_embedding = nullptr, *offsets = nullptr;
+    float coeff = 0;
+    dev_radial degree;
+    std::vector<dev_block> blocks;
+    dev_rms_norm final_norm;
+    dev_linear head[3];
+    float *head_w3_dev = nullptr;
+
+    int chunk = 0;
+    /* per edge */
+    buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
+    /* per node */
+    buffer z, h, u, ffn_out, ffn_pre, ffn_hidden, head_hidden, node_output, saved, dh, du, d_tmp,
+        ffn_d_pre, ffn_d_r;
+    /* per chunk */
+    buffer radial_input, pre_norm1, pre_norm2, hidden, radial, d_radial, d_gauss, radial_work,
+        rotated, conv1_m0, gated, product_r, product_i, messages, d_rotated, d_gated, d_conv1_m0,
+        d_messages, unscaled;
+    size_t buffer_bytes = 0;
+
+    std::vector<float> host_output;   /* [N] */
+    std::vector<float> host_features; /* trace */
+};
+
+float *F(buffer &b) {
+    return static_cast<float *>(b.ptr);
+}
+int *I(buffer &b) {
+    return static_cast<int *>(b.ptr);
+}
+
+/* Grows b to at least `bytes`; on failure writes the error (with what the graph needs). */
+int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms, int edges,
+            umas_error *err) {
+    if (bytes <= b.bytes && b.ptr)
+        return 0;
+    if (b.ptr) {
+        cudaFree(b.ptr);
+        s->buffer_bytes -= b.bytes;
+    }
+    b.ptr = nullptr;
+    b.bytes = 0;
+    size_t ask = bytes ? bytes : 16;
+    if (cudaMalloc(&b.ptr, ask) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky-free allocation error */
+        b.ptr = nullptr;
+        size_t free_bytes = 0, total = 0;
+        cudaMemGetInfo(&free_bytes, &total);
+        return umas_fail(err,
+                         "out of GPU memory: %.1f MB for %s (%d atoms, %d edges); %.1f MB of "
+                         "%.1f MB free on the device",
+                         ask / 1048576.0, what, atoms, edges, free_bytes / 1048576.0,
+                         total / 1048576.0);
+    }
+    b.bytes = ask;
+    s->buffer_bytes += ask;
+    return 0;
+}
+
+float *upload(cuda_state *s, const double *host, size_t n) {
+    if (!host || n == 0)
+        return nullptr;
+    std::vector<float> f(host, host + n);
+    void *p = nullptr;
+    if (cudaMalloc(&p, n * sizeof(float)) != cudaSuccess)
+        return nullptr;
+    cudaMemcpy(p, f.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    s->weight_memory.push_back(p);
+    s->weight_bytes += n * sizeof(float);
+    return static_cast<float *>(p);
+}
+
+dev_linear upload_linear(cuda_state *s, const umas_linear &l) {
+    dev_linear d;
+    d.out = l.out;
+    d.in = l.in;
+    d.weight = upload(s, l.weight, (size_t)l.out * l.in);
+    d.bias = upload(s, l.bias, l.bias ? (size_t)l.out : 0);
+    return d;
+}
+
+dev_radial upload_radial(cuda_state *s, const umas_radial_mlp &m) {
+    dev_radial d;
+    d.fc1 = upload_linear(s, m.fc1);
+    d.fc2 = upload_linear(s, m.fc2);
+    d.fc3 = upload_linear(s, m.fc3);
+    d.norm1 = {m.norm1.n, upload(s, m.norm1.weight, m.norm1.n), upload(s, m.norm1.bias, m.norm1.n)};
+    d.norm2 = {m.norm2.n, upload(s, m.norm2.weight, m.norm2.n), upload(s, m.norm2.bias, m.norm2.n)};
+    return d;
+}
+
+dev_rms_norm upload_rms(cuda_state *s, const umas_rms_norm &n, int C) {
+    return {upload(s, n.scale, 3 * (size_t)C), upload(s, n.bias, (size_t)C)};
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * GEMMs (row-major views of column-major cuBLAS)
+ * ------------------------------------------------------------------------------------------- */
+
+__global__ void broadcast_bias_kernel(int rows, int out, const float *bias, float *y, int ldy) {
+    size_t total = (size_t)rows * out;
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
+         k += (size_t)gridDim.x * blockDim.x)
+        y[(k / out) * ldy + k % out] = bias[k % out];
+}
+
+int blocks_for(size_t n) {
+    size_t b = (n + 255) / 256;
+    return (int)(b < 65535 ? (b ? b : 1) : 65535);
+}
+
+/* y[rows][out] = x[rows][in] W^T + b (umas_linear_forward) */
+void linear_forward(cuda_state *s, const dev_linear &lin, int rows, const float *x, int ldx,
+                    float *y, int ldy) {
+    if (rows == 0)
+        return;
+    float one = 1.0f, beta = 0.0f;
+    if (lin.bias) {
+        broadcast_bias_kernel<<<blocks_for((size_t)rows * lin.out), 256, 0, s->stream>>>(
+            rows, lin.out, lin.bias, y, ldy);
+        beta = 1.0f;
+    }
+    cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, lin.out, rows, lin.in, &one, lin.weight, lin.in,
+                x, ldx, &beta, y, ldy);
+}
+
+/* dx[rows][0:cols] (+)= dy[rows][out] W[:, 0:cols] (umas_linear_backward) */
+void linear_backward(cuda_state *s, const dev_linear &lin, int rows, const float *dy, int lddy,
+                     float *dx, int lddx, int cols, int accumulate) {
+    if (rows == 0)
+        return;
+    float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, cols, rows, lin.out, &one, lin.weight, lin.in,
+                dy, lddy, &beta, dx, lddx);
+}
+
+/* y[:, i, :] = x[:, i, :] W_{l(i)}^T (+ bias at i = 0): so3_linear_forward */
+const int degree_of[9] = {0, 1, 1, 1, 2, 2, 2, 2, 2};
+
+void so3_linear_forward(cuda_state *s, float *weight, float *bias, int out, int in, int N,
+                        const float *x, float *y) {
+    for (int i = 0; i < 9; i++) {
+        dev_linear lin;
+        lin.out = out;
+        lin.in = in;
+        lin.weight = weight + (size_t)degree_of[i] * out * in;
+        lin.bias = i == 0 ? bias : nullptr;
+        linear_forward(s, lin, N, x + i * in, 9 * in, y + i * out, 9 * out);
+    }
+}
+
+void so3_linear_backward(cuda_state *s, float *weight, int out, int in, int N, const float *dy,
+                         float *dx, int accumulate) {
+    for (int i = 0; i < 9; i++) {
+        dev_linear lin;
+        lin.out = out;
+        lin.in = in;
+        lin.weight = weight + (size_t)degree_of[i] * out * in;
+        linear_backward(s, lin, N, dy + i * out, 9 * out, dx + i * in, 9 * in, in, accumulate);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Building blocks, as in core/backend_general.c
+ * ------------------------------------------------------------------------------------------- */
+
+struct graph_view {
+    int N, E, energy_nodes;
+};
+
+void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n) {
+    int ce = m.fc1.out;
+    linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(s->pre_norm1), ce);
+    cu_layer_norm_silu(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, F(s->hidden),
+                       s->stream);
+    linear_forward(s, m.fc2, n, F(s->hidden), ce, F(s->pre_norm2), ce);
+    cu_layer_norm_silu(n, ce, F(s->pre_norm2), m.norm2.weight, m.norm2.bias, F(s->hidden),
+                       s->stream);
+    linear_forward(s, m.fc3, n, F(s->hidden), ce, F(s->radial), m.fc3.out);
+}
+
+/* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
+void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B) {
+    int ce = m.fc1.out;
+    float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
+    linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
+    cu_layer_norm_silu_backward(n, ce, F(s->pre_norm2), m.norm2.weight, m.norm2.bias, d_hidden,
+                                d_hidden, s->stream);
+    linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
+    cu_layer_norm_silu_backward(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, scratch,
+                                scratch, s->stream);
+    linear_backward(s, m.fc1, n, scratch, ce, F(s->d_gauss), B, B, 0);
+    cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, B, F(s->d_gauss), B,
+                         F(s->d_distance) + first, s->stream);
+}
+
+/* edges [first, first + n) and their radial MLP output in s->radial */
+int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m, const graph_view &g,
+                 int first) {
+    int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+    cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
+                    s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
+                    F(s->radial_input), s->stream);
+    radial_mlp_forward(s, m, n);
+    return n;
+}
+
+const cu_wigner *W(cuda_state *s, int first) {
+    return static_cast<const cu_wigner *>(s->wigner.ptr) + first;
+}
+cu_wigner *dW(cuda_state *s, int first) {
+    return static_cast<cu_wigner *>(s->d_wigner.ptr) + first;
+}
+
+/* The chunk's messages into s->messages (edgewise_messages with keep = 1 always). */
+void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
+                       const float *x) {
+    cudaStream_t st = s->stream;
+    float *y = F(s->rotated), *o = F(s->gated), *z = F(s->messages), *g = F(s->d_gated);
+    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, y, st);
+    cudaMemcpyAsync(F(s->unscaled), y, sizeof(float) * (size_t)n * 18 * C, cudaMemcpyDeviceToDevice,
+                    st);
+    cu_scale_by_radial(n, C, F(s->radial), y, st);
+    linear_forward(s, b.conv1_m0, n, y, 18 * C, F(s->conv1_m0), 5 * H);
+    cu_copy_rows(n, 3 * H, F(s->conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
+    linear_forward(s, b.conv1_m1, n, y + 6 * C, 18 * C, F(s->product_r), b.conv1_m1.out);
+    linear_forward(s, b.conv1_m1, n, y + 10 * C, 18 * C, F(s->product_i), b.conv1_m1.out);
+    cu_so2_combine(n, b.conv1_m1.out / 2, F(s->product_r), F(s->product_i), o + 3 * H, o + 5 * H,
+                   9 * H, st);
+    linear_forward(s, b.conv1_m2, n, y + 14 * C, 18 * C, F(s->product_r), b.conv1_m2.out);
+    linear_forward(s, b.conv1_m2, n, y + 16 * C, 18 * C, F(s->product_i), b.conv1_m2.out);
+    cu_so2_combine(n, b.conv1_m2.out / 2, F(s->product_r), F(s->product_i), o + 7 * H, o + 8 * H,
+                   9 * H, st);
+    cu_gate_forward(n, H, F(s->conv1_m0), o, g, st);
+    linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
+    linear_forward(s, b.conv2_m1, n, g + 3 * H, 9 * H, F(s->product_r), b.conv2_m1.out);
+    linear_forward(s, b.conv2_m1, n, g + 5 * H, 9 * H, F(s->product_i), b.conv2_m1.out);
+    cu_so2_combine(n, b.conv2_m1.out / 2, F(s->product_r), F(s->product_i), z + 3 * C, z + 5 * C,
+                   9 * C, st);
+    linear_forward(s, b.conv2_m2, n, g + 7 * H, 9 * H, F(s->product_r), b.conv2_m2.out);
+    linear_forward(s, b.conv2_m2, n, g + 8 * H, 9 * H, F(s->product_i), b.conv2_m2.out);
+    cu_so2_combine(n, b.conv2_m2.out / 2, F(s->product_r), F(s->product_i), z + 7 * C, z + 8 * C,
+                   9 * C, st);
+}
+
+/* so2_m_backward: stack then two GEMMs */
+void so2_backward(cuda_state *s, const dev_linear &Wl, int n, const float *do_r, const float *do_i,
+                  int ldo, float *dx_r, float *dx_i, int ldx) {
+    cu_so2_stack(n, Wl.out / 2, do_r, do_i, ldo, F(s->product_r), F(s->product_i), s->stream);
+    linear_backward(s, Wl, n, F(s->product_r), Wl.out, dx_r, ldx, Wl.in, 0);
+    linear_backward(s, Wl, n, F(s->product_i), Wl.out, dx_i, ldx, Wl.in, 0);
+}
+
+void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
+                       const float *x, const float *d_out, float *d_x) {
+    cudaStream_t st = s->stream;
+    edgewise_messages(s, b, C, H, n, first, x);
+    float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
+    cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                            F(s->messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
+    linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
+    so2_backward(s, b.conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H, dg + 5 * H, 9 * H);
+    so2_backward(s, b.conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H, dg + 8 * H, 9 * H);
+    cu_gate_backward(n, H, F(s->conv1_m0), F(s->gated), dg, F(s->d_conv1_m0), st);
+    linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
+    so2_backward(s, b.conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C, dy + 10 * C, 18 * C);
+    so2_backward(s, b.conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C, dy + 16 * C, 18 * C);
+    cu_scale_by_radial_backward(n, C, F(s->radial), F(s->unscaled), dy, F(s->d_radial), st);
+    cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy, d_x,
+                              dW(s, first), st);
+}
+
+void message_input(cuda_state *s, const dev_block &b, int N, int C, const float *h, float *u) {
+    cu_rms_norm_forward(N, C, b.norm_1.scale, b.norm_1.bias, h, u, s->stream);
+    cu_add_to_l0(N, C, s->system_embedding, u, s->stream);
+}
+
+/* umas_spectral_atomwise_forward: out = FFN(v) */
+void ffn_forward(cuda_state *s, const dev_block &b, int N, int C, int H, const float *v,
+                 float *out) {
+    float *gates = F(s->ffn_pre), *q = F(s->ffn_hidden);
+    linear_forward(s, b.ffn_scalar, N, v, 9 * C, gates, 2 * H);
+    so3_linear_forward(s, b.so3_1, b.so3_1_bias, H, C, N, v, q);
+    cu_ffn_gate_forward(N, H, gates, q, s->stream);
+    so3_linear_forward(s, b.so3_2, b.so3_2_bias, C, H, N, q, out);
+}
+
+/* umas_spectral_atomwise_backward: dv from v and d_out */
+void ffn_backward(cuda_state *s, const dev_block &b, int N, int C, int H, const float *v,
+                  const float *d_out, float *dv) {
+    float *pre = F(s->ffn_pre), *q = F(s->ffn_hidden), *d_r = F(s->ffn_d_r);
+    float *d_pre = F(s->ffn_d_pre);
+    linear_forward(s, b.ffn_scalar, N, v, 9 * C, pre, 2 * H);
+    so3_linear_forward(s, b.so3_1, b.so3_1_bias, H, C, N, v, q);
+    so3_linear_backward(s, b.so3_2, C, H, N, d_out, d_r, 0);
+    cu_ffn_gate_backward(N, H, pre, q, d_r, d_pre, s->stream);
+    so3_linear_backward(s, b.so3_1, H, C, N, q, dv, 0);
+    linear_backward(s, b.ffn_scalar, N, d_pre, 2 * H, dv, 9 * C, C, 1);
+}
+
+void record_trace(umas_context *ctx, cuda_state *s, int stage, const float *x, int N) {
+    if (!ctx->trace)
+        return;
+    size_t n = (size_t)N * 9 * ctx->weights.C;
+    s->host_features.resize(n);
+    cudaMemcpyAsync(s->host_features.data(), x, n * sizeof(float), cudaMemcpyDeviceToHost,
+                    s->stream);
+    cudaStreamSynchronize(s->stream);
+    for (size_t k = 0; k < n; k++)
+        ctx->trace[(size_t)stage * n + k] = s->host_features[k];
+}
+
+double seconds_now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+int check(cudaError_t e, const char *what, umas_error *err) {
+    if (e == cudaSuccess)
+        return 0;
+    return umas_fail(err, "CUDA error in %s: %s", what, cudaGetErrorString(e));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Backend functions
+ * ------------------------------------------------------------------------------------------- */
+
+void cuda_destroy(umas_context *ctx) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    if (!s)
+        return;
+    for (void *p : s->weight_memory)
+        cudaFree(p);
+    buffer *all[] = {
+        &s->vec,        &s->src,         &s->tgt,         &s->distance,   &s->envelope,
+        &s->wigner,     &s->d_wigner,    &s->d_envelope,  &s->d_distance, &s->gradient,
+        &s->z,          &s->h,           &s->u,           &s->ffn_out,    &s->ffn_pre,
+        &s->ffn_hidden, &s->head_hidden, &s->node_output, &s->saved,      &s->dh,
+        &s->du,         &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,    &s->radial_input,
+        &s->pre_norm1,  &s->pre_norm2,   &s->hidden,      &s->radial,     &s->d_radial,
+        &s->d_gauss,    &s->radial_work, &s->rotated,     &s->conv1_m0,   &s->gated,
+        &s->product_r,  &s->product_i,   &s->messages,    &s->d_rotated,  &s->d_gated,
+        &s->d_conv1_m0, &s->d_messages,  &s->unscaled};
+    for (buffer *b : all)
+        if (b->ptr)
+            cudaFree(b->ptr);
+    if (s->blas)
+        cublasDestroy(s->blas);
+    if (s->stream)
+        cudaStreamDestroy(s->stream);
+    delete s;
+    ctx->backend_state = nullptr;
+}
+
+size_t chunk_floats_per_edge(const umas_weights *w) {
+    size_t C = w->C, H = w->H, wide = 4 * (C > H ? C : H);
+    return (size_t)w->F + 3 * (size_t)w->Ce + 24 * C + (size_t)w->B + 2 * (size_t)w->Ce +
+           18 * C * 3 + 5 * H * 2 + 9 * H * 2 + 2 * wide + 9 * C * 2;
+}
+
+int cuda_create(umas_context *ctx, umas_error *err) {
+    const umas_weights *w = &ctx->weights;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        cudaGetLastError();
+        return umas_fail(err, "device cuda: no CUDA device is visible on this machine (use "
+                              "device cpu)");
+    }
+    if (w->num_charge_balanced || w->num_spin_balanced)
+        return umas_fail(err, "device cuda: models with charge/spin balanced channels are not "
+                              "supported on the GPU yet (use device cpu)");
+    cuda_state *s = new cuda_state();
+    ctx->backend_state = s;
+    cudaGetDevice(&s->device);
+    if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
+        return -1;
+    if (cublasCreate(&s->blas) != CUBLAS_STATUS_SUCCESS)
+        return umas_fail(err, "device cuda: cuBLAS could not be initialised");
+    cublasSetStream(s->blas, s->stream);
+    cublasSetMathMode(s->blas, CUBLAS_PEDANTIC_MATH); /* exact fp32: no TF32 */
+
+    int Z = w->num_elements, C = w->C;
+    s->sphere = upload(s, w->sphere_embedding, (size_t)Z * C);
+    s->source_embedding = upload(s, w->source_embedding, (size_t)Z * w->Ce);
+    s->target_embedding = upload(s, w->target_embedding, (size_t)Z * w->Ce);
+    s->system_embedding = upload(s, w->system_embedding, (size_t)C);
+    umas_gaussian_basis basis;
+    if (umas_gaussian_basis_init(&basis, w->B, w->cutoff))
+        return umas_fail(err, "out of memory");
+    s->offsets = upload(s, basis.offsets, (size_t)w->B);
+    s->coeff = (float)basis.coeff;
+    umas_gaussian_basis_free(&basis);
+    s->degree = upload_radial(s, w->degree_radial);
+    s->blocks.resize(w->num_layers);
+    for (int l = 0; l < w->num_layers; l++) {
+        const umas_block_weights &b = w->blocks[l];
+        dev_block &d = s->blocks[l];
+        d.norm_1 = upload_rms(s, b.norm_1, C);
+        d.norm_2 = upload_rms(s, b.norm_2, C);
+        d.radial = upload_radial(s, b.radial);
+        d.conv1_m0 = upload_linear(s, b.conv1_m0);
+        d.conv1_m1 = upload_linear(s, b.conv1_m1);
+        d.conv1_m2 = upload_linear(s, b.conv1_m2);
+        d.conv2_m0 = upload_linear(s, b.conv2_m0);
+        d.conv2_m1 = upload_linear(s, b.conv2_m1);
+        d.conv2_m2 = upload_linear(s, b.conv2_m2);
+        d.ffn_scalar = upload_linear(s, b.ffn_scalar);
+        d.so3_1 = upload(s, b.ffn_so3_1, 3 * (size_t)w->H * C);
+        d.so3_1_bias = upload(s, b.ffn_so3_1_bias, (size_t)w->H);
+        d.so3_2 = upload(s, b.ffn_so3_2, 3 * (size_t)C * w->H);
+        d.so3_2_bias = upload(s, b.ffn_so3_2_bias, (size_t)C);
+    }
+    s->final_norm = upload_rms(s, w->final_norm, C);
+    for (int i = 0; i < 3; i++)
+        s->head[i] = upload_linear(s, w->head[i]);
+    s->head_w3_dev = s->head[2].weight;
+    if (check(cudaGetLastError(), "weight upload", err))
+        return -1;
+    for (void *p : s->weight_memory)
+        if (!p)
+            return umas_fail(err, "out of GPU memory for the model weights");
+
+    /* chunk: about 1 GB of per-edge work space */
+    size_t per_edge = chunk_floats_per_edge(w) * sizeof(float);
+    size_t chunk = ((size_t)1 << 30) / per_edge;
+    s->chunk = (int)(chunk < 1024 ? 1024 : chunk > (1 << 20) ? (1 << 20) : chunk);
+    return 0;
+}
+
+size_t cuda_bytes(const umas_context *ctx) {
+    const cuda_state *s = static_cast<const cuda_state *>(ctx->backend_state);
+    return s->weight_bytes + s->buffer_bytes;
+}
+
+int reserve_all(umas_context *ctx, const umas_graph *g, umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    const umas_weights *w = &ctx->weights;
+    size_t E = g->num_edges, N = g->num_nodes, C = w->C, H = w->H, L = w->num_layers;
+    size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
+    size_t wide = 4 * (C > H ? C : H), f = sizeof(float);
+    int a = g->num_nodes, e = g->num_edges;
+    struct item {
+        buffer *b;
+        size_t bytes;
+        const char *what;
+    } items[] = {
+        {&s->vec, E * 3 * sizeof(double), "edge vectors"},
+        {&s->src, E * sizeof(int), "edges"},
+        {&s->tgt, E * sizeof(int), "edges"},
+        {&s->distance, E * f, "edge geometry"},
+        {&s->envelope, E * f, "edge geometry"},
+        {&s->wigner, E * sizeof(cu_wigner), "Wigner matrices"},
+        {&s->d_wigner, E * sizeof(cu_wigner), "Wigner adjoints"},
+        {&s->d_envelope, E * f, "edge adjoints"},
+        {&s->d_distance, E * f, "edge adjoints"},
+        {&s->gradient, E * 3 * sizeof(double), "edge gradients"},
+        {&s->z, N * sizeof(int), "atoms"},
+        {&s->h, N * 9 * C * f, "node features"},
+        {&s->u, N * 9 * C * f, "node features"},
+        {&s->ffn_out, N * 9 * C * f, "node features"},
+        {&s->ffn_pre, N * 2 * H * f, "feed-forward"},
+        {&s->ffn_hidden, N * 9 * H * f, "feed-forward"},
+        {&s->head_hidden, N * 2 * H * f, "energy head"},
+        {&s->node_output, N * f, "energy head"},
+        {&s->saved, (2 * L + 1) * N * 9 * C * f, "saved block inputs"},
+        {&s->dh, N * 9 * C * f, "node adjoints"},
+        {&s->du, N * 9 * C * f, "node adjoints"},
+        {&s->d_tmp, N * 9 * C * f, "node adjoints"},
+        {&s->ffn_d_pre, N * 2 * H * f, "feed-forward adjoints"},
+        {&s->ffn_d_r, N * 9 * H * f, "feed-forward adjoints"},
+        {&s->radial_input, n * w->F * f, "radial inputs"},
+        {&s->pre_norm1, n * w->Ce * f, "radial MLP"},
+        {&s->pre_norm2, n * w->Ce * f, "radial MLP"},
+        {&s->hidden, n * w->Ce * f, "radial MLP"},
+        {&s->radial, n * 12 * C * f, "radial MLP"},
+        {&s->d_radial, n * 12 * C * f, "radial adjoints"},
+        {&s->d_gauss, n * w->B * f, "radial adjoints"},
+        {&s->radial_work, n * 2 * w->Ce * f, "radial adjoints"},
+        {&s->rotated, n * 18 * C * f, "edge features"},
+        {&s->conv1_m0, n * 5 * H * f, "edge features"},
+        {&s->gated, n * 9 * H * f, "edge features"},
+        {&s->product_r, n * wide * f, "edge features"},
+        {&s->product_i, n * wide * f, "edge features"},
+        {&s->messages, n * 9 * C * f, "edge features"},
+        {&s->d_rotated, n * 18 * C * f, "edge adjoints"},
+        {&s->d_gated, n * 9 * H * f, "edge adjoints"},
+        {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
+        {&s->d_messages, n * 9 * C * f, "edge adjoints"},
+        {&s->unscaled, n * 18 * C * f, "edge features"},
+    };
+    for (const item &it : items)
+        if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
+            return -1;
+    return 0;
+}
+
+void block_forward(umas_context *ctx, cuda_state *s, const dev_block &b, const graph_view &g,
+                   float *save) {
+    const umas_weights *w = &ctx->weights;
+    int N = g.N, C = w->C, H = w->H;
+    size_t size = (size_t)N * 9 * C * sizeof(float);
+    if (save)
+        cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
+    message_input(s, b, N, C, F(s->h), F(s->u));
+    for (int first = 0; first < g.E; first += s->chunk) {
+        int n = radial_chunk(s, w, b.radial, g, first);
+        edgewise_messages(s, b, C, H, n, first, F(s->u));
+        cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                               F(s->messages), F(s->h), s->stream);
+    }
+    if (save)
+        cudaMemcpyAsync(save + (size_t)N * 9 * C, F(s->h), size, cudaMemcpyDeviceToDevice,
+                        s->stream);
+    cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, F(s->h), F(s->u), s->stream);
+    ffn_forward(s, b, N, C, H, F(s->u), F(s->ffn_out));
+    cu_add((size_t)N * 9 * C, F(s->ffn_out), F(s->h), s->stream);
+}
+
+void block_backward(umas_context *ctx, cuda_state *s, const dev_block &b, const graph_view &g,
+                    const float *save) {
+    const umas_weights *w = &ctx->weights;
+    int N = g.N, C = w->C, H = w->H;
+    size_t size = (size_t)N * 9 * C;
+    const float *h_in = save, *h_mid = save + size;
+    cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, h_mid, F(s->u), s->stream);
+    ffn_backward(s, b, N, C, H, F(s->u), F(s->dh), F(s->d_tmp));
+    cu_rms_norm_backward(N, C, b.norm_2.scale, h_mid, F(s->d_tmp), F(s->du), s->stream);
+    cu_add(size, F(s->du), F(s->dh), s->stream);
+    message_input(s, b, N, C, h_in, F(s->u));
+    cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
+    for (int first = 0; first < g.E; first += s->chunk) {
+        int n = radial_chunk(s, w, b.radial, g, first);
+        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), F(s->du));
+        radial_mlp_backward(s, b.radial, n, first, w->B);
+    }
+    cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
+    cu_add(size, F(s->d_tmp), F(s->dh), s->stream);
+}
+
+void head_forward(cuda_state *s, const umas_weights *w, int N, const float *u) {
+    int H = w->H;
+    float *h1 = F(s->head_hidden), *h2 = F(s->head_hidden) + (size_t)N * H;
+    linear_forward(s, s->head[0], N, u, 9 * w->C, h1, H);
+    cu_silu((size_t)N * H, h1, s->stream);
+    linear_forward(s, s->head[1], N, h1, H, h2, H);
+    cu_silu((size_t)N * H, h2, s->stream);
+    linear_forward(s, s->head[2], N, h2, H, F(s->node_output), 1);
+}
+
+/* energy_head_backward: s->du = d(sum of energy nodes' outputs)/d u (l = 0 only) */
+void head_backward(cuda_state *s, const umas_weights *w, int N, int energy_nodes) {
+    int C = w->C, H = w->H;
+    float *z1 = F(s->head_hidden), *z2 = F(s->head_hidden) + (size_t)N * H;
+    float *a1 = F(s->ffn_hidden);
+    linear_forward(s, s->head[0], N, F(s->u), 9 * C, z1, H);
+    cudaMemcpyAsync(a1, z1, sizeof(float) * (size_t)N * H, cudaMemcpyDeviceToDevice, s->stream);
+    cu_silu((size_t)N * H, a1, s->stream);
+    linear_forward(s, s->head[1], N, a1, H, z2, H);
+    cu_head_seed(N, H, energy_nodes, s->head_w3_dev, z2, z2, s->stream);
+    linear_backward(s, s->head[1], N, z2, H, a1, H, H, 0);
+    cu_silu_backward((size_t)N * H, z1, a1, a1, s->stream);
+    cudaMemsetAsync(F(s->du), 0, sizeof(float) * (size_t)N * 9 * C, s->stream);
+    linear_backward(s, s->head[0], N, a1, H, F(s->du), 9 * C, C, 0);
+}
+
+int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, int gradients,
+                 umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    const umas_weights *w = &ctx->weights;
+    graph_view g = {graph->num_nodes, graph->num_edges, graph->num_energy_nodes};
+    int N = g.N, E = g.E, C = w->C, L = w->num_layers;
+    cudaSetDevice(s->device);
+    if (reserve_all(ctx, graph, err))
+        return -1;
+    if (ctx->keep_trace) {
+        free(ctx->trace);
+        ctx->trace = (double *)malloc(sizeof(double) * (size_t)(L + 3) * N * 9 * C + 1);
+        if (!ctx->trace)
+            return umas_fail(err, "out of memory for the trace");
+    }
+    double start = seconds_now();
+    cudaStream_t st = s->stream;
+    size_t size = (size_t)N * 9 * C;
+    if (E > 0) {
+        cudaMemcpyAsync(s->vec.ptr, graph->edge_vector, sizeof(double) * 3 * E,
+                        cudaMemcpyHostToDevice, st);
+        cudaMemcpyAsync(s->src.ptr, graph->edge_source, sizeof(int) * E, cudaMemcpyHostToDevice,
+                        st);
+        cudaMemcpyAsync(s->tgt.ptr, graph->edge_target, sizeof(int) * E, cudaMemcpyHostToDevice,
+                        st);
+    }
+    if (N > 0)
+        cudaMemcpyAsync(s->z.ptr, graph->atomic_numbers, sizeof(int) * N, cudaMemcpyHostToDevice,
+                        st);
+
+    cu_edge_geometry(E, static_cast<const double *>(s->vec.ptr), w->cutoff, F(s->distance),
+                     F(s->envelope), static_cast<cu_wigner *>(s->wigner.ptr), st);
+    cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
+    record_trace(ctx, s, 0, F(s->h), N);
+    for (int first = 0; first < E; first += s->chunk) {
+        int n = radial_chunk(s, w, s->degree, g, first);
+        cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                               F(s->radial), F(s->h), st);
+    }
+    record_trace(ctx, s, 1, F(s->h), N);
+    for (int l = 0; l < L; l++) {
+        block_forward(ctx, s, s->blocks[l], g, gradients ? F(s->saved) + 2 * l * size : nullptr);
+        record_trace(ctx, s, 2 + l, F(s->h), N);
+    }
+    if (gradients)
+        cudaMemcpyAsync(F(s->saved) + 2 * L * size, F(s->h), size * sizeof(float),
+                        cudaMemcpyDeviceToDevice, st);
+    cu_rms_norm_forward(N, C, s->final_norm.scale, s->final_norm.bias, F(s->h), F(s->u), st);
+    record_trace(ctx, s, 2 + L, F(s->u), N);
+    head_forward(s, w, N, F(s->u));
+    s->host_output.resize(N > 0 ? N : 1);
+    if (N > 0)
+        cudaMemcpyAsync(s->host_output.data(), s->node_output.ptr, sizeof(float) * N,
+                        cudaMemcpyDeviceToHost, st);
+    if (check(cudaStreamSynchronize(st), "the forward pass", err) ||
+        check(cudaGetLastError(), "the forward pass", err))
+        return -1;
+
+    double mean_per_atom = w->energy_mean / ctx->num_atoms;
+    result->energy = 0;
+    for (int n = 0; n < N; n++) {
+        double e = 0;
+        if (n < g.energy_nodes) {
+            e = w->energy_rmsd * (double)s->host_output[n] +
+                w->element_references[graph->atomic_numbers[n]] + mean_per_atom;
+            result->energy += e;
+        }
+        if (result->node_energy)
+            result->node_energy[n] = e;
+    }
+    double middle = seconds_now();
+    result->seconds_forward = middle - start;
+    result->seconds_backward = 0;
+    if (!gradients)
+        return 0;
+
+    /* backward */
+    cudaMemsetAsync(s->d_wigner.ptr, 0, sizeof(cu_wigner) * (size_t)E, st);
+    cudaMemsetAsync(s->d_envelope.ptr, 0, sizeof(float) * (size_t)E, st);
+    cudaMemsetAsync(s->d_distance.ptr, 0, sizeof(float) * (size_t)E, st);
+    head_backward(s, w, N, g.energy_nodes);
+    cu_rms_norm_backward(N, C, s->final_norm.scale, F(s->saved) + 2 * L * size, F(s->du), F(s->dh),
+                         st);
+    for (int l = L - 1; l >= 0; l--)
+        block_backward(ctx, s, s->blocks[l], g, F(s->saved) + 2 * l * size);
+    for (int first = 0; first < E; first += s->chunk) {
+        int n = radial_chunk(s, w, s->degree, g, first);
+        cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                                F(s->radial), F(s->dh), F(s->d_radial), dW(s, first),
+                                F(s->d_envelope) + first, st);
+        radial_mlp_backward(s, s->degree, n, first, w->B);
+    }
+    cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff, dW(s, 0),
+                     F(s->d_envelope), F(s->d_distance), w->energy_rmsd,
+                     static_cast<double *>(s->gradient.ptr), st);
+    if (E > 0)
+        cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * E,
+                        cudaMemcpyDeviceToHost, st);
+    if (check(cudaStreamSynchronize(st), "the backward pass", err) ||
+        check(cudaGetLastError(), "the backward pass", err))
+        return -1;
+    result->seconds_backward = seconds_now() - middle;
+    return 0;
+}
+
+} // namespace
+
+extern "C" const umas_backend umas_backend_general_cuda = {
+    "general", "cuda", cuda_create, cuda_compute, cuda_destroy, cuda_bytes,
+};
+
+extern "C" int umas_cuda_device_count(void) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return count;
+}

@@ -1,0 +1,743 @@
+/* edgewise.cu - the message pipeline pieces of an eSCN-MD block and the edge-degree embedding
+ * (core/edgewise.c) on the GPU, fp32, forward and backward.
+ *
+ * Conventions (as core/edgewise.c):
+ *   node features x [N][9][C], L-order (l0 | l1: 3 | l2: 5);
+ *   edge features [n][9][C'] in M-order: position p holds L-order coefficient m_to_l(p),
+ *     p: l0m0 l1m0 l2m0 l1m+1 l2m+1 l1m-1 l2m-1 l2m+2 l2m-2;
+ *   a Wigner record cu_wigner is read as 34 contiguous floats W: D^1[a][b] = W[3a + b],
+ *     D^2[a][b] = W[9 + 5a + b]; D^0 = 1 is implicit and has no adjoint entry.
+ *
+ * Parallel structure:
+ *   - elementwise / per-(edge, channel) kernels: one thread per item over a flat index
+ *     (grid-stride loop), node rows read coalesced over the channel;
+ *   - scatters into node rows: atomicAdd(float) (summation order is nondeterministic);
+ *   - per-edge dot products over the channels (d_wigner, d_envelope): one block per edge,
+ *     threads over the channels, a shuffle tree per warp then a sum over the (<= 8) warps.
+ * The per-(edge, channel) math lives in __host__ __device__ functions so that it can be checked
+ * on the host against the CPU code; accumulate() is atomicAdd on the device, += on the host. */
+#include "kernels.h"
+
+#include <stddef.h>
+
+static_assert(sizeof(cu_wigner) == 34 * sizeof(float), "cu_wigner must be 34 packed floats");
+
+#define HD __host__ __device__ __forceinline__
+
+/* ---------------------------------------------------------------------------------------------
+ * index tables and small helpers
+ * ------------------------------------------------------------------------------------------- */
+
+/* umas_m_to_l = {0, 2, 6, 3, 7, 1, 5, 8, 4}: M-order position p -> L-order coefficient. */
+HD constexpr int m_to_l(int p) {
+    return p == 0   ? 0
+           : p == 1 ? 2
+           : p == 2 ? 6
+           : p == 3 ? 3
+           : p == 4 ? 7
+           : p == 5 ? 1
+           : p == 6 ? 5
+           : p == 7 ? 8
+                    : 4;
+}
+/* degree_of_m = {0, 1, 2, 1, 2, 1, 2, 2, 2}: degree l of M-order position p. */
+HD constexpr int degree_of_m(int p) {
+    return p == 0 ? 0 : (p == 1 || p == 3 || p == 5) ? 1 : 2;
+}
+
+/* Offsets of the m = 0 rows inside W: D^1[1][j] = W[3 + j], D^2[2][j] = W[19 + j]. */
+#define W_L1_M0 3
+#define W_L2_M0 19
+
+HD float sigmoidf_(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}
+HD float silu_derivativef(float x) { /* s (1 + x (1 - s)) */
+    float s = sigmoidf_(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+
+/* *p += v: atomic on the device (several edges hit one node row), plain on the host. */
+HD void accumulate(float *p, float v) {
+#ifdef __CUDA_ARCH__
+    atomicAdd(p, v);
+#else
+    *p += v;
+#endif
+}
+
+HD void load_wigner(const cu_wigner *w, float W[34]) {
+    const float *f = (const float *)w;
+#pragma unroll
+    for (int k = 0; k < 34; k++)
+        W[k] = f[k];
+}
+
+/* y = D x on the 9 L-order coefficients (block diagonal). */
+HD void rotate(const float W[34], const float x[9], float y[9]) {
+    y[0] = x[0];
+#pragma unroll
+    for (int a = 0; a < 3; a++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int b = 0; b < 3; b++)
+            s += W[3 * a + b] * x[1 + b];
+        y[1 + a] = s;
+    }
+#pragma unroll
+    for (int a = 0; a < 5; a++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int b = 0; b < 5; b++)
+            s += W[9 + 5 * a + b] * x[4 + b];
+        y[4 + a] = s;
+    }
+}
+
+/* y = D^T x. */
+HD void rotate_transpose(const float W[34], const float x[9], float y[9]) {
+    y[0] = x[0];
+#pragma unroll
+    for (int b = 0; b < 3; b++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int a = 0; a < 3; a++)
+            s += W[3 * a + b] * x[1 + a];
+        y[1 + b] = s;
+    }
+#pragma unroll
+    for (int b = 0; b < 5; b++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int a = 0; a < 5; a++)
+            s += W[9 + 5 * a + b] * x[4 + a];
+        y[4 + b] = s;
+    }
+}
+
+/* acc[D entry (i, j)] += u[i] v[j] for every entry of the l = 1, 2 blocks. */
+HD void outer_accumulate(const float u[9], const float v[9], float acc[34]) {
+#pragma unroll
+    for (int a = 0; a < 3; a++)
+#pragma unroll
+        for (int b = 0; b < 3; b++)
+            acc[3 * a + b] += u[1 + a] * v[1 + b];
+#pragma unroll
+    for (int a = 0; a < 5; a++)
+#pragma unroll
+        for (int b = 0; b < 5; b++)
+            acc[9 + 5 * a + b] += u[4 + a] * v[4 + b];
+}
+
+/* v[j] = row[j * C + c], j < 9 (a node row or an edge row with stride C). */
+HD void load_column(const float *row, int C, int c, float v[9]) {
+#pragma unroll
+    for (int j = 0; j < 9; j++)
+        v[j] = row[(size_t)j * C + c];
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * launch helpers
+ * ------------------------------------------------------------------------------------------- */
+
+#define FLAT_THREADS     256
+#define EDGE_THREADS_MAX 256
+
+/* Blocks for a grid-stride loop over `total` items. */
+static unsigned flat_blocks(size_t total) {
+    size_t blocks = (total + FLAT_THREADS - 1) / FLAT_THREADS;
+    return (unsigned)(blocks < (size_t)1 << 30 ? blocks : (size_t)1 << 30);
+}
+
+/* Threads of a one-block-per-edge kernel: C rounded up to warps, within [64, 256]. */
+static int edge_threads(int C) {
+    int t = (C + 31) / 32 * 32;
+    return t < 64 ? 64 : t > EDGE_THREADS_MAX ? EDGE_THREADS_MAX : t;
+}
+
+#define FLAT_LOOP(i, total)                                                                        \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                    \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* Block-wide sums of the per-thread values v[0..K) (blockDim.x a multiple of 32, at most
+ * EDGE_THREADS_MAX): a shuffle tree within each warp, then a sum over the warps. Every thread
+ * of the block must call it; on return total[0..K) (shared) holds the sums. */
+template <int K> __device__ void block_sum(float (&v)[K], float *total) {
+    __shared__ float warp_sums[EDGE_THREADS_MAX / 32][K];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        float s = v[k];
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2)
+            s += __shfl_xor_sync(0xffffffffu, s, offset);
+        if (lane == 0)
+            warp_sums[warp][k] = s;
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        float s = 0.0f;
+        for (int w = 0; w < warps; w++)
+            s += warp_sums[w][k];
+        total[k] = s;
+    }
+    __syncthreads();
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * gather_rotate (core/edgewise.c gather_rotate)
+ * y[e][p][0:C] = (D x[source[e]])[m_to_l(p)], y[e][p][C:2C] likewise for target[e].
+ * x [N][9][C], y [n][9][2C]. One thread per (edge, channel).
+ * ------------------------------------------------------------------------------------------- */
+
+HD void gather_rotate_one(int e, int c, const int *source, const int *target,
+                          const cu_wigner *wigner, int C, const float *x, float *y) {
+    float W[34], xs[9], xt[9], ys[9], yt[9];
+    load_wigner(&wigner[e], W);
+    load_column(x + (size_t)source[e] * 9 * C, C, c, xs);
+    load_column(x + (size_t)target[e] * 9 * C, C, c, xt);
+    rotate(W, xs, ys);
+    rotate(W, xt, yt);
+    float *ye = y + (size_t)e * 18 * C;
+#pragma unroll
+    for (int p = 0; p < 9; p++) {
+        ye[(size_t)p * 2 * C + c] = ys[m_to_l(p)];
+        ye[(size_t)p * 2 * C + C + c] = yt[m_to_l(p)];
+    }
+}
+
+__global__ void gather_rotate_kernel(int n, const int *source, const int *target,
+                                     const cu_wigner *wigner, int C, const float *x, float *y) {
+    FLAT_LOOP(i, (size_t)n * C)
+    gather_rotate_one((int)(i / C), (int)(i % C), source, target, wigner, C, x, y);
+}
+
+void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
+                      const float *x, float *y, cudaStream_t stream) {
+    size_t total = (size_t)n * C;
+    if (n <= 0 || C <= 0)
+        return;
+    gather_rotate_kernel<<<flat_blocks(total), FLAT_THREADS, 0, stream>>>(n, source, target, wigner,
+                                                                          C, x, y);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * gather_rotate_backward (core/edgewise.c gather_rotate_backward)
+ * dy [n][9][2C] M-order. d_x[source] += D^T dy^L[:, 0:C], d_x[target] += D^T dy^L[:, C:2C]
+ * (atomic); d_wigner[e][i][j] += sum_c dy^L[i][c] x_s[j][c] + dy^L[i][C + c] x_t[j][c].
+ * One block per edge, threads over the channels.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Channel c of edge e: scatters d_x, adds the 34 dot-product terms into acc. */
+HD void gather_rotate_backward_one(int e, int c, const int *source, const int *target,
+                                   const cu_wigner *wigner, int C, const float *x, const float *dy,
+                                   float *d_x, float acc[34]) {
+    float W[34], xs[9], xt[9], dys[9], dyt[9], ds[9], dt[9];
+    load_wigner(&wigner[e], W);
+    size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
+    load_column(x + s, C, c, xs);
+    load_column(x + t, C, c, xt);
+    const float *dye = dy + (size_t)e * 18 * C;
+#pragma unroll
+    for (int p = 0; p < 9; p++) { /* M -> L */
+        dys[m_to_l(p)] = dye[(size_t)p * 2 * C + c];
+        dyt[m_to_l(p)] = dye[(size_t)p * 2 * C + C + c];
+    }
+    rotate_transpose(W, dys, ds);
+    rotate_transpose(W, dyt, dt);
+#pragma unroll
+    for (int j = 0; j < 9; j++) {
+        accumulate(&d_x[s + (size_t)j * C + c], ds[j]);
+        accumulate(&d_x[t + (size_t)j * C + c], dt[j]);
+    }
+    outer_accumulate(dys, xs, acc);
+    outer_accumulate(dyt, xt, acc);
+}
+
+__global__ void gather_rotate_backward_kernel(const int *source, const int *target,
+                                              const cu_wigner *wigner, int C, const float *x,
+                                              const float *dy, float *d_x, cu_wigner *d_wigner) {
+    __shared__ float total[34];
+    int e = blockIdx.x;
+    float acc[34];
+#pragma unroll
+    for (int k = 0; k < 34; k++)
+        acc[k] = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        gather_rotate_backward_one(e, c, source, target, wigner, C, x, dy, d_x, acc);
+    block_sum<34>(acc, total);
+    if (threadIdx.x < 34)
+        ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
+}
+
+void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
+                               int C, const float *x, const float *dy, float *d_x,
+                               cu_wigner *d_wigner, cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    gather_rotate_backward_kernel<<<n, edge_threads(C), 0, stream>>>(source, target, wigner, C, x,
+                                                                     dy, d_x, d_wigner);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * scale_by_radial (core/edgewise.c scale_by_radial, radial_slot)
+ * y [n][18C] (= [9][2C] M-order) *= radial [n][12C] at radial_slot(k): rows 0..2 by [0, 6C),
+ * rows 3, 4 and again 5, 6 by [6C, 10C), rows 7 and again 8 by [10C, 12C).
+ * ------------------------------------------------------------------------------------------- */
+
+HD int radial_slot(int k, int C) {
+    if (k < 6 * C)
+        return k;
+    if (k < 14 * C)
+        return 6 * C + (k - 6 * C) % (4 * C);
+    return 10 * C + (k - 14 * C) % (2 * C);
+}
+
+__global__ void scale_by_radial_kernel(int n, int C, const float *radial, float *y) {
+    size_t width = (size_t)18 * C;
+    FLAT_LOOP(i, (size_t)n * width) {
+        size_t e = i / width;
+        int k = (int)(i % width);
+        y[i] *= radial[e * 12 * C + radial_slot(k, C)];
+    }
+}
+
+void cu_scale_by_radial(int n, int C, const float *radial, float *y, cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    scale_by_radial_kernel<<<flat_blocks((size_t)n * 18 * C), FLAT_THREADS, 0, stream>>>(n, C,
+                                                                                         radial, y);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * scale_by_radial_backward (core/edgewise.c scale_by_radial_backward)
+ * d_radial[e][s] = sum over the positions k with radial_slot(k) = s of dy[e][k] unscaled[e][k]
+ * (overwrite); dy[e][k] *= radial[e][s]. One thread per slot (e, s): slot s < 6C has the one
+ * use k = s; 6C <= s < 10C the uses s and s + 4C; 10C <= s < 12C the uses s + 4C and s + 6C.
+ * ------------------------------------------------------------------------------------------- */
+
+HD void scale_by_radial_backward_one(int e, int s, int C, const float *radial,
+                                     const float *unscaled, float *dy, float *d_radial) {
+    int k0, k1; /* the uses of slot s; k1 < 0: none */
+    if (s < 6 * C)
+        k0 = s, k1 = -1;
+    else if (s < 10 * C)
+        k0 = s, k1 = s + 4 * C;
+    else
+        k0 = s + 4 * C, k1 = s + 6 * C;
+    size_t y0 = (size_t)e * 18 * C;
+    float r = radial[(size_t)e * 12 * C + s];
+    float d = dy[y0 + k0] * unscaled[y0 + k0];
+    dy[y0 + k0] *= r;
+    if (k1 >= 0) {
+        d += dy[y0 + k1] * unscaled[y0 + k1];
+        dy[y0 + k1] *= r;
+    }
+    d_radial[(size_t)e * 12 * C + s] = d;
+}
+
+__global__ void scale_by_radial_backward_kernel(int n, int C, const float *radial,
+                                                const float *unscaled, float *dy, float *d_radial) {
+    size_t width = (size_t)12 * C;
+    FLAT_LOOP(i, (size_t)n * width)
+    scale_by_radial_backward_one((int)(i / width), (int)(i % width), C, radial, unscaled, dy,
+                                 d_radial);
+}
+
+void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,
+                                 float *dy, float *d_radial, cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    scale_by_radial_backward_kernel<<<flat_blocks((size_t)n * 12 * C), FLAT_THREADS, 0, stream>>>(
+        n, C, radial, unscaled, dy, d_radial);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * copy_rows (the memcpy of conv1's m = 0 outputs in core/edgewise.c edgewise_messages)
+ * dst[r][0:cols] = src[r][0:cols], row strides ld_src, ld_dst.
+ * ------------------------------------------------------------------------------------------- */
+
+__global__ void copy_rows_kernel(int rows, int cols, const float *src, int ld_src, float *dst,
+                                 int ld_dst) {
+    FLAT_LOOP(i, (size_t)rows * cols) {
+        size_t r = i / cols, k = i % cols;
+        dst[r * ld_dst + k] = src[r * ld_src + k];
+    }
+}
+
+void cu_copy_rows(int rows, int cols, const float *src, int ld_src, float *dst, int ld_dst,
+                  cudaStream_t stream) {
+    if (rows <= 0 || cols <= 0)
+        return;
+    copy_rows_kernel<<<flat_blocks((size_t)rows * cols), FLAT_THREADS, 0, stream>>>(
+        rows, cols, src, ld_src, dst, ld_dst);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * so2_combine (the combine loop of core/edgewise.c so2_m_forward)
+ * out_r[e][k] = pr[e][k] - pi[e][half + k], out_i[e][k] = pr[e][half + k] + pi[e][k];
+ * pr, pi [n][2 half]; out rows stride ldo.
+ * ------------------------------------------------------------------------------------------- */
+
+HD void so2_combine_one(size_t e, int k, int half, const float *product_r, const float *product_i,
+                        float *out_r, float *out_i, int ldo) {
+    const float *pr = product_r + e * 2 * half, *pi = product_i + e * 2 * half;
+    out_r[e * ldo + k] = pr[k] - pi[half + k];
+    out_i[e * ldo + k] = pr[half + k] + pi[k];
+}
+
+__global__ void so2_combine_kernel(int n, int half, const float *product_r, const float *product_i,
+                                   float *out_r, float *out_i, int ldo) {
+    FLAT_LOOP(i, (size_t)n * half)
+    so2_combine_one(i / half, (int)(i % half), half, product_r, product_i, out_r, out_i, ldo);
+}
+
+void cu_so2_combine(int n, int half, const float *product_r, const float *product_i, float *out_r,
+                    float *out_i, int ldo, cudaStream_t stream) {
+    if (n <= 0 || half <= 0)
+        return;
+    so2_combine_kernel<<<flat_blocks((size_t)n * half), FLAT_THREADS, 0, stream>>>(
+        n, half, product_r, product_i, out_r, out_i, ldo);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * so2_stack (the stacking loop of core/edgewise.c so2_m_backward)
+ * stack_r[e] = [do_r | do_i], stack_i[e] = [do_i | -do_r] ([n][2 half]); do rows stride ldo.
+ * ------------------------------------------------------------------------------------------- */
+
+HD void so2_stack_one(size_t e, int k, int half, const float *do_r, const float *do_i, int ldo,
+                      float *stack_r, float *stack_i) {
+    float r = do_r[e * ldo + k], im = do_i[e * ldo + k];
+    float *sr = stack_r + e * 2 * half, *si = stack_i + e * 2 * half;
+    sr[k] = r;
+    sr[half + k] = im;
+    si[k] = im;
+    si[half + k] = -r;
+}
+
+__global__ void so2_stack_kernel(int n, int half, const float *do_r, const float *do_i, int ldo,
+                                 float *stack_r, float *stack_i) {
+    FLAT_LOOP(i, (size_t)n * half)
+    so2_stack_one(i / half, (int)(i % half), half, do_r, do_i, ldo, stack_r, stack_i);
+}
+
+void cu_so2_stack(int n, int half, const float *do_r, const float *do_i, int ldo, float *stack_r,
+                  float *stack_i, cudaStream_t stream) {
+    if (n <= 0 || half <= 0)
+        return;
+    so2_stack_kernel<<<flat_blocks((size_t)n * half), FLAT_THREADS, 0, stream>>>(
+        n, half, do_r, do_i, ldo, stack_r, stack_i);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * gate_forward (core/edgewise.c gate_forward)
+ * g[e][0][c] = SiLU(o[e][0][c]); g[e][p][c] = o[e][p][c] sigmoid(conv1_m0[e][(l - 1) H + c]),
+ * l = degree_of_m(p). o, g [n][9][H] (g may alias o), conv1_m0 [n][5H]. One thread per
+ * (edge, channel).
+ * ------------------------------------------------------------------------------------------- */
+
+HD void gate_forward_one(int e, int c, int H, const float *conv1_m0, const float *o, float *g) {
+    const float *gate = conv1_m0 + (size_t)e * 5 * H;
+    float s1 = sigmoidf_(gate[c]), s2 = sigmoidf_(gate[H + c]);
+    size_t base = (size_t)e * 9 * H + c;
+    float o0 = o[base];
+    g[base] = o0 * sigmoidf_(o0);
+#pragma unroll
+    for (int p = 1; p < 9; p++)
+        g[base + (size_t)p * H] = o[base + (size_t)p * H] * (degree_of_m(p) == 1 ? s1 : s2);
+}
+
+__global__ void gate_forward_kernel(int n, int H, const float *conv1_m0, const float *o, float *g) {
+    FLAT_LOOP(i, (size_t)n * H)
+    gate_forward_one((int)(i / H), (int)(i % H), H, conv1_m0, o, g);
+}
+
+void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float *g,
+                     cudaStream_t stream) {
+    if (n <= 0 || H <= 0)
+        return;
+    gate_forward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, conv1_m0, o,
+                                                                                 g);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * gate_backward (core/edgewise.c gate_backward)
+ * In place dg -> dO: dO[0] = dg[0] SiLU'(o[0]), dO[p] = dg[p] sigmoid(gate_l). Gate inputs:
+ * d_conv1_m0[e][(l - 1) H + c] = sigmoid'(gate_l) sum_{p of degree l} dg[p] o[p] (degree 1:
+ * p = 1, 3, 5; degree 2: p = 2, 4, 6, 7, 8); d_conv1_m0[e][2H + pH + c] = dO[p], p = 0, 1, 2.
+ * One thread per (edge, channel).
+ * ------------------------------------------------------------------------------------------- */
+
+HD void gate_backward_one(int e, int c, int H, const float *conv1_m0, const float *o, float *dg,
+                          float *d_conv1_m0) {
+    const float *gate = conv1_m0 + (size_t)e * 5 * H;
+    float *dce = d_conv1_m0 + (size_t)e * 5 * H;
+    float a1 = gate[c], a2 = gate[H + c];
+    float s1 = sigmoidf_(a1), s2 = sigmoidf_(a2);
+    size_t base = (size_t)e * 9 * H + c;
+    float sum1 = 0.0f, sum2 = 0.0f;
+#pragma unroll
+    for (int p = 1; p < 9; p++) {
+        size_t k = base + (size_t)p * H;
+        float d = dg[k];
+        if (degree_of_m(p) == 1) {
+            sum1 += d * o[k];
+            dg[k] = d * s1;
+        } else {
+            sum2 += d * o[k];
+            dg[k] = d * s2;
+        }
+    }
+    dce[c] = sum1 * (s1 * (1.0f - s1));
+    dce[H + c] = sum2 * (s2 * (1.0f - s2));
+    float d0 = dg[base] * silu_derivativef(o[base]);
+    dg[base] = d0;
+    dce[2 * H + c] = d0;
+    dce[3 * H + c] = dg[base + H];
+    dce[4 * H + c] = dg[base + 2 * (size_t)H];
+}
+
+__global__ void gate_backward_kernel(int n, int H, const float *conv1_m0, const float *o, float *dg,
+                                     float *d_conv1_m0) {
+    FLAT_LOOP(i, (size_t)n * H)
+    gate_backward_one((int)(i / H), (int)(i % H), H, conv1_m0, o, dg, d_conv1_m0);
+}
+
+void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float *dg,
+                      float *d_conv1_m0, cudaStream_t stream) {
+    if (n <= 0 || H <= 0)
+        return;
+    gate_backward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, conv1_m0, o,
+                                                                                  dg, d_conv1_m0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rotate_back_scatter (core/edgewise.c rotate_back_scatter)
+ * x_out[target[e]][j][c] += env[e] sum_i D[i][j] z^L[i][c] (atomic); z [n][9][C] M-order,
+ * x_out [N][9][C]. One thread per (edge, channel), 9 atomics each.
+ * ------------------------------------------------------------------------------------------- */
+
+HD void rotate_back_scatter_one(int e, int c, const int *target, const cu_wigner *wigner,
+                                const float *envelope, int C, const float *z, float *x_out) {
+    float W[34], zl[9], out[9];
+    load_wigner(&wigner[e], W);
+    const float *ze = z + (size_t)e * 9 * C;
+#pragma unroll
+    for (int p = 0; p < 9; p++) /* M -> L */
+        zl[m_to_l(p)] = ze[(size_t)p * C + c];
+    rotate_transpose(W, zl, out);
+    float env = envelope[e];
+    float *xo = x_out + (size_t)target[e] * 9 * C;
+#pragma unroll
+    for (int j = 0; j < 9; j++)
+        accumulate(&xo[(size_t)j * C + c], env * out[j]);
+}
+
+__global__ void rotate_back_scatter_kernel(int n, const int *target, const cu_wigner *wigner,
+                                           const float *envelope, int C, const float *z,
+                                           float *x_out) {
+    FLAT_LOOP(i, (size_t)n * C)
+    rotate_back_scatter_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, z, x_out);
+}
+
+void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
+                            const float *envelope, int C, const float *z, float *x_out,
+                            cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    rotate_back_scatter_kernel<<<flat_blocks((size_t)n * C), FLAT_THREADS, 0, stream>>>(
+        n, target, wigner, envelope, C, z, x_out);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rotate_back_backward (core/edgewise.c rotate_back_backward)
+ * a = d_out[target[e]] [9][C], z [n][9][C] M-order:
+ *   dz[e][p][c] = env (D a)[m_to_l(p)][c]                    (overwrite)
+ *   d_wigner[e][i][j] += env sum_c z^L[i][c] a[j][c]
+ *   d_envelope[e]     += sum_c sum_i z^L[i][c] (D a)[i][c]
+ * One block per edge, threads over the channels.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Channel c of edge e: writes dz, adds <z^L[i], a[j]> into acc[0..34), <z^L, D a> into acc[34]. */
+HD void rotate_back_backward_one(int e, int c, const int *target, const cu_wigner *wigner,
+                                 const float *envelope, int C, const float *z, const float *d_out,
+                                 float *dz, float acc[35]) {
+    float W[34], a[9], da[9], zl[9];
+    load_wigner(&wigner[e], W);
+    load_column(d_out + (size_t)target[e] * 9 * C, C, c, a);
+    rotate(W, a, da);
+    float env = envelope[e];
+    const float *ze = z + (size_t)e * 9 * C;
+    float *dze = dz + (size_t)e * 9 * C;
+    float z_dot_da = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 9; p++) {
+        int i = m_to_l(p);
+        zl[i] = ze[(size_t)p * C + c];
+        dze[(size_t)p * C + c] = env * da[i];
+        z_dot_da += zl[i] * da[i];
+    }
+    outer_accumulate(zl, a, acc);
+    acc[34] += z_dot_da;
+}
+
+/* Entry k < 35 of the edge's sums over the channels (as acc) into d_wigner[e] / d_envelope[e]. */
+HD void rotate_back_backward_finish(int e, int k, const float *envelope, const float total[35],
+                                    cu_wigner *d_wigner, float *d_envelope) {
+    if (k < 34)
+        ((float *)&d_wigner[e])[k] += envelope[e] * total[k];
+    else
+        d_envelope[e] += total[34];
+}
+
+__global__ void rotate_back_backward_kernel(const int *target, const cu_wigner *wigner,
+                                            const float *envelope, int C, const float *z,
+                                            const float *d_out, float *dz, cu_wigner *d_wigner,
+                                            float *d_envelope) {
+    __shared__ float total[35];
+    int e = blockIdx.x;
+    float acc[35];
+#pragma unroll
+    for (int k = 0; k < 35; k++)
+        acc[k] = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        rotate_back_backward_one(e, c, target, wigner, envelope, C, z, d_out, dz, acc);
+    block_sum<35>(acc, total);
+    if (threadIdx.x < 35)
+        rotate_back_backward_finish(e, threadIdx.x, envelope, total, d_wigner, d_envelope);
+}
+
+void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
+                             const float *envelope, int C, const float *z, const float *d_out,
+                             float *dz, cu_wigner *d_wigner, float *d_envelope,
+                             cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    /* edge_threads(C) >= 64 > 35: threads 0..34 exist for the final writes */
+    rotate_back_backward_kernel<<<n, edge_threads(C), 0, stream>>>(target, wigner, envelope, C, z,
+                                                                   d_out, dz, d_wigner, d_envelope);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * edge_degree_forward (core/edgewise.c umas_edge_degree_forward)
+ * x_out[target[e]] += (env / 5) rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]:
+ * row 0 += a rho0, rows 1 + j += a D^1[1][j] rho1, rows 4 + j += a D^2[2][j] rho2 (atomic).
+ * One thread per (edge, channel).
+ * ------------------------------------------------------------------------------------------- */
+
+HD void edge_degree_forward_one(int e, int c, const int *target, const cu_wigner *wigner,
+                                const float *envelope, int C, const float *radial, float *x_out) {
+    const float *W = (const float *)&wigner[e];
+    const float *rho = radial + (size_t)e * 3 * C;
+    float a = envelope[e] / 5.0f; /* fairchem's rescale factor 5 */
+    float r0 = rho[c], r1 = rho[C + c], r2 = rho[2 * C + c];
+    float *out = x_out + (size_t)target[e] * 9 * C;
+    accumulate(&out[c], a * r0);
+#pragma unroll
+    for (int j = 0; j < 3; j++)
+        accumulate(&out[(size_t)(1 + j) * C + c], a * W[W_L1_M0 + j] * r1);
+#pragma unroll
+    for (int j = 0; j < 5; j++)
+        accumulate(&out[(size_t)(4 + j) * C + c], a * W[W_L2_M0 + j] * r2);
+}
+
+__global__ void edge_degree_forward_kernel(int n, const int *target, const cu_wigner *wigner,
+                                           const float *envelope, int C, const float *radial,
+                                           float *x_out) {
+    FLAT_LOOP(i, (size_t)n * C)
+    edge_degree_forward_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, radial, x_out);
+}
+
+void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
+                            const float *envelope, int C, const float *radial, float *x_out,
+                            cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    edge_degree_forward_kernel<<<flat_blocks((size_t)n * C), FLAT_THREADS, 0, stream>>>(
+        n, target, wigner, envelope, C, radial, x_out);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * edge_degree_backward (core/edgewise.c umas_edge_degree_backward)
+ * a = d_out[target[e]], scale = env / 5:
+ *   d_radial[e][0][c] = scale a[0][c], [1][c] = scale sum_j D^1[1][j] a[1 + j][c],
+ *   [2][c] = scale sum_j D^2[2][j] a[4 + j][c]                                   (overwrite)
+ *   d_wigner[e].l1[1][j] += scale <rho1, a[1 + j]>, .l2[2][j] += scale <rho2, a[4 + j]>
+ *   d_envelope[e] += (<rho0, a0> + sum_j D^1[1][j] <rho1, a[1+j]> + sum_j D^2[2][j] <rho2, a[4+j]>)
+ * / 5 One block per edge, threads over the channels.
+ * ------------------------------------------------------------------------------------------- */
+
+/* Channel c of edge e: writes d_radial, adds the 9 dot-product terms into acc:
+ * acc[0] = rho0 a0, acc[1 + j] = rho1 a[1 + j], acc[4 + j] = rho2 a[4 + j]. */
+HD void edge_degree_backward_one(int e, int c, const int *target, const cu_wigner *wigner,
+                                 const float *envelope, int C, const float *radial,
+                                 const float *d_out, float *d_radial, float acc[9]) {
+    const float *W = (const float *)&wigner[e];
+    const float *rho = radial + (size_t)e * 3 * C;
+    float *d_rho = d_radial + (size_t)e * 3 * C;
+    float scale = envelope[e] / 5.0f;
+    float a[9];
+    load_column(d_out + (size_t)target[e] * 9 * C, C, c, a);
+    float r0 = rho[c], r1 = rho[C + c], r2 = rho[2 * C + c];
+    float y1 = 0.0f, y2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 3; j++)
+        y1 += W[W_L1_M0 + j] * a[1 + j];
+#pragma unroll
+    for (int j = 0; j < 5; j++)
+        y2 += W[W_L2_M0 + j] * a[4 + j];
+    d_rho[c] = scale * a[0];
+    d_rho[C + c] = scale * y1;
+    d_rho[2 * C + c] = scale * y2;
+    acc[0] += r0 * a[0];
+#pragma unroll
+    for (int j = 0; j < 3; j++)
+        acc[1 + j] += r1 * a[1 + j];
+#pragma unroll
+    for (int j = 0; j < 5; j++)
+        acc[4 + j] += r2 * a[4 + j];
+}
+
+/* The edge's sums over the channels, total[9] (as acc), into d_wigner[e] and d_envelope[e]. */
+HD void edge_degree_backward_finish(int e, const cu_wigner *wigner, const float *envelope,
+                                    const float total[9], cu_wigner *d_wigner, float *d_envelope) {
+    const float *W = (const float *)&wigner[e];
+    float *dW = (float *)&d_wigner[e];
+    float scale = envelope[e] / 5.0f, rho_dot = total[0];
+    for (int j = 0; j < 3; j++) {
+        dW[W_L1_M0 + j] += scale * total[1 + j];
+        rho_dot += W[W_L1_M0 + j] * total[1 + j];
+    }
+    for (int j = 0; j < 5; j++) {
+        dW[W_L2_M0 + j] += scale * total[4 + j];
+        rho_dot += W[W_L2_M0 + j] * total[4 + j];
+    }
+    d_envelope[e] += rho_dot / 5.0f;
+}
+
+__global__ void edge_degree_backward_kernel(const int *target, const cu_wigner *wigner,
+                                            const float *envelope, int C, const float *radial,
+                                            const float *d_out, float *d_radial,
+                                            cu_wigner *d_wigner, float *d_envelope) {
+    __shared__ float total[9];
+    int e = blockIdx.x;
+    float acc[9];
+#pragma unroll
+    for (int k = 0; k < 9; k++)
+        acc[k] = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        edge_degree_backward_one(e, c, target, wigner, envelope, C, radial, d_out, d_radial, acc);
+    block_sum<9>(acc, total);
+    if (threadIdx.x == 0)
+        edge_degree_backward_finish(e, wigner, envelope, total, d_wigner, d_envelope);
+}
+
+void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
+                             const float *envelope, int C, const float *radial, const float *d_out,
+                             float *d_radial, cu_wigner *d_wigner, float *d_envelope,
+                             cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    edge_degree_backward_kernel<<<n, edge_threads(C), 0, stream>>>(
+        target, wigner, envelope, C, radial, d_out, d_radial, d_wigner, d_envelope);
+}

@@ -1,0 +1,156 @@
+/* kernels.h - CUDA kernels of the `general` backend on the GPU (fp32 storage).
+ *
+ * Every launcher mirrors a CPU function of the core (named in its comment) with the same
+ * semantics, layouts and argument order, but float32 device arrays; the CPU float64 path is the
+ * oracle. All pointers are device pointers; launches go to `stream`; nothing synchronises.
+ * Layouts (row-major): node features [N][9][C] in L-order; edge features in M-order as in
+ * core/edgewise.c; a Wigner record is cu_wigner (D^1 [3][3], D^2 [5][5]; D^0 = 1).
+ * "accumulate" = adds into the output (atomicAdd where several edges hit one row). */
+#ifndef UMAS_CUDA_KERNELS_H
+#define UMAS_CUDA_KERNELS_H
+
+#include <cuda_runtime.h>
+
+typedef struct cu_wigner {
+    float l1[3][3];
+    float l2[5][5];
+} cu_wigner;
+
+/* ---------------------------------------------------------------------------------------------
+ * geometry.cu: edge geometry, radial inputs, LayerNorm+SiLU, Gaussians, edge gradients
+ * ------------------------------------------------------------------------------------------- */
+
+/* core/backend_general.c edge_geometry: per edge d = |r|, envelope(d), Wigner D of r/d
+ * (core/wigner.c umas_wigner_from_unit_vector: same frame construction), computed in double,
+ * stored as float. edge_vector [E][3] double. */
+void cu_edge_geometry(int E, const double *edge_vector, double cutoff, float *distance,
+                      float *envelope, cu_wigner *wigner, cudaStream_t stream);
+
+/* core/backend_general.c radial_input for edges [0, n) of the given arrays:
+ * out[n][B + 2Ce] = [exp(coeff (d - offsets[k])^2), source_embedding[Z_src],
+ * target_embedding[Z_tgt]] with Z = atomic_numbers[source[e]] / [target[e]]; embeddings [Z][Ce]. */
+void cu_radial_input(int n, const int *source, const int *target, const int *atomic_numbers,
+                     const float *distance, const float *offsets, float coeff, int B,
+                     const float *source_embedding, const float *target_embedding, int Ce,
+                     float *out, cudaStream_t stream);
+
+/* out[rows][n] = SiLU(LayerNorm(in)) (core/nn.c norm_silu; eps 1e-5, biased variance). out may
+ * not alias in. */
+void cu_layer_norm_silu(int rows, int n, const float *in, const float *weight, const float *bias,
+                        float *out, cudaStream_t stream);
+/* d_in[rows][n] from in (the LayerNorm input) and d_out (core/nn.c norm_silu_backward).
+ * d_in may alias d_out. */
+void cu_layer_norm_silu_backward(int rows, int n, const float *in, const float *weight,
+                                 const float *bias, const float *d_out, float *d_in,
+                                 cudaStream_t stream);
+
+/* d_distance[e] += sum_k d_gauss[e][k] 2 coeff (d - mu_k) g_k(d)  (umas_gaussian_backward),
+ * d_gauss [n][ld] (first B columns used). */
+void cu_gaussian_backward(int n, const float *distance, const float *offsets, float coeff, int B,
+                          const float *d_gauss, int ld, float *d_distance, cudaStream_t stream);
+
+/* Final per-edge gradient (core/backend_general.c backward's edge loop, in double):
+ * dd = d_distance + d_envelope * envelope'(d); dr = dd e + torque(D, dD) (umas_wigner_backward
+ * with the generators of core/wigner.c); edge_gradient[e] = rmsd * dr (double [E][3]).
+ * D is recomputed in double from edge_vector (not the float copy). */
+void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_wigner *d_wigner,
+                      const float *d_envelope, const float *d_distance, double rmsd,
+                      double *edge_gradient, cudaStream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
+ * edgewise.cu: the message pipeline pieces (core/edgewise.c), forward and backward
+ * ------------------------------------------------------------------------------------------- */
+
+/* gather_rotate for n edges: y[e][p][0:C] = (D x[source])[m_to_l[p]], y[e][p][C:2C] likewise
+ * for the target; x [N][9][C], y [n][9][2C]. */
+void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
+                      const float *x, float *y, cudaStream_t stream);
+/* gather_rotate_backward: d_x (accumulate, atomic) += D^T dy^L per half; d_wigner[e]
+ * (accumulate, no atomics needed: one edge per record) += <dy^L[i], [x_s | x_t][j]>. */
+void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
+                               int C, const float *x, const float *dy, float *d_x,
+                               cu_wigner *d_wigner, cudaStream_t stream);
+
+/* scale_by_radial: y[n][18C] *= radial[n][12C] at radial_slot(k). */
+void cu_scale_by_radial(int n, int C, const float *radial, float *y, cudaStream_t stream);
+/* scale_by_radial_backward: d_radial[n][12C] = sum over uses of dy * unscaled (overwrite);
+ * dy *= radial. */
+void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,
+                                 float *dy, float *d_radial, cudaStream_t stream);
+
+/* dst[r][0:cols] = src[r][0:cols] with row strides ld_src, ld_dst (for the conv1 m = 0 copy). */
+void cu_copy_rows(int rows, int cols, const float *src, int ld_src, float *dst, int ld_dst,
+                  cudaStream_t stream);
+
+/* so2_m_forward's combine: out_r[e][k] = pr[e][k] - pi[e][half + k],
+ * out_i[e][k] = pr[e][half + k] + pi[e][k]; pr, pi [n][2 half]; out rows stride ldo. */
+void cu_so2_combine(int n, int half, const float *product_r, const float *product_i, float *out_r,
+                    float *out_i, int ldo, cudaStream_t stream);
+/* so2_m_backward's stacking: stack_r[e] = [do_r | do_i], stack_i[e] = [do_i | -do_r]
+ * ([n][2 half]); do_r, do_i rows stride ldo. */
+void cu_so2_stack(int n, int half, const float *do_r, const float *do_i, int ldo, float *stack_r,
+                  float *stack_i, cudaStream_t stream);
+
+/* gate_forward: g = gate(o) with gates conv1_m0[e][0:2H]; g may alias o. o, g [n][9][H]. */
+void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float *g,
+                     cudaStream_t stream);
+/* gate_backward: dg (in place -> dO), d_conv1_m0[e][0:2H] gate inputs, [2H:5H] = dO rows 0..2. */
+void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float *dg,
+                      float *d_conv1_m0, cudaStream_t stream);
+
+/* rotate_back_scatter: x_out[target[e]] += env D^T z^L (atomic). z [n][9][C] M-order. */
+void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
+                            const float *envelope, int C, const float *z, float *x_out,
+                            cudaStream_t stream);
+/* rotate_back_backward: dz[e] = env (D a)[m_to_l[p]] with a = d_out[target[e]] (overwrite);
+ * d_wigner[e] += env <z^L[i], a[j]>; d_envelope[e] += <z^L, D a>. */
+void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
+                             const float *envelope, int C, const float *z, const float *d_out,
+                             float *dz, cu_wigner *d_wigner, float *d_envelope,
+                             cudaStream_t stream);
+
+/* umas_edge_degree_forward / _backward (radial [n][3C]; d_radial overwrite; d_wigner,
+ * d_envelope accumulate; x_out accumulate, atomic). */
+void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
+                            const float *envelope, int C, const float *radial, float *x_out,
+                            cudaStream_t stream);
+void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
+                             const float *envelope, int C, const float *radial, const float *d_out,
+                             float *d_radial, cu_wigner *d_wigner, float *d_envelope,
+                             cudaStream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
+ * nodes.cu: node-level layers (core/so3.c, core/backend_general.c)
+ * ------------------------------------------------------------------------------------------- */
+
+/* umas_rms_norm_forward / _backward on [N][9][C]; scale [3][C], bias [C]. */
+void cu_rms_norm_forward(int N, int C, const float *scale, const float *bias, const float *x,
+                         float *y, cudaStream_t stream);
+void cu_rms_norm_backward(int N, int C, const float *scale, const float *x, const float *dy,
+                          float *dx, cudaStream_t stream);
+
+/* x[n][0][c] += v[c] for every node (c_sys on l = 0), x [N][9][C]. */
+void cu_add_to_l0(int N, int C, const float *v, float *x, cudaStream_t stream);
+/* embed_nodes: h = 0 except h[n][0] = sphere[Z_n] + c_sys. */
+void cu_embed_nodes(int N, int C, const int *atomic_numbers, const float *sphere_embedding,
+                    const float *system_embedding, float *h, cudaStream_t stream);
+
+/* SpectralAtomwise gate (core/so3.c): gates[N][2H] = sigmoid(SiLU(gates)) in place;
+ * q[N][9][H]: q[0] = SiLU(q[0]), q[i] *= gate of degree l(i). */
+void cu_ffn_gate_forward(int N, int H, float *gates, float *q, cudaStream_t stream);
+/* Its backward given pre (scalar_mlp pre-activation [N][2H]), q (so3_linear_1 output
+ * [N][9][H]) and d_r ([N][9][H], adjoint of the gated hidden): writes d_pre [N][2H] and dq
+ * (over q), as umas_spectral_atomwise_backward. */
+void cu_ffn_gate_backward(int N, int H, const float *pre, float *q, const float *d_r, float *d_pre,
+                          cudaStream_t stream);
+
+/* Elementwise: x = SiLU(x); y = dy * SiLU'(x) (y may alias dy). */
+void cu_silu(size_t n, float *x, cudaStream_t stream);
+void cu_silu_backward(size_t n, const float *x, const float *dy, float *y, cudaStream_t stream);
+/* Head seed: d[n][k] = (n < energy_nodes) ? w3[k] * SiLU'(z2[n][k]) : 0, [N][H]. */
+void cu_head_seed(int N, int H, int energy_nodes, const float *w3, const float *z2, float *d,
+                  cudaStream_t stream);
+/* a += b, n elements. */
+void cu_add(size_t n, const float *b, float *a, cudaStream_t stream);
+
+#endif

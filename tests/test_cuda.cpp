@@ -1,0 +1,155 @@
+// test_cuda.cpp - the `general` backend on the GPU (device cuda, float32) against fairchem's
+// float64 truth. Needs a GPU: without one the GPU tests skip, and only the error a user gets
+// without a GPU is checked.
+//
+// Specification (bounds of the CUDA issue; fairchem's own fp32 stays within about 2e-5 eV/A):
+//  * on every reference case: energy within max(1e-4 eV, 1e-5 eV x atoms), forces within
+//    1e-4 eV/A (max-abs), stress within 1e-6 eV/A^3 of the float64 references;
+//  * the node features after every stage of the tiny model follow fairchem's intermediates to
+//    float32 precision (so a mismatch is located);
+//  * per-atom energies sum to the energy; two runs give the same energy to float32 round-off.
+#include "reference.hpp"
+
+extern "C" {
+#include "context.h"
+}
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace {
+
+bool have_gpu() {
+    return umas_cuda_device_count() > 0;
+}
+
+double max_abs(const std::vector<double> &v) {
+    double m = 0;
+    for (double x : v)
+        m = std::max(m, std::fabs(x));
+    return m;
+}
+
+double max_abs_diff(const double *a, const double *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = std::max(m, std::fabs(a[i] - b[i]));
+    return m;
+}
+
+double volume(const std::vector<double> &h) {
+    return std::fabs(h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
+                     h[2] * (h[3] * h[7] - h[4] * h[6]));
+}
+
+struct CaseId {
+    std::string model, name;
+};
+
+std::vector<CaseId> all_cases() {
+    std::vector<CaseId> cases;
+    for (const char *model : {"tiny", "tiny_v12", "umas"})
+        for (const std::string &name : case_names(model))
+            cases.push_back({model, name});
+    return cases;
+}
+
+class CudaReference : public ::testing::TestWithParam<CaseId> {};
+
+TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
+    if (!have_gpu())
+        GTEST_SKIP() << "no CUDA device";
+    const CaseId &id = GetParam();
+    if (!file_exists(model_path(id.model)))
+        GTEST_SKIP() << "model " << model_path(id.model) << " not converted (optional)";
+    ReferenceCase c = load_case(id.model, id.name);
+    Evaluation ev;
+    ev.setup(model_path(id.model), c, "general", "cuda");
+    Evaluation::Output out = ev.compute(c.atomic_numbers, true);
+
+    double energy_error = std::fabs(out.energy - c.energy);
+    double energy_bound = std::max(1e-4, 1e-5 * c.num_atoms);
+    std::vector<double> ref_forces = npy_load(c.file("forces_f64.npy")).values;
+    double force_error = max_abs_diff(out.forces.data(), ref_forces.data(), ref_forces.size());
+    double stress_error = 0;
+    if (c.pbc[0]) {
+        double V = volume(c.cell);
+        const double *W = out.virial;
+        std::vector<double> stress = {-W[0] / V, -W[3] / V, -W[4] / V, -W[3] / V, -W[1] / V,
+                                      -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
+        std::vector<double> ref = npy_load(c.file("stress_f64.npy")).values;
+        stress_error = max_abs_diff(stress.data(), ref.data(), 9);
+    }
+    double sum = 0;
+    for (double e : out.per_atom)
+        sum += e;
+    std::printf("[ measured ] cuda %s/%s: |dE| %.2e eV (bound %.0e), max|dF| %.2e eV/A, "
+                "max|dstress| %.2e eV/A^3\n",
+                id.model.c_str(), id.name.c_str(), energy_error, energy_bound, force_error,
+                stress_error);
+    EXPECT_LE(energy_error, energy_bound);
+    EXPECT_LE(force_error, 1e-4);
+    EXPECT_LE(stress_error, 1e-6);
+    EXPECT_NEAR(sum, out.energy, 1e-6 * std::max(1.0, std::fabs(out.energy)));
+    double again = ev.compute(c.atomic_numbers, true).energy;
+    EXPECT_NEAR(again, out.energy, energy_bound);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCases, CudaReference, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<CaseId> &info) {
+                             return info.param.model + "_" + info.param.name;
+                         });
+
+class CudaIntermediates : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
+    if (!have_gpu())
+        GTEST_SKIP() << "no CUDA device";
+    ReferenceCase c = load_case("tiny", GetParam());
+    Evaluation ev;
+    ev.setup(model_path("tiny"), c, "general", "cuda");
+    ev.ctx->keep_trace = 1;
+    ev.energy(c.atomic_numbers, nullptr);
+    int layers = ev.ctx->weights.num_layers;
+    std::vector<std::string> stages = {"x0_atom_csd_embedding", "x1_after_edge_degree"};
+    for (int l = 0; l < layers; l++)
+        stages.push_back("x2_after_block" + std::to_string(l));
+    stages.push_back("x3_after_final_norm");
+    size_t size = (size_t)c.num_atoms * 9 * ev.ctx->weights.C;
+    for (size_t s = 0; s < stages.size(); s++) {
+        NpyArray ref = npy_load(c.file("intermediates/" + stages[s] + ".npy"));
+        double error =
+            max_abs_diff(ev.ctx->trace + s * size, ref.values.data(), size) / max_abs(ref.values);
+        std::printf("[ measured ] cuda tiny/%s %s: relative max error %.2e\n", GetParam().c_str(),
+                    stages[s].c_str(), error);
+        EXPECT_LE(error, 1e-4) << "first mismatch at stage " << stages[s];
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, CudaIntermediates,
+                         ::testing::Values("a_cu_fcc_108", "b_triclinic_perovskite_60",
+                                           "c_molecule_q1_s2", "e_si_primitive_2"));
+
+TEST(CudaDevice, WithoutAGpuTheContextSaysSo) {
+    if (have_gpu())
+        GTEST_SKIP() << "a GPU is present";
+    umas_error err;
+    umas_model *model = umas_model_load(model_path("tiny").c_str(), &err);
+    ASSERT_NE(model, nullptr) << err.message;
+    int z[1] = {29};
+    umas_system sys = {"omat", 0, 0, 1, z, nullptr};
+    umas_options opt = {"general", "cuda"};
+    umas_context *ctx = umas_context_create(model, &sys, &opt, &err);
+    EXPECT_EQ(ctx, nullptr);
+    std::string message = err.message;
+    bool clear = message.find("no CUDA device") != std::string::npos ||
+                 message.find("not available on device 'cuda'") != std::string::npos;
+    EXPECT_TRUE(clear) << message;
+    umas_context_free(ctx);
+    umas_model_free(model);
+}
+
+} // namespace

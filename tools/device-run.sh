@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# On the device machine (repository root, .devbin/ carried; see tools/device-prepare.sh):
+# GPU tests (test_cuda) and the benchmark table (umas-bench). Output also under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/umas-out}
+mkdir -p "$OUT" /tmp/umas/bin /tmp/umas/models
+tar -C /tmp/umas/bin -xJf .devbin/binaries.tar.xz
+cublas=$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -n 1)
+export LD_LIBRARY_PATH="/tmp/umas/bin:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"):${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# convert the reference checkpoints with the stdlib converter
+for pt in tests/data/checkpoints/tiny.pt tests/data/checkpoints/tiny_v12.pt; do
+    python3 tools/umas_convert.py "$pt" "/tmp/umas/models/$(basename "$pt" .pt).safetensors"
+done
+if [ -f .devbin/umas.pt.xz ]; then
+    xz -dc .devbin/umas.pt.xz > /tmp/umas/umas.pt
+    python3 tools/umas_convert.py /tmp/umas/umas.pt /tmp/umas/models/umas.safetensors
+fi
+export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
+/tmp/umas/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | grep -E "measured|FAIL|PASSED|SKIPPED|Failure|error" 
+echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT/test_cuda.log"
+if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
+    echo "== umas-bench, umas model (UMA-S shape), general backend on the GPU"
+    /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
+        --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" --steps 5 --warmup 2 | tee "$OUT/bench.txt"
+fi
