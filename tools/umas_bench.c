@@ -33,19 +33,17 @@ static double uniform(unsigned long long *state) {
 
 /* cells a x b x c with 4 a b c = atoms, as cubic as possible; 0 if atoms is not a multiple of 4 */
 static int fcc_cells(int atoms, int cells[3]) {
-    if (atoms % 4)
+    if (atoms <= 0 || atoms % 4)
         return 0;
-    int n = atoms / 4, best = -1;
-    for (int a = 1; a <= n; a++)
-        for (int b = a; a * b <= n; b++) {
+    long long n = atoms / 4, best = -1;
+    for (long long a = 1; a * a * a <= n; a++)
+        for (long long b = a; a * b * b <= n; b++) {
             if (n % (a * b))
                 continue;
-            int c = n / (a * b);
-            if (c < b)
-                continue;
+            long long c = n / (a * b);
             if (best < 0 || c - a < best) {
                 best = c - a;
-                cells[0] = a, cells[1] = b, cells[2] = c;
+                cells[0] = (int)a, cells[1] = (int)b, cells[2] = (int)c;
             }
         }
     return best >= 0;
