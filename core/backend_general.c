@@ -17,7 +17,7 @@
  * features instead of storing it. Memory, float64:
  *   per edge   geometry D, envelope, distance (36 doubles); with gradients also dE/dD, dE/denv,
  *              dE/dd (36 doubles): 288 + 288 bytes
- *   per node   27 C + 13 H + 1 doubles of work; with gradients also the block inputs and the
+ *   per node   27 C + 13 H doubles of work; with gradients also the block inputs and the
  *              post-message features of every block plus the final features ((2 L + 1) 9 C
  *              doubles; UMA-S: 83 KB per atom) and 27 C + 22 H of adjoint work
  *   per chunk  about 32 MB (the chunk size adapts to C, H)
@@ -60,7 +60,6 @@ typedef struct general_state {
     double *ffn_gates;       /* [N][2H] */
     double *ffn_hidden;      /* [N][9][H] */
     double *head_hidden;     /* [N][2H] */
-    double *node_output;     /* [N] energy head output, model units */
     double *saved;           /* [2 L + 1][N][9][C] block inputs, post-message features, final */
     double *dh, *du, *d_tmp; /* [N][9][C] adjoints */
     double *ffn_work;        /* umas_spectral_atomwise_backward_work(N) */
@@ -89,8 +88,7 @@ static int regrow(double **p, size_t n) {
 }
 
 static void free_node_buffers(general_state *s) {
-    double **all[] = {&s->h,          &s->u,           &s->ffn_out,    &s->ffn_gates,
-                      &s->ffn_hidden, &s->head_hidden, &s->node_output};
+    double **all[] = {&s->h, &s->u, &s->ffn_out, &s->ffn_gates, &s->ffn_hidden, &s->head_hidden};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         free(*all[i]), *all[i] = NULL;
 }
@@ -152,7 +150,7 @@ static size_t general_bytes(const umas_context *ctx) {
     const umas_weights *w = &ctx->weights;
     size_t C = (size_t)w->C, H = (size_t)w->H;
     size_t per_edge = 2 * sizeof(double) + sizeof(umas_wigner);
-    size_t per_node = sizeof(double) * (27 * C + 13 * H + 1);
+    size_t per_node = sizeof(double) * (27 * C + 13 * H);
     size_t gradient_per_node =
         sizeof(double) * (27 * C + 22 * H) + sizeof(double) * saved_doubles(w, 1);
     return sizeof(double) * (size_t)s->chunk * chunk_doubles_per_edge(w) +
@@ -180,8 +178,7 @@ static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_e
         free_node_buffers(s);
         int ok = !regrow(&s->h, n * 9 * C) && !regrow(&s->u, n * 9 * C) &&
                  !regrow(&s->ffn_out, n * 9 * C) && !regrow(&s->ffn_gates, n * 2 * H) &&
-                 !regrow(&s->ffn_hidden, n * 9 * H) && !regrow(&s->head_hidden, n * 2 * H) &&
-                 !regrow(&s->node_output, n);
+                 !regrow(&s->ffn_hidden, n * 9 * H) && !regrow(&s->head_hidden, n * 2 * H);
         s->node_capacity = ok ? g->num_nodes : 0;
         if (!ok)
             return umas_fail(err, "out of memory for the features of %d atoms", g->num_nodes);
@@ -362,15 +359,15 @@ static void block_backward(umas_context *ctx, const umas_block_weights *b, const
         s->dh[k] += s->d_tmp[k];
 }
 
-/* node_output[n] = head MLP of the final l = 0 features s->u[n][0], model units. */
-static void energy_head(general_state *s, const umas_weights *w, int N) {
+/* output[n] = head MLP of the final l = 0 features s->u[n][0], model units. */
+static void energy_head(general_state *s, const umas_weights *w, int N, double *output) {
     int H = w->H;
     double *h1 = s->head_hidden, *h2 = s->head_hidden + (size_t)N * H;
     umas_linear_forward(&w->head[0], N, s->u, 9 * w->C, h1, H);
     umas_silu_forward(h1, (size_t)N * H);
     umas_linear_forward(&w->head[1], N, h1, H, h2, H);
     umas_silu_forward(h2, (size_t)N * H);
-    umas_linear_forward(&w->head[2], N, h2, H, s->node_output, 1);
+    umas_linear_forward(&w->head[2], N, h2, H, output, 1);
 }
 
 /* du[n] = d(sum of the energy nodes' head outputs) / d(final features u[n]): non-zero on l = 0
@@ -472,22 +469,8 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
         memcpy(s->saved + 2 * L * size, s->h, sizeof(double) * size);
     umas_rms_norm_forward(&w->final_norm, N, w->C, s->h, s->u);
     record_trace(ctx, 2 + L, s->u, N);
-    energy_head(s, w, N);
+    energy_head(s, w, N, ctx->node_output);
 
-    /* E = rmsd * sum_n eps_n + mean + sum_n ref[Z_n], in float64; the mean is spread evenly
-     * over the system's atoms so that per-node energies sum to E. */
-    double mean_per_atom = w->energy_mean / ctx->num_atoms;
-    result->energy = 0;
-    for (int n = 0; n < N; n++) {
-        double e = 0;
-        if (n < g->num_energy_nodes) {
-            e = w->energy_rmsd * s->node_output[n] + w->element_references[g->atomic_numbers[n]] +
-                mean_per_atom;
-            result->energy += e;
-        }
-        if (result->node_energy)
-            result->node_energy[n] = e;
-    }
     double middle = seconds_now();
     result->seconds_forward = middle - start;
     result->seconds_backward = 0;

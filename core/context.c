@@ -159,6 +159,7 @@ void umas_context_free(umas_context *ctx) {
     free(ctx->routing_input);
     free(ctx->trace);
     free(ctx->edge_gradient);
+    free(ctx->node_output);
     free(ctx);
 }
 
@@ -214,6 +215,24 @@ int umas_cpu_threads(void) {
     return openblas_get_num_threads();
 }
 
+/* E = rmsd * sum_n eps_n + mean + sum_n ref[Z_n] over the energy nodes, in float64; the mean is
+ * spread evenly over the system's atoms so that per-node energies sum to E (spec 10). */
+static void node_energies(const umas_context *ctx, const umas_graph *g, umas_result *result) {
+    const umas_weights *w = &ctx->weights;
+    double mean_per_atom = w->energy_mean / ctx->num_atoms;
+    result->energy = 0;
+    for (int n = 0; n < g->num_nodes; n++) {
+        double e = 0;
+        if (n < g->num_energy_nodes) {
+            e = w->energy_rmsd * ctx->node_output[n] + w->element_references[g->atomic_numbers[n]] +
+                mean_per_atom;
+            result->energy += e;
+        }
+        if (result->node_energy)
+            result->node_energy[n] = e;
+    }
+}
+
 /* Forces, virial and per-node virial from dE/dr per edge (every backend). The edge vector is
  * r_source - r_target: F_source -= dE/dr, F_target += dE/dr; W = -sum_e sym(r_e (x) dE/dr_e). */
 static void scatter_edge_gradients(const umas_graph *g, const double *gradient,
@@ -265,8 +284,16 @@ int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
         if (!ctx->edge_gradient)
             return umas_fail(err, "out of memory for the gradients of %d edges", graph->num_edges);
     }
+    if (!ctx->node_output || graph->num_nodes > ctx->node_output_capacity) {
+        free(ctx->node_output);
+        ctx->node_output = malloc(sizeof(double) * ((size_t)graph->num_nodes + 1));
+        ctx->node_output_capacity = ctx->node_output ? graph->num_nodes : 0;
+        if (!ctx->node_output)
+            return umas_fail(err, "out of memory for %d atoms", graph->num_nodes);
+    }
     if (ctx->backend->compute(ctx, graph, result, gradients, err))
         return -1;
+    node_energies(ctx, graph, result);
     if (gradients)
         scatter_edge_gradients(graph, ctx->edge_gradient, result);
     return 0;

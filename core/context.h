@@ -11,9 +11,10 @@ typedef struct umas_backend {
     const char *name;
     const char *device;
     int (*create)(umas_context *ctx, umas_error *err);
-    /* graph is validated by umas_compute before this is called. Writes energy, node_energy
-     * and the seconds_* of result; when `gradients` is set also dE/dr per edge (eV/A) into
-     * ctx->edge_gradient [E][3], from which umas_compute makes forces and virials. */
+    /* graph is validated by umas_compute before this is called. Writes the energy head's
+     * output per node (model units) into ctx->node_output [N] and the seconds_* of result;
+     * when `gradients` is set also dE/dr per edge (eV/A) into ctx->edge_gradient [E][3].
+     * umas_compute turns these into energies, forces and virials. */
     int (*compute)(umas_context *ctx, const umas_graph *graph, umas_result *result, int gradients,
                    umas_error *err);
     void (*destroy)(umas_context *ctx);
@@ -34,6 +35,8 @@ struct umas_context {
     double *routing_input;       /* [2C] composition embedding mean, then c_sys */
     umas_weights weights;        /* merged, float64 */
     void *backend_state;
+    double *node_output; /* [N] energy head output, model units, written by the backend */
+    int node_output_capacity;
     double *edge_gradient; /* [E][3] dE/dr per edge, written by the backend */
     int edge_gradient_capacity;
 

@@ -684,18 +684,8 @@ int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
         check(cudaGetLastError(), "the forward pass", err))
         return -1;
 
-    double mean_per_atom = w->energy_mean / ctx->num_atoms;
-    result->energy = 0;
-    for (int n = 0; n < N; n++) {
-        double e = 0;
-        if (n < g.energy_nodes) {
-            e = w->energy_rmsd * (double)s->host_output[n] +
-                w->element_references[graph->atomic_numbers[n]] + mean_per_atom;
-            result->energy += e;
-        }
-        if (result->node_energy)
-            result->node_energy[n] = e;
-    }
+    for (int n = 0; n < N; n++)
+        ctx->node_output[n] = s->host_output[n];
     double middle = seconds_now();
     result->seconds_forward = middle - start;
     result->seconds_backward = 0;

@@ -10,6 +10,10 @@
 #include "umas.h"
 
 #include <cjson/cJSON.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -45,6 +49,37 @@ inline std::string read_text(const std::string &path) {
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
+}
+
+inline double max_abs(const std::vector<double> &v) {
+    double m = 0;
+    for (double x : v)
+        m = std::max(m, std::fabs(x));
+    return m;
+}
+
+inline double max_abs_diff(const double *a, const double *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = std::max(m, std::fabs(a[i] - b[i]));
+    return m;
+}
+
+inline double max_abs_diff(const std::vector<double> &a, const std::vector<double> &b) {
+    return max_abs_diff(a.data(), b.data(), std::min(a.size(), b.size()));
+}
+
+// |det| of a cell whose rows are the lattice vectors [3][3].
+inline double cell_volume(const std::vector<double> &h) {
+    return std::fabs(h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
+                     h[2] * (h[3] * h[7] - h[4] * h[6]));
+}
+
+// fairchem's stress (eV/A^3, 3x3 row-major) from a virial W (eV, LAMMPS order xx yy zz xy xz
+// yz): stress = -W / V.
+inline std::vector<double> stress_from_virial(const double W[6], double V) {
+    return {-W[0] / V, -W[3] / V, -W[4] / V, -W[3] / V, -W[1] / V,
+            -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
 }
 
 // One reference structure with fairchem's float64 results.
@@ -100,6 +135,23 @@ inline std::vector<std::string> case_names(const std::string &model) {
         return {"a_cu_fcc_108", "c_molecule_q0_s1"}; // the only tiny_v12 cases shipped
     return {"a_cu_fcc_108",    "b_triclinic_perovskite_60", "c_molecule_q0_s1", "c_molecule_q1_s2",
             "d_isolated_atom", "e_si_primitive_2",          "f_cu_fcc_2000"};
+}
+
+struct CaseId {
+    std::string model, name;
+};
+
+// Every reference case of every reference model.
+inline std::vector<CaseId> all_cases() {
+    std::vector<CaseId> cases;
+    for (const char *model : {"tiny", "tiny_v12", "umas"})
+        for (const std::string &name : case_names(model))
+            cases.push_back({model, name});
+    return cases;
+}
+
+inline std::string case_label(const ::testing::TestParamInfo<CaseId> &info) {
+    return info.param.model + "_" + info.param.name;
 }
 
 // Owns a model, a context for one case, and the case's graph (built by umas_build_edges).

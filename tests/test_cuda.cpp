@@ -26,37 +26,6 @@ bool have_gpu() {
     return umas_cuda_device_count() > 0;
 }
 
-double max_abs(const std::vector<double> &v) {
-    double m = 0;
-    for (double x : v)
-        m = std::max(m, std::fabs(x));
-    return m;
-}
-
-double max_abs_diff(const double *a, const double *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = std::max(m, std::fabs(a[i] - b[i]));
-    return m;
-}
-
-double volume(const std::vector<double> &h) {
-    return std::fabs(h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
-                     h[2] * (h[3] * h[7] - h[4] * h[6]));
-}
-
-struct CaseId {
-    std::string model, name;
-};
-
-std::vector<CaseId> all_cases() {
-    std::vector<CaseId> cases;
-    for (const char *model : {"tiny", "tiny_v12", "umas"})
-        for (const std::string &name : case_names(model))
-            cases.push_back({model, name});
-    return cases;
-}
-
 class CudaReference : public ::testing::TestWithParam<CaseId> {};
 
 TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
@@ -76,7 +45,7 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     double force_error = max_abs_diff(out.forces.data(), ref_forces.data(), ref_forces.size());
     double stress_error = 0;
     if (c.pbc[0]) {
-        double V = volume(c.cell);
+        double V = cell_volume(c.cell);
         const double *W = out.virial;
         std::vector<double> stress = {-W[0] / V, -W[3] / V, -W[4] / V, -W[3] / V, -W[1] / V,
                                       -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
@@ -98,10 +67,7 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     EXPECT_NEAR(again, out.energy, energy_bound);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, CudaReference, ::testing::ValuesIn(all_cases()),
-                         [](const ::testing::TestParamInfo<CaseId> &info) {
-                             return info.param.model + "_" + info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(AllCases, CudaReference, ::testing::ValuesIn(all_cases()), case_label);
 
 class CudaIntermediates : public ::testing::TestWithParam<std::string> {};
 

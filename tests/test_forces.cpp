@@ -17,44 +17,6 @@
 
 namespace {
 
-double max_abs(const std::vector<double> &v) {
-    double m = 0;
-    for (double x : v)
-        m = std::max(m, std::fabs(x));
-    return m;
-}
-
-double max_abs_diff(const std::vector<double> &a, const std::vector<double> &b) {
-    double m = 0;
-    for (size_t i = 0; i < a.size(); i++)
-        m = std::max(m, std::fabs(a[i] - b[i]));
-    return m;
-}
-
-double volume(const std::vector<double> &h) {
-    return std::fabs(h[0] * (h[4] * h[8] - h[5] * h[7]) - h[1] * (h[3] * h[8] - h[5] * h[6]) +
-                     h[2] * (h[3] * h[7] - h[4] * h[6]));
-}
-
-// fairchem's stress (eV/A^3, 3x3 row-major) from our virial W (LAMMPS order xx yy zz xy xz yz):
-// stress = -W / V.
-std::vector<double> stress_from_virial(const double W[6], double V) {
-    return {-W[0] / V, -W[3] / V, -W[4] / V, -W[3] / V, -W[1] / V,
-            -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
-}
-
-struct CaseId {
-    std::string model, name;
-};
-
-std::vector<CaseId> all_cases() {
-    std::vector<CaseId> cases;
-    for (const char *model : {"tiny", "tiny_v12", "umas"})
-        for (const std::string &name : case_names(model))
-            cases.push_back({model, name});
-    return cases;
-}
-
 class ReferenceForces : public ::testing::TestWithParam<CaseId> {};
 
 TEST_P(ReferenceForces, ForcesAndStressMatchFairchemFloat64) {
@@ -71,7 +33,7 @@ TEST_P(ReferenceForces, ForcesAndStressMatchFairchemFloat64) {
     EXPECT_LE(force_error, 1e-7);
     double stress_error = 0;
     if (c.pbc[0]) {
-        std::vector<double> stress = stress_from_virial(out.virial, volume(c.cell));
+        std::vector<double> stress = stress_from_virial(out.virial, cell_volume(c.cell));
         std::vector<double> ref_stress = npy_load(c.file("stress_f64.npy")).values;
         stress_error = max_abs_diff(stress, ref_stress) / max_abs(ref_stress);
         EXPECT_LE(stress_error, 1e-7);
@@ -82,10 +44,7 @@ TEST_P(ReferenceForces, ForcesAndStressMatchFairchemFloat64) {
                 max_abs(reference), stress_error);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, ReferenceForces, ::testing::ValuesIn(all_cases()),
-                         [](const ::testing::TestParamInfo<CaseId> &info) {
-                             return info.param.model + "_" + info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(AllCases, ReferenceForces, ::testing::ValuesIn(all_cases()), case_label);
 
 // ---------------------------------------------------------------------------------------------
 // Self-consistency: finite differences of our own energy.
@@ -125,7 +84,7 @@ TEST_P(FiniteDifferences, StressIsTheStrainDerivative) {
     Evaluation ev;
     ev.setup(model_path("tiny"), c);
     Evaluation::Output out = ev.compute(c.atomic_numbers, true);
-    double V = volume(c.cell);
+    double V = cell_volume(c.cell);
     std::vector<double> stress = stress_from_virial(out.virial, V);
     // strained structure: r' = r (I + eps), cell' = cell (I + eps), eps symmetric
     auto strained_energy = [&](int a, int b, double amount) {

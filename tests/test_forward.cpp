@@ -23,32 +23,6 @@ extern "C" {
 
 namespace {
 
-double max_abs(const std::vector<double> &v) {
-    double m = 0;
-    for (double x : v)
-        m = std::max(m, std::fabs(x));
-    return m;
-}
-
-double max_abs_diff(const double *a, const double *b, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = std::max(m, std::fabs(a[i] - b[i]));
-    return m;
-}
-
-struct CaseId {
-    std::string model, name;
-};
-
-std::vector<CaseId> all_cases() {
-    std::vector<CaseId> cases;
-    for (const char *model : {"tiny", "tiny_v12", "umas"})
-        for (const std::string &name : case_names(model))
-            cases.push_back({model, name});
-    return cases;
-}
-
 class ReferenceEnergy : public ::testing::TestWithParam<CaseId> {};
 
 TEST_P(ReferenceEnergy, MatchesFairchemFloat64) {
@@ -74,10 +48,7 @@ TEST_P(ReferenceEnergy, MatchesFairchemFloat64) {
     EXPECT_LE(per_atom_error, 1e-8);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, ReferenceEnergy, ::testing::ValuesIn(all_cases()),
-                         [](const ::testing::TestParamInfo<CaseId> &info) {
-                             return info.param.model + "_" + info.param.name;
-                         });
+INSTANTIATE_TEST_SUITE_P(AllCases, ReferenceEnergy, ::testing::ValuesIn(all_cases()), case_label);
 
 // Node features after each stage against fairchem's intermediates (tiny model, cases a-e).
 class TinyIntermediates : public ::testing::TestWithParam<std::string> {};
