@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { MAX_HEADER_BYTES = 100 * 1024 * 1024 };
+enum { MAX_HEADER_BYTES = 100 * 1024 * 1024, MAX_TASKS = 256 };
 
 static char *copy_string(const char *s) {
     size_t n = strlen(s) + 1;
@@ -107,6 +108,8 @@ static int parse_tensor_entry(const cJSON *entry, const unsigned char *data, siz
         if (!(v >= 0 && v < 1e12) || v != floor(v))
             return umas_fail(err, "tensor '%s': bad shape", t->name);
         t->shape[d] = (int64_t)v;
+        if (v > 0 && t->numel > SIZE_MAX / item / (size_t)v)
+            return umas_fail(err, "tensor '%s': shape too large", t->name);
         t->numel *= (size_t)v;
     }
     double begin = cJSON_GetNumberValue(cJSON_GetArrayItem(offsets, 0));
@@ -284,8 +287,9 @@ static int parse_tasks(umas_model *m, const cJSON *meta, umas_error *err) {
         return umas_fail(err, "unsupported model: head module '%s'", module->valuestring);
 
     int n = cJSON_GetArraySize(mapping);
-    if (n < 1)
-        return umas_fail(err, "model metadata: dataset_mapping is empty");
+    if (n < 1 || n > MAX_TASKS)
+        return umas_fail(err, "model metadata: dataset_mapping has %d entries (1..%d)", n,
+                         MAX_TASKS);
     m->tasks = calloc((size_t)n, sizeof(umas_task));
     if (!m->tasks)
         return umas_fail(err, "out of memory");
@@ -509,7 +513,16 @@ static int parse_file(umas_model *m, umas_error *err) {
                          "not a safetensors file or truncated (header of %llu bytes in a"
                          " %zu-byte file)",
                          (unsigned long long)header_size, m->mapping_size);
-    cJSON *header = cJSON_ParseWithLength((const char *)bytes + 8, (size_t)header_size);
+    /* parse a NUL-terminated copy: no JSON parser may read past the header, and nothing but
+     * whitespace may follow the JSON object */
+    char *text = malloc((size_t)header_size + 1);
+    if (!text)
+        return umas_fail(err, "out of memory for a %llu-byte header",
+                         (unsigned long long)header_size);
+    memcpy(text, bytes + 8, (size_t)header_size);
+    text[header_size] = '\0';
+    cJSON *header = cJSON_ParseWithOpts(text, NULL, 1);
+    free(text);
     if (!cJSON_IsObject(header)) {
         cJSON_Delete(header);
         return umas_fail(err, "safetensors header is not valid JSON (corrupt file?)");

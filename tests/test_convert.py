@@ -359,6 +359,19 @@ class ConverterTest(unittest.TestCase):
     def test_missing_file(self):
         self.convert_fails(self.path("nonexistent.pt"), "no such file")
 
+    def test_fuzzer_findings(self):
+        """Inputs the converter fuzzer found (tests/fuzz/crashes): each a clean, quick error."""
+        crashes = os.path.join(HERE, "fuzz", "crashes")
+        for name, message in [
+                ("converter-build-sets-function-defaults.pt", "modify a whitelisted function"),
+                ("converter-memo-bomb.pt", "memo index"),
+                ("converter-overflow-binunicode8.pt", "not a valid pickle"),
+                ("converter-plain-bomb-depth24.pt", "config too large"),
+                ("converter-repr-bomb-depth24.pt", "unsupported persistent id"),
+                ("converter-unknown-compression.pt", "compression method")]:
+            with self.subTest(name=name):
+                self.convert_fails(os.path.join(crashes, name), message)
+
     def test_malicious_pickles(self):
         marker = self.path("pwned")
         cmd = "touch " + marker

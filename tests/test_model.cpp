@@ -183,6 +183,23 @@ TEST(ModelFile, UnsupportedArchitectureIsRefused) {
     EXPECT_NE(message.find("unsupported model: lmax = 3"), std::string::npos) << message;
 }
 
+TEST(ModelFile, FuzzerFindingsGiveCleanErrors) {
+    // Inputs the loader fuzzer found (tests/fuzz/crashes, docs/reliability.md).
+    std::string dir = test_data_dir() + "/../fuzz/crashes/";
+    struct {
+        const char *file, *message;
+    } cases[] = {
+        {"loader-accepts-trailing-garbage.safetensors", "not valid JSON"},
+        {"loader-numel-overflow-accepted.safetensors", "shape too large"},
+        {"loader-segv-with-cjson-1.7.17-page-end.safetensors", "not valid JSON"},
+        {"loader-slow-dataset-mapping-4000.safetensors", "dataset_mapping has 4000 entries"},
+    };
+    for (const auto &c : cases) {
+        std::string message = load_error(dir + c.file);
+        EXPECT_NE(message.find(c.message), std::string::npos) << c.file << ": " << message;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Context
 // ---------------------------------------------------------------------------------------------

@@ -28,11 +28,17 @@ import json
 import math
 import os
 import pickle
+import pickletools
+import reprlib
 import struct
 import sys
 import zipfile
 
 FORMAT_VERSION = 1
+
+
+SHORT = reprlib.Repr()          # bounded repr for messages about untrusted data
+SHORT.maxlevel, SHORT.maxstring, SHORT.maxother = 3, 60, 60
 
 
 class ConvertError(Exception):
@@ -66,21 +72,21 @@ STORAGE_TYPES = {name: StorageType(name, code, size) for name, code, size in [
 
 
 class Storage(NoState):
-    """One `<prefix>/data/<key>` entry; bytes are read lazily, when a tensor is written."""
-
-    _last = (None, None)    # (entry, bytes) of the last storage read: tensors sharing one
+    """One `<prefix>/data/<key>` entry; bytes are read once, when a tensor is written (tensors
+    sharing the storage reuse them). Owned by one unpickler: no state across conversions."""
 
     def __init__(self, archive, entry, stype, numel):
         self.archive, self.entry, self.stype, self.numel = archive, entry, stype, numel
+        self.data = None
 
     def read(self):
-        if Storage._last[0] == self.entry:
-            return Storage._last[1]
-        data = self.archive.read(self.entry)
-        Storage._last = (self.entry, data)
-        if len(data) < self.numel * self.stype.itemsize:
-            raise ConvertError("storage %s is shorter than its %d elements" % (self.entry, self.numel))
-        return data
+        if self.data is None:
+            data = self.archive.read(self.entry)
+            if len(data) < self.numel * self.stype.itemsize:
+                raise ConvertError("storage %s is shorter than its %d elements"
+                                   % (self.entry, self.numel))
+            self.data = data
+        return self.data
 
 
 class Tensor(NoState):
@@ -157,6 +163,20 @@ class Tensor(NoState):
         return list(struct.unpack("<%d%s" % (self.numel(), fmt), self.c_bytes()))
 
 
+class Rebuilder:
+    """A whitelisted callable. A pickle may BUILD (set state on) any object it can name; these
+    refuse, so a checkpoint cannot modify the converter's own functions."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+    def __setstate__(self, state):
+        raise ConvertError("checkpoint refused: data.pkl tries to modify a whitelisted function")
+
+
 def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                       backward_hooks=None, metadata=None):
     if not isinstance(storage, Storage):
@@ -214,8 +234,8 @@ OMEGA_NODES = ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode
 WHITELIST = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): make_defaultdict,
-    ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor_v2"): Rebuilder(rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): Rebuilder(rebuild_parameter),
     ("fairchem.core.units.mlip_unit.api.inference", "MLIPInferenceCheckpoint"): Checkpoint,
     ("omegaconf.dictconfig", "DictConfig"): OmegaDict,
     ("omegaconf.listconfig", "ListConfig"): OmegaList,
@@ -248,7 +268,7 @@ class SafeUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], StorageType) and isinstance(pid[2], str)
                 and isinstance(pid[4], int) and pid[4] >= 0):
-            raise ConvertError("unsupported persistent id in data.pkl: %r" % (pid,))
+            raise ConvertError("unsupported persistent id in data.pkl: %s" % SHORT.repr(pid))
         _, stype, key, _location, numel = pid
         if key not in self.storages:
             entry = "%sdata/%s" % (self.prefix, key)
@@ -267,21 +287,43 @@ class SafeUnpickler(pickle.Unpickler):
 # Reading the checkpoint
 # ---------------------------------------------------------------------------------------
 
-def plain(obj, depth=0):
-    """Inert omegaconf objects -> plain dict/list/values (tensors kept as Tensor)."""
+MAX_CONFIG_NODES = 1_000_000
+
+
+def plain(obj, depth=0, budget=None):
+    """Inert omegaconf objects -> plain dict/list/values (tensors kept as Tensor). A shared
+    sub-object is copied each time it is reached, so the node budget stops pickles built as
+    exponentially expanding DAGs."""
+    budget = budget if budget is not None else [MAX_CONFIG_NODES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConvertError("config too large (more than %d values; a pickle bomb?)"
+                           % MAX_CONFIG_NODES)
     if depth > 200:
         raise ConvertError("config nesting too deep (cyclic?)")
     if isinstance(obj, OmegaDict) or isinstance(obj, OmegaList) or isinstance(obj, OmegaNode):
         state = obj.state if isinstance(obj.state, dict) else {}
         key = "_val" if isinstance(obj, OmegaNode) else "_content"
-        return plain(state.get(key), depth + 1)
+        return plain(state.get(key), depth + 1, budget)
     if isinstance(obj, dict):
-        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in obj.items()}
+        return {plain(k, depth + 1, budget): plain(v, depth + 1, budget) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [plain(v, depth + 1) for v in obj]
+        return [plain(v, depth + 1, budget) for v in obj]
     if isinstance(obj, Inert) and not isinstance(obj, Checkpoint):
         return None
     return obj
+
+
+def check_memo(data):
+    """The C unpickler allocates its memo up to the largest PUT index: refuse indices that no
+    pickle of this size can need (a few bytes could otherwise ask for gigabytes)."""
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > len(data):
+                raise ConvertError("data.pkl: memo index %d out of range (corrupt or hostile "
+                                   "pickle)" % int(arg))
+    except (ValueError, OverflowError, MemoryError) as e:
+        raise ConvertError("data.pkl is not a valid pickle (%s)" % SHORT.repr(str(e))) from None
 
 
 def load_checkpoint(path):
@@ -304,11 +346,14 @@ def load_checkpoint(path):
             if order != "little":
                 raise ConvertError("%s: byteorder is %r; only little-endian checkpoints are "
                                    "supported" % (path, order))
-        obj = SafeUnpickler(archive.read(pkls[0]), archive, prefix).load()
+        data = archive.read(pkls[0])
+        check_memo(data)
+        obj = SafeUnpickler(data, archive, prefix).load()
     except ConvertError:
         raise
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError,
-            AttributeError, IndexError, KeyError, struct.error, RecursionError, OSError) as e:
+            AttributeError, IndexError, KeyError, struct.error, RecursionError, OSError,
+            OverflowError, NotImplementedError) as e:
         raise ConvertError("%s: cannot read data.pkl (%s: %s)" % (path, type(e).__name__, e)) from None
     if isinstance(obj, Checkpoint):
         fields = obj.state if isinstance(obj.state, dict) else {}
