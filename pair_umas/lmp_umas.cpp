@@ -20,8 +20,7 @@
 
 using namespace LAMMPS_NS;
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm comm = MPI_COMM_WORLD;
 
