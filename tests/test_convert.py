@@ -368,7 +368,12 @@ class ConverterTest(unittest.TestCase):
                 ("converter-overflow-binunicode8.pt", "not a valid pickle"),
                 ("converter-plain-bomb-depth24.pt", "config too large"),
                 ("converter-repr-bomb-depth24.pt", "unsupported persistent id"),
-                ("converter-unknown-compression.pt", "compression method")]:
+                ("converter-unknown-compression.pt", "compression method"),
+                ("converter-storage-encrypted.pt", "cannot be read"),
+                ("converter-storage-unknown-compression.pt", "cannot be read"),
+                ("converter-unhashable-config-key.pt", "not a plain value"),
+                ("converter-zip-bad-utf8-name.pt", "not a readable torch zip"),
+                ("converter-zip-version.pt", "not a readable torch zip")]:
             with self.subTest(name=name):
                 self.convert_fails(os.path.join(crashes, name), message)
 

@@ -25,6 +25,7 @@ import argparse
 import collections
 import io
 import json
+import lzma
 import math
 import os
 import pickle
@@ -33,12 +34,18 @@ import reprlib
 import struct
 import sys
 import zipfile
+import zlib
 
 FORMAT_VERSION = 1
 
 
 SHORT = reprlib.Repr()          # bounded repr for messages about untrusted data
 SHORT.maxlevel, SHORT.maxstring, SHORT.maxother = 3, 60, 60
+
+
+# what reading a (hostile) zip archive can raise besides BadZipFile
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
+              RuntimeError, NotImplementedError, UnicodeDecodeError)
 
 
 class ConvertError(Exception):
@@ -81,7 +88,11 @@ class Storage(NoState):
 
     def read(self):
         if self.data is None:
-            data = self.archive.read(self.entry)
+            try:
+                data = self.archive.read(self.entry)
+            except ZIP_ERRORS as e:
+                raise ConvertError("storage %s cannot be read (%s: %s)"
+                                   % (self.entry, type(e).__name__, SHORT.repr(str(e)))) from None
             if len(data) < self.numel * self.stype.itemsize:
                 raise ConvertError("storage %s is shorter than its %d elements"
                                    % (self.entry, self.numel))
@@ -306,7 +317,14 @@ def plain(obj, depth=0, budget=None):
         key = "_val" if isinstance(obj, OmegaNode) else "_content"
         return plain(state.get(key), depth + 1, budget)
     if isinstance(obj, dict):
-        return {plain(k, depth + 1, budget): plain(v, depth + 1, budget) for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            key = plain(k, depth + 1, budget)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise ConvertError("config has a key that is not a plain value (%s)"
+                                   % type(key).__name__)
+            out[key] = plain(v, depth + 1, budget)
+        return out
     if isinstance(obj, (list, tuple)):
         return [plain(v, depth + 1, budget) for v in obj]
     if isinstance(obj, Inert) and not isinstance(obj, Checkpoint):
@@ -333,7 +351,7 @@ def load_checkpoint(path):
         names = archive.namelist()
     except FileNotFoundError:
         raise ConvertError("%s: no such file" % path) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise ConvertError("%s is not a readable torch zip checkpoint (%s); truncated, or saved "
                            "with the legacy torch.save format?" % (path, e)) from None
     pkls = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]

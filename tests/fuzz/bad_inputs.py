@@ -148,6 +148,17 @@ def converter_cases(tiny_pt):
     case("tensor view past its storage",
          fc.minimal_checkpoint({"0": struct.pack("<2f", 1, 2)},
                                {"w": fc.T("0", [2], offset=1, numel=2)}))
+    crashes = os.path.join(HERE, "crashes")
+    for label, name in [("zip entry needs version 9.9 to extract", "converter-zip-version.pt"),
+                        ("zip entry name not UTF-8 despite the UTF-8 flag",
+                         "converter-zip-bad-utf8-name.pt"),
+                        ("storage entry marked encrypted", "converter-storage-encrypted.pt"),
+                        ("storage entry with compression method 99",
+                         "converter-storage-unknown-compression.pt"),
+                        ("config dict key that unwraps to a list",
+                         "converter-unhashable-config-key.pt")]:
+        if os.path.exists(os.path.join(crashes, name)):
+            case(label, open(os.path.join(crashes, name), "rb").read())
     case("memo index bomb (LONG_BINPUT 2^26; 9-byte data.pkl)",
          fc.checkpoint_with(fc.P().raw(b"N" + b"r" + struct.pack("<I", 1 << 26)).done()))
     p = fc.P().raw(b"N")
