@@ -1,6 +1,8 @@
 /* radial.c - Gaussian distance basis and polynomial envelope (spec sections 4.1, 4.2). */
 #include "radial.h"
 
+#include "wigner_math.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -35,11 +37,7 @@ void umas_gaussian_forward(const umas_gaussian_basis *basis, double d, double *g
 }
 
 double umas_envelope(double d, double cutoff) {
-    double x = d / cutoff;
-    if (x >= 1.0)
-        return 0.0;
-    double x5 = x * x * x * x * x;
-    return 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x;
+    return umas_envelope_value(d, cutoff);
 }
 
 double umas_gaussian_backward(const umas_gaussian_basis *basis, double d, const double *dg) {
@@ -52,8 +50,5 @@ double umas_gaussian_backward(const umas_gaussian_basis *basis, double d, const 
 }
 
 double umas_envelope_derivative(double d, double cutoff) {
-    double x = d / cutoff;
-    if (x >= 1.0)
-        return 0.0;
-    return -105.0 * x * x * x * x * (1.0 - x) * (1.0 - x) / cutoff;
+    return umas_envelope_slope(d, cutoff);
 }

@@ -8,20 +8,10 @@
 #ifndef UMAS_WIGNER_H
 #define UMAS_WIGNER_H
 
-typedef struct umas_wigner {
-    double l1[3][3]; /* D^1 = R */
-    double l2[5][5]; /* D^2 */
-} umas_wigner;
+#include "wigner_math.h"
 
 /* D for a unit vector e (|e| = 1). */
 void umas_wigner_from_unit_vector(const double e[3], umas_wigner *D);
-
-/* Generators J^l_a of the l = 1, 2 representations: D^l(exp(t K_a)) = exp(t J^l_a), with
- * K_a v = e_a x v. J^1_a = K_a; J^2_a[i][j] = (2/3) tr(A_i (K_a A_j - A_j K_a)). */
-typedef struct umas_wigner_generators {
-    double l1[3][3][3]; /* [a][i][j] */
-    double l2[3][5][5];
-} umas_wigner_generators;
 
 void umas_wigner_generators_init(umas_wigner_generators *J);
 

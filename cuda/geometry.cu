@@ -15,163 +15,10 @@
 enum { ELEMENTWISE_THREADS = 256, ROW_THREADS = 128, EDGE_THREADS = 128 };
 
 #include "common.cuh"
+#include "wigner_math.h"
 
-/* ---------------------------------------------------------------------------------------------
- * Double-precision math of core/wigner.c and core/radial.c (host and device, so that a host test
- * can compare it with the core)
- * ------------------------------------------------------------------------------------------- */
-
-typedef struct wigner_d {
-    double l1[3][3];
-    double l2[5][5];
-} wigner_d;
-
-/* Same layout as umas_wigner_generators: l1 [3][3][3] then l2 [3][5][5], 102 doubles. */
-typedef struct generators_d {
-    double l1[3][3][3];
-    double l2[3][5][5];
-} generators_d;
+/* The double-precision rotation math is core/wigner_math.h, shared with the C core. */
 enum { GENERATOR_DOUBLES = 27 + 75 };
-
-/* core/wigner.c l2_basis: Y_i(v) = v^T A_i v. */
-__host__ __device__ static inline void l2_basis(double A[5][3][3]) {
-    const double s = sqrt(3.0);
-    for (int i = 0; i < 5; i++)
-        for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 3; b++)
-                A[i][a][b] = 0.0;
-    A[0][0][2] = A[0][2][0] = s / 2; /* sqrt3 xz */
-    A[1][0][1] = A[1][1][0] = s / 2; /* sqrt3 xy */
-    A[2][0][0] = -0.5;               /* y^2 - (x^2 + z^2) / 2 */
-    A[2][1][1] = 1.0;
-    A[2][2][2] = -0.5;
-    A[3][1][2] = A[3][2][1] = s / 2; /* sqrt3 yz */
-    A[4][0][0] = -s / 2;             /* sqrt3/2 (z^2 - x^2) */
-    A[4][2][2] = s / 2;
-}
-
-/* core/wigner.c edge_frame: rows u, e, w = u x e; u from the axis least aligned with e. */
-__host__ __device__ static inline void edge_frame(const double e[3], double R[3][3]) {
-    int axis = 0;
-    for (int k = 1; k < 3; k++)
-        if (fabs(e[k]) < fabs(e[axis]))
-            axis = k;
-    double u[3] = {0, 0, 0};
-    u[axis] = 1.0;
-    double dot = e[axis];
-    for (int k = 0; k < 3; k++)
-        u[k] -= dot * e[k];
-    double norm = sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
-    for (int k = 0; k < 3; k++)
-        u[k] /= norm;
-    const double w[3] = {u[1] * e[2] - u[2] * e[1], u[2] * e[0] - u[0] * e[2],
-                         u[0] * e[1] - u[1] * e[0]};
-    for (int k = 0; k < 3; k++) {
-        R[0][k] = u[k];
-        R[1][k] = e[k];
-        R[2][k] = w[k];
-    }
-}
-
-/* core/wigner.c umas_wigner_from_unit_vector: D^1 = R, D^2[i][j] = (2/3) tr(A_i R A_j R^T). */
-__host__ __device__ static inline void wigner_from_unit_vector(const double e[3], wigner_d *D) {
-    double R[3][3];
-    edge_frame(e, R);
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
-            D->l1[a][b] = R[a][b];
-
-    double A[5][3][3];
-    l2_basis(A);
-    for (int j = 0; j < 5; j++) {
-        double RA[3][3], S[3][3]; /* S = R A_j R^T */
-        for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 3; b++)
-                RA[a][b] = R[a][0] * A[j][0][b] + R[a][1] * A[j][1][b] + R[a][2] * A[j][2][b];
-        for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 3; b++)
-                S[a][b] = RA[a][0] * R[b][0] + RA[a][1] * R[b][1] + RA[a][2] * R[b][2];
-        for (int i = 0; i < 5; i++) {
-            double t = 0;
-            for (int a = 0; a < 3; a++)
-                for (int b = 0; b < 3; b++)
-                    t += A[i][a][b] * S[a][b];
-            D->l2[i][j] = (2.0 / 3.0) * t;
-        }
-    }
-}
-
-/* core/wigner.c vector_generators: K_a[i][j], K_a v = e_a x v. */
-__host__ __device__ static inline double vector_generator(int a, int i, int j) {
-    /* K_a[i][j] = -epsilon_{a i j}: -1 for cyclic (a, i, j), +1 for anticyclic, else 0 */
-    if (i == a || j == a || i == j)
-        return 0.0;
-    return (i == (a + 1) % 3) ? -1.0 : 1.0;
-}
-
-/* Entry `index` (0 <= index < 102) of the generators in the generators_d layout (core/wigner.c
- * umas_wigner_generators_init): J^1_a = K_a; J^2_a[i][j] = (2/3) tr(A_i (K_a A_j - A_j K_a)). */
-__host__ __device__ static inline double generator_entry(int index) {
-    if (index < 27)
-        return vector_generator(index / 9, index / 3 % 3, index % 3);
-    index -= 27;
-    const int a = index / 25, i = index / 5 % 5, j = index % 5;
-    double A[5][3][3];
-    l2_basis(A);
-    double t = 0;
-    for (int p = 0; p < 3; p++)
-        for (int q = 0; q < 3; q++) {
-            double commutator = 0;
-            for (int k = 0; k < 3; k++)
-                commutator +=
-                    vector_generator(a, p, k) * A[j][k][q] - A[j][p][k] * vector_generator(a, k, q);
-            t += A[i][q][p] * commutator;
-        }
-    return (2.0 / 3.0) * t;
-}
-
-/* core/wigner.c umas_wigner_backward: tau_a = -sum_l <dD^l, D^l J^l_a>; dr += (tau x e) / d. */
-__host__ __device__ static inline void wigner_backward(const generators_d *J, const wigner_d *D,
-                                                       const wigner_d *dD, const double e[3],
-                                                       double d, double dr[3]) {
-    double tau[3];
-    for (int a = 0; a < 3; a++) {
-        double t = 0;
-        for (int i = 0; i < 3; i++)
-            for (int j = 0; j < 3; j++) {
-                double DJ = 0;
-                for (int k = 0; k < 3; k++)
-                    DJ += D->l1[i][k] * J->l1[a][k][j];
-                t += dD->l1[i][j] * DJ;
-            }
-        for (int i = 0; i < 5; i++)
-            for (int j = 0; j < 5; j++) {
-                double DJ = 0;
-                for (int k = 0; k < 5; k++)
-                    DJ += D->l2[i][k] * J->l2[a][k][j];
-                t += dD->l2[i][j] * DJ;
-            }
-        tau[a] = -t;
-    }
-    dr[0] += (tau[1] * e[2] - tau[2] * e[1]) / d;
-    dr[1] += (tau[2] * e[0] - tau[0] * e[2]) / d;
-    dr[2] += (tau[0] * e[1] - tau[1] * e[0]) / d;
-}
-
-/* core/radial.c umas_envelope / umas_envelope_derivative (p = 5). */
-__host__ __device__ static inline double envelope_d(double d, double cutoff) {
-    double x = d / cutoff;
-    if (x >= 1.0)
-        return 0.0;
-    double x5 = x * x * x * x * x;
-    return 1.0 - 21.0 * x5 + 35.0 * x5 * x - 15.0 * x5 * x * x;
-}
-__host__ __device__ static inline double envelope_derivative_d(double d, double cutoff) {
-    double x = d / cutoff;
-    if (x >= 1.0)
-        return 0.0;
-    return -105.0 * x * x * x * x * (1.0 - x) * (1.0 - x) / cutoff;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Kernels
@@ -188,10 +35,10 @@ static __global__ void edge_geometry_kernel(int E, const double *__restrict__ ed
         const double r0 = r[0], r1 = r[1], r2 = r[2];
         const double d = sqrt(r0 * r0 + r1 * r1 + r2 * r2);
         const double unit[3] = {r0 / d, r1 / d, r2 / d};
-        wigner_d D;
-        wigner_from_unit_vector(unit, &D);
+        umas_wigner D;
+        umas_wigner_compute(unit, &D);
         distance[e] = (float)d;
-        envelope[e] = (float)envelope_d(d, cutoff);
+        envelope[e] = (float)umas_envelope_value(d, cutoff);
         cu_wigner *out = wigner + e;
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 3; b++)
@@ -370,10 +217,10 @@ static __global__ void edge_gradient_kernel(int E, const double *__restrict__ ed
                                             const float *__restrict__ d_envelope,
                                             const float *__restrict__ d_distance, double rmsd,
                                             double *__restrict__ edge_gradient) {
-    __shared__ generators_d J;
+    __shared__ umas_wigner_generators J;
     double *flat = &J.l1[0][0][0];
     for (int k = threadIdx.x; k < GENERATOR_DOUBLES; k += blockDim.x)
-        flat[k] = generator_entry(k);
+        flat[k] = umas_generator_entry(k);
     __syncthreads();
 
     for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < E; e += gridDim.x * blockDim.x) {
@@ -381,8 +228,8 @@ static __global__ void edge_gradient_kernel(int E, const double *__restrict__ ed
         const double r0 = r[0], r1 = r[1], r2 = r[2];
         const double d = sqrt(r0 * r0 + r1 * r1 + r2 * r2);
         const double unit[3] = {r0 / d, r1 / d, r2 / d};
-        wigner_d D, dD;
-        wigner_from_unit_vector(unit, &D);
+        umas_wigner D, dD;
+        umas_wigner_compute(unit, &D);
         const cu_wigner *g = d_wigner + e;
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 3; b++)
@@ -391,9 +238,9 @@ static __global__ void edge_gradient_kernel(int E, const double *__restrict__ ed
             for (int b = 0; b < 5; b++)
                 dD.l2[a][b] = (double)g->l2[a][b];
         const double dd =
-            (double)d_distance[e] + (double)d_envelope[e] * envelope_derivative_d(d, cutoff);
+            (double)d_distance[e] + (double)d_envelope[e] * umas_envelope_slope(d, cutoff);
         double dr[3] = {dd * unit[0], dd * unit[1], dd * unit[2]};
-        wigner_backward(&J, &D, &dD, unit, d, dr);
+        umas_wigner_torque(&J, &D, &dD, unit, d, dr);
         double *out = edge_gradient + 3 * (size_t)e;
         for (int k = 0; k < 3; k++)
             out[k] = dr[k] * rmsd;
