@@ -137,6 +137,16 @@ inline std::vector<std::string> case_names(const std::string &model) {
             "d_isolated_atom", "e_si_primitive_2",          "f_cu_fcc_2000"};
 }
 
+// fairchem's intermediates (tests/data/tiny/<case>/intermediates/*.npy) in the order of a
+// context's trace: embedding, edge degree, each block, final norm.
+inline std::vector<std::string> intermediate_stages(int layers) {
+    std::vector<std::string> stages = {"x0_atom_csd_embedding", "x1_after_edge_degree"};
+    for (int l = 0; l < layers; l++)
+        stages.push_back("x2_after_block" + std::to_string(l));
+    stages.push_back("x3_after_final_norm");
+    return stages;
+}
+
 struct CaseId {
     std::string model, name;
 };

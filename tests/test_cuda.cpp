@@ -79,11 +79,7 @@ TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
     ev.setup(model_path("tiny"), c, "general", "cuda");
     ev.ctx->keep_trace = 1;
     ev.energy(c.atomic_numbers, nullptr);
-    int layers = ev.ctx->weights.num_layers;
-    std::vector<std::string> stages = {"x0_atom_csd_embedding", "x1_after_edge_degree"};
-    for (int l = 0; l < layers; l++)
-        stages.push_back("x2_after_block" + std::to_string(l));
-    stages.push_back("x3_after_final_norm");
+    std::vector<std::string> stages = intermediate_stages(ev.ctx->weights.num_layers);
     size_t size = (size_t)c.num_atoms * 9 * ev.ctx->weights.C;
     for (size_t s = 0; s < stages.size(); s++) {
         NpyArray ref = npy_load(c.file("intermediates/" + stages[s] + ".npy"));
