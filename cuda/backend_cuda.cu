@@ -275,14 +275,18 @@ cu_wigner *dW(cuda_state *s, int first) {
     return static_cast<cu_wigner *>(s->d_wigner.ptr) + first;
 }
 
-/* The chunk's messages into s->messages (edgewise_messages with keep = 1 always). */
+/* The chunk's messages into s->messages (core/edgewise.c edgewise_messages). With `keep` (the
+ * backward recomputes the chunk) also the unscaled rotated features and the conv1 output
+ * before the gate; the forward alone gates in place. */
 void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
-                       const float *x) {
+                       const float *x, bool keep) {
     cudaStream_t st = s->stream;
-    float *y = F(s->rotated), *o = F(s->gated), *z = F(s->messages), *g = F(s->d_gated);
+    float *y = F(s->rotated), *o = F(s->gated), *z = F(s->messages);
+    float *g = keep ? F(s->d_gated) : o;
     cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, y, st);
-    cudaMemcpyAsync(F(s->unscaled), y, sizeof(float) * (size_t)n * 18 * C, cudaMemcpyDeviceToDevice,
-                    st);
+    if (keep)
+        cudaMemcpyAsync(F(s->unscaled), y, sizeof(float) * (size_t)n * 18 * C,
+                        cudaMemcpyDeviceToDevice, st);
     cu_scale_by_radial(n, C, F(s->radial), y, st);
     linear_forward(s, b.conv1_m0, n, y, 18 * C, F(s->conv1_m0), 5 * H);
     cu_copy_rows(n, 3 * H, F(s->conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
@@ -317,7 +321,7 @@ void so2_backward(cuda_state *s, const dev_linear &Wl, int n, const float *do_r,
 void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
                        const float *x, const float *d_out, float *d_x) {
     cudaStream_t st = s->stream;
-    edgewise_messages(s, b, C, H, n, first, x);
+    edgewise_messages(s, b, C, H, n, first, x, true);
     float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                             F(s->messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
@@ -567,7 +571,7 @@ void block_forward(umas_context *ctx, cuda_state *s, const dev_block &b, const g
     message_input(s, b, N, C, F(s->h), F(s->u));
     for (int first = 0; first < g.E; first += s->chunk) {
         int n = radial_chunk(s, w, b.radial, g, first);
-        edgewise_messages(s, b, C, H, n, first, F(s->u));
+        edgewise_messages(s, b, C, H, n, first, F(s->u), false);
         cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                                F(s->messages), F(s->h), s->stream);
     }
