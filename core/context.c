@@ -108,6 +108,19 @@ static int check_system(const umas_model *model, const umas_system *sys, umas_er
     return 0;
 }
 
+static void neighbor_state_free(umas_neighbor_state *nb) {
+    free(nb->atomic_numbers);
+    free(nb->source);
+    free(nb->target);
+    free(nb->image);
+    free(nb->kept);
+    free(nb->kept_source);
+    free(nb->kept_target);
+    free(nb->kept_vector);
+    memset(nb, 0, sizeof *nb);
+    nb->num_nodes = -1;
+}
+
 umas_context *umas_context_create(const umas_model *model, const umas_system *sys,
                                   const umas_options *options, umas_error *err) {
     if (!model || !sys)
@@ -132,6 +145,7 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
     ctx->charge = sys->charge;
     ctx->spin = sys->spin;
     ctx->num_atoms = sys->num_atoms;
+    ctx->neighbors.num_nodes = -1;
     ctx->expert_coefficients = calloc((size_t)model->info.num_experts, sizeof(double));
     ctx->routing_input = calloc(2 * (size_t)model->info.sphere_channels, sizeof(double));
     int failed = !ctx->expert_coefficients || !ctx->routing_input;
@@ -158,6 +172,7 @@ void umas_context_free(umas_context *ctx) {
     free(ctx->expert_coefficients);
     free(ctx->routing_input);
     free(ctx->trace);
+    neighbor_state_free(&ctx->neighbors);
     free(ctx->edge_gradient);
     free(ctx->node_output);
     free(ctx);
@@ -270,31 +285,177 @@ static void scatter_edge_gradients(const umas_graph *g, const double *gradient,
     memcpy(result->virial, virial, sizeof virial);
 }
 
+/* The result buffers both routes need: node outputs [N] and, with gradients, dE/dr [E][3]. */
+static int reserve_outputs(umas_context *ctx, int num_nodes, int num_edges, int gradients,
+                           umas_error *err) {
+    if (gradients && (!ctx->edge_gradient || num_edges > ctx->edge_gradient_capacity)) {
+        free(ctx->edge_gradient);
+        ctx->edge_gradient = malloc(sizeof(double) * 3 * ((size_t)num_edges + 1));
+        ctx->edge_gradient_capacity = ctx->edge_gradient ? num_edges : 0;
+        if (!ctx->edge_gradient)
+            return umas_fail(err, "out of memory for the gradients of %d edges", num_edges);
+    }
+    if (!ctx->node_output || num_nodes > ctx->node_output_capacity) {
+        free(ctx->node_output);
+        ctx->node_output = malloc(sizeof(double) * ((size_t)num_nodes + 1));
+        ctx->node_output_capacity = ctx->node_output ? num_nodes : 0;
+        if (!ctx->node_output)
+            return umas_fail(err, "out of memory for %d atoms", num_nodes);
+    }
+    return 0;
+}
+
+static int wants_gradients(const umas_result *result) {
+    return result->forces || result->edge_gradient || result->want_virial || result->node_virial;
+}
+
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err) {
     if (!ctx || !graph || !result)
         return umas_fail(err, "umas_compute: context, graph and result are required");
     if (check_graph(ctx, graph, err))
         return -1;
-    int gradients =
-        result->forces || result->edge_gradient || result->want_virial || result->node_virial;
-    if (gradients && (!ctx->edge_gradient || graph->num_edges > ctx->edge_gradient_capacity)) {
-        free(ctx->edge_gradient);
-        ctx->edge_gradient = malloc(sizeof(double) * 3 * ((size_t)graph->num_edges + 1));
-        ctx->edge_gradient_capacity = ctx->edge_gradient ? graph->num_edges : 0;
-        if (!ctx->edge_gradient)
-            return umas_fail(err, "out of memory for the gradients of %d edges", graph->num_edges);
-    }
-    if (!ctx->node_output || graph->num_nodes > ctx->node_output_capacity) {
-        free(ctx->node_output);
-        ctx->node_output = malloc(sizeof(double) * ((size_t)graph->num_nodes + 1));
-        ctx->node_output_capacity = ctx->node_output ? graph->num_nodes : 0;
-        if (!ctx->node_output)
-            return umas_fail(err, "out of memory for %d atoms", graph->num_nodes);
-    }
+    int gradients = wants_gradients(result);
+    if (reserve_outputs(ctx, graph->num_nodes, graph->num_edges, gradients, err))
+        return -1;
     if (ctx->backend->compute(ctx, graph, result, gradients, err))
         return -1;
     node_energies(ctx, graph, result);
     if (gradients)
         scatter_edge_gradients(graph, ctx->edge_gradient, result);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Neighbour-list route: the list is stored once per rebuild; each step forms the edge vectors
+ * from positions, keeps the edges within the cutoff and evaluates their graph.
+ * ------------------------------------------------------------------------------------------- */
+
+int umas_set_neighbors(umas_context *ctx, const umas_neighbors *nbr, umas_error *err) {
+    if (!ctx || !nbr)
+        return umas_fail(err, "umas_set_neighbors: context and neighbour list are required");
+    /* the same checks as a graph, without vectors */
+    umas_graph shape = {
+        nbr->num_nodes, nbr->num_energy_nodes, nbr->atomic_numbers, 0, NULL, NULL, NULL};
+    if (check_graph(ctx, &shape, err))
+        return -1;
+    if (nbr->num_edges < 0 || (nbr->num_edges > 0 && (!nbr->edge_source || !nbr->edge_target)))
+        return umas_fail(err, "neighbour list: %d edges without source/target arrays",
+                         nbr->num_edges);
+    for (int e = 0; e < nbr->num_edges; e++) {
+        int s = nbr->edge_source[e], t = nbr->edge_target[e];
+        if (s < 0 || s >= nbr->num_nodes || t < 0 || t >= nbr->num_nodes)
+            return umas_fail(err, "edge %d connects nodes %d -> %d outside 0..%d", e, s, t,
+                             nbr->num_nodes - 1);
+    }
+    umas_neighbor_state *nb = &ctx->neighbors;
+    neighbor_state_free(nb);
+    size_t N = (size_t)nbr->num_nodes + 1, E = (size_t)nbr->num_edges + 1;
+    nb->atomic_numbers = malloc(sizeof(int) * N);
+    nb->source = malloc(sizeof(int) * E);
+    nb->target = malloc(sizeof(int) * E);
+    nb->image = calloc(3 * E, sizeof(int));
+    nb->kept = malloc(sizeof(int) * E);
+    nb->kept_source = malloc(sizeof(int) * E);
+    nb->kept_target = malloc(sizeof(int) * E);
+    nb->kept_vector = malloc(sizeof(double) * 3 * E);
+    if (!nb->atomic_numbers || !nb->source || !nb->target || !nb->image || !nb->kept ||
+        !nb->kept_source || !nb->kept_target || !nb->kept_vector) {
+        neighbor_state_free(nb);
+        return umas_fail(err, "out of memory for a neighbour list of %d edges", nbr->num_edges);
+    }
+    memcpy(nb->atomic_numbers, nbr->atomic_numbers, sizeof(int) * (size_t)nbr->num_nodes);
+    memcpy(nb->source, nbr->edge_source, sizeof(int) * (size_t)nbr->num_edges);
+    memcpy(nb->target, nbr->edge_target, sizeof(int) * (size_t)nbr->num_edges);
+    nb->has_images = 0;
+    if (nbr->edge_image) {
+        memcpy(nb->image, nbr->edge_image, sizeof(int) * 3 * (size_t)nbr->num_edges);
+        for (size_t k = 0; k < 3 * (size_t)nbr->num_edges; k++)
+            nb->has_images |= nb->image[k] != 0;
+    }
+    nb->num_nodes = nbr->num_nodes;
+    nb->num_energy_nodes = nbr->num_energy_nodes;
+    nb->num_edges = nbr->num_edges;
+    if (ctx->backend->set_neighbors && ctx->backend->set_neighbors(ctx, err)) {
+        neighbor_state_free(nb);
+        return -1;
+    }
+    return 0;
+}
+
+/* Host route: the edges within the cutoff as a graph (list order). */
+static int kept_graph(umas_context *ctx, const double *positions, const double cell[9],
+                      umas_graph *graph, umas_error *err) {
+    umas_neighbor_state *nb = &ctx->neighbors;
+    double cutoff2 = ctx->weights.cutoff * ctx->weights.cutoff;
+    int kept = 0;
+    for (int e = 0; e < nb->num_edges; e++) {
+        int s = nb->source[e], t = nb->target[e];
+        const int *n = nb->image + 3 * (size_t)e;
+        double r[3], d2 = 0;
+        for (int k = 0; k < 3; k++) {
+            r[k] = positions[3 * (size_t)s + k] - positions[3 * (size_t)t + k];
+            if (nb->has_images)
+                r[k] += n[0] * cell[k] + n[1] * cell[3 + k] + n[2] * cell[6 + k];
+            d2 += r[k] * r[k];
+        }
+        if (!(d2 <= cutoff2))
+            continue; /* beyond the cutoff (NaN was caught with the positions) */
+        nb->kept[kept] = e;
+        nb->kept_source[kept] = s;
+        nb->kept_target[kept] = t;
+        memcpy(nb->kept_vector + 3 * (size_t)kept, r, sizeof r);
+        kept++;
+    }
+    *graph = (umas_graph){nb->num_nodes,   nb->num_energy_nodes, nb->atomic_numbers, kept,
+                          nb->kept_source, nb->kept_target,      nb->kept_vector};
+    return check_graph(ctx, graph, err); /* atoms on top of each other */
+}
+
+int umas_compute_positions(umas_context *ctx, const double *positions, const double cell[9],
+                           umas_result *result, umas_error *err) {
+    if (!ctx || !result)
+        return umas_fail(err, "umas_compute_positions: context and result are required");
+    umas_neighbor_state *nb = &ctx->neighbors;
+    if (nb->num_nodes < 0)
+        return umas_fail(err, "umas_compute_positions: call umas_set_neighbors first");
+    if (nb->num_nodes > 0 && !positions)
+        return umas_fail(err, "umas_compute_positions: positions missing");
+    if (nb->has_images && !cell)
+        return umas_fail(err, "umas_compute_positions: the neighbour list has periodic images "
+                              "but no cell was given");
+    for (size_t k = 0; k < 3 * (size_t)nb->num_nodes; k++)
+        if (!isfinite(positions[k]))
+            return umas_fail(err, "atom %zu has a non-finite position (NaN or inf)", k / 3);
+    if (nb->has_images)
+        for (int k = 0; k < 9; k++)
+            if (!isfinite(cell[k]))
+                return umas_fail(err, "the cell has a non-finite entry (NaN or inf)");
+    int gradients = wants_gradients(result);
+    if (reserve_outputs(ctx, nb->num_nodes, nb->num_edges, gradients, err))
+        return -1;
+    umas_graph graph = {nb->num_nodes, nb->num_energy_nodes, nb->atomic_numbers, 0, NULL, NULL,
+                        NULL};
+    if (ctx->backend->compute_positions) {
+        if (ctx->backend->compute_positions(ctx, positions, cell, result, gradients, err))
+            return -1;
+        node_energies(ctx, &graph, result);
+        return 0;
+    }
+    if (kept_graph(ctx, positions, cell, &graph, err) ||
+        ctx->backend->compute(ctx, &graph, result, gradients, err))
+        return -1;
+    node_energies(ctx, &graph, result);
+    if (!gradients)
+        return 0;
+    double *list_gradient = result->edge_gradient;
+    result->edge_gradient = NULL; /* per list edge, filled below */
+    scatter_edge_gradients(&graph, ctx->edge_gradient, result);
+    result->edge_gradient = list_gradient;
+    if (list_gradient) {
+        memset(list_gradient, 0, sizeof(double) * 3 * (size_t)nb->num_edges);
+        for (int k = 0; k < graph.num_edges; k++)
+            memcpy(list_gradient + 3 * (size_t)nb->kept[k], ctx->edge_gradient + 3 * (size_t)k,
+                   3 * sizeof(double));
+    }
     return 0;
 }

@@ -19,7 +19,30 @@ typedef struct umas_backend {
                    umas_error *err);
     void (*destroy)(umas_context *ctx);
     size_t (*bytes)(const umas_context *ctx);
+
+    /* Optional neighbour-list route (NULL: umas_compute_positions forms and filters the edges on
+     * the host and calls compute). set_neighbors receives ctx->neighbors after it is stored;
+     * compute_positions fills node_output like compute and, from the edges within the cutoff,
+     * result's forces, virial, node_virial and edge_gradient (over the whole list) itself. */
+    int (*set_neighbors)(umas_context *ctx, umas_error *err);
+    int (*compute_positions)(umas_context *ctx, const double *positions, const double cell[9],
+                             umas_result *result, int gradients, umas_error *err);
 } umas_backend;
+
+/* The context's copy of the caller's neighbour list (umas_set_neighbors), and the host route's
+ * per-step graph of the edges within the cutoff. */
+typedef struct umas_neighbor_state {
+    int num_nodes, num_energy_nodes, num_edges;
+    int *atomic_numbers;  /* [N] */
+    int *source, *target; /* [E] */
+    int *image;           /* [E][3] */
+    int has_images;
+    /* host route, per step: kept edges */
+    int *kept;           /* [E] list index of each kept edge */
+    int *kept_source;    /* [E] */
+    int *kept_target;    /* [E] */
+    double *kept_vector; /* [E][3] */
+} umas_neighbor_state;
 
 extern const umas_backend umas_backend_general_cpu;
 #ifdef UMAS_HAVE_CUDA
@@ -39,6 +62,7 @@ struct umas_context {
     int node_output_capacity;
     double *edge_gradient; /* [E][3] dE/dr per edge, written by the backend */
     int edge_gradient_capacity;
+    umas_neighbor_state neighbors; /* num_nodes < 0 until umas_set_neighbors */
 
     /* For tests: when keep_trace is set, the backend copies the node features [N][9][C] after
      * each stage into trace: embedding, edge degree, each block, final norm (num_layers + 3). */

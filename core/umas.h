@@ -146,6 +146,38 @@ typedef struct umas_result {
 int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, umas_error *err);
 
 /* ---------------------------------------------------------------------------------------------
+ * Neighbour-list route, for molecular dynamics: hand over the edges when your neighbour list is
+ * rebuilt (pairs out to cutoff + skin, each with the periodic image of its source), then only
+ * positions (and the cell) every step. The backend forms edge_vector = x[source] + image . cell
+ * - x[target] itself and drops the edges longer than the cutoff (on the GPU with device cuda),
+ * so the caller's work per step is O(atoms). Results equal umas_compute on the graph of the
+ * edges within the cutoff, in list order.
+ *
+ * fairchem's max_neighbors rule (umas_limit_neighbors) is not applied on this route: a caller
+ * whose atoms can have more than max_neighbors neighbours within the cutoff uses umas_compute.
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct umas_neighbors {
+    int num_nodes;             /* N */
+    int num_energy_nodes;      /* nodes [0, num_energy_nodes) count toward the energy */
+    const int *atomic_numbers; /* [N] */
+    int num_edges;             /* E, edges of the list (within cutoff + skin) */
+    const int *edge_source;    /* [E] */
+    const int *edge_target;    /* [E] */
+    const int *edge_image;     /* [E][3] integer image of the source, or NULL (all zero) */
+} umas_neighbors;
+
+/* Copies the list into the context (and onto the GPU). Call after every neighbour-list build. */
+int umas_set_neighbors(umas_context *ctx, const umas_neighbors *neighbors, umas_error *err);
+
+/* One evaluation at `positions` [N][3] (Angstrom) with the last list. cell: rows are the lattice
+ * vectors, the current ones (they may change every step, e.g. NPT); NULL when no image is
+ * non-zero. result as for umas_compute; result->edge_gradient, when set, is [E][3] over the
+ * list, zero for edges beyond the cutoff. */
+int umas_compute_positions(umas_context *ctx, const double *positions, const double cell[9],
+                           umas_result *result, umas_error *err);
+
+/* ---------------------------------------------------------------------------------------------
  * Utilities for callers that do not have a neighbour list of their own (umas-eval, tests).
  * ------------------------------------------------------------------------------------------- */
 

@@ -79,6 +79,10 @@ struct cuda_state {
     buffer radial_input, pre_norm1, pre_norm2, hidden, radial, d_radial, d_gauss, radial_work,
         rotated, conv1_m0, gated, product_r, product_i, messages, d_rotated, d_gated, d_conv1_m0,
         d_messages, unscaled;
+    /* neighbour-list route: the list (umas_set_neighbors) and its per-step selection */
+    int list_nodes = 0, list_edges = 0;
+    buffer list_source, list_target, list_image, list_vector, keep, slot, kept, select_scratch,
+        flags, positions, cell, forces, virial, node_virial;
     size_t buffer_bytes = 0;
 
     std::vector<float> host_output;   /* [N] */
@@ -398,16 +402,63 @@ void cuda_destroy(umas_context *ctx) {
         return;
     for (void *p : s->weight_memory)
         cudaFree(p);
-    buffer *all[] = {
-        &s->vec,        &s->src,         &s->tgt,         &s->distance,   &s->envelope,
-        &s->wigner,     &s->d_wigner,    &s->d_envelope,  &s->d_distance, &s->gradient,
-        &s->z,          &s->h,           &s->u,           &s->ffn_out,    &s->ffn_pre,
-        &s->ffn_hidden, &s->head_hidden, &s->node_output, &s->saved,      &s->dh,
-        &s->du,         &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,    &s->radial_input,
-        &s->pre_norm1,  &s->pre_norm2,   &s->hidden,      &s->radial,     &s->d_radial,
-        &s->d_gauss,    &s->radial_work, &s->rotated,     &s->conv1_m0,   &s->gated,
-        &s->product_r,  &s->product_i,   &s->messages,    &s->d_rotated,  &s->d_gated,
-        &s->d_conv1_m0, &s->d_messages,  &s->unscaled};
+    buffer *all[] = {&s->vec,
+                     &s->src,
+                     &s->tgt,
+                     &s->distance,
+                     &s->envelope,
+                     &s->wigner,
+                     &s->d_wigner,
+                     &s->d_envelope,
+                     &s->d_distance,
+                     &s->gradient,
+                     &s->z,
+                     &s->h,
+                     &s->u,
+                     &s->ffn_out,
+                     &s->ffn_pre,
+                     &s->ffn_hidden,
+                     &s->head_hidden,
+                     &s->node_output,
+                     &s->saved,
+                     &s->dh,
+                     &s->du,
+                     &s->d_tmp,
+                     &s->ffn_d_pre,
+                     &s->ffn_d_r,
+                     &s->radial_input,
+                     &s->pre_norm1,
+                     &s->pre_norm2,
+                     &s->hidden,
+                     &s->radial,
+                     &s->d_radial,
+                     &s->d_gauss,
+                     &s->radial_work,
+                     &s->rotated,
+                     &s->conv1_m0,
+                     &s->gated,
+                     &s->product_r,
+                     &s->product_i,
+                     &s->messages,
+                     &s->d_rotated,
+                     &s->d_gated,
+                     &s->d_conv1_m0,
+                     &s->d_messages,
+                     &s->unscaled,
+                     &s->list_source,
+                     &s->list_target,
+                     &s->list_image,
+                     &s->list_vector,
+                     &s->keep,
+                     &s->slot,
+                     &s->kept,
+                     &s->select_scratch,
+                     &s->flags,
+                     &s->positions,
+                     &s->cell,
+                     &s->forces,
+                     &s->virial,
+                     &s->node_virial};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -499,13 +550,13 @@ size_t cuda_bytes(const umas_context *ctx) {
     return s->weight_bytes + s->buffer_bytes;
 }
 
-int reserve_all(umas_context *ctx, const umas_graph *g, umas_error *err) {
+int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
-    size_t E = g->num_edges, N = g->num_nodes, C = w->C, H = w->H, L = w->num_layers;
+    size_t E = g.E, N = g.N, C = w->C, H = w->H, L = w->num_layers;
     size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
     size_t wide = 4 * (C > H ? C : H), f = sizeof(float);
-    int a = g->num_nodes, e = g->num_edges;
+    int a = g.N, e = g.E;
     struct item {
         buffer *b;
         size_t bytes;
@@ -630,15 +681,13 @@ void head_backward(cuda_state *s, const umas_weights *w, int N, int energy_nodes
     linear_backward(s, s->head[0], N, a1, H, F(s->du), 9 * C, C, 0);
 }
 
-int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, int gradients,
-                 umas_error *err) {
-    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+/* The model on the graph whose edges (s->vec, s->src, s->tgt) and atomic numbers (s->z) are on
+ * the device, buffers reserved: node outputs to ctx->node_output; with gradients dE/dr per edge
+ * (double [E][3]) in s->gradient, on the device. */
+int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradients,
+              umas_result *result, umas_error *err) {
     const umas_weights *w = &ctx->weights;
-    graph_view g = {graph->num_nodes, graph->num_edges, graph->num_energy_nodes};
     int N = g.N, E = g.E, C = w->C, L = w->num_layers;
-    cudaSetDevice(s->device);
-    if (reserve_all(ctx, graph, err))
-        return -1;
     if (ctx->keep_trace) {
         free(ctx->trace);
         ctx->trace = (double *)malloc(sizeof(double) * (size_t)(L + 3) * N * 9 * C + 1);
@@ -648,18 +697,6 @@ int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
     double start = seconds_now();
     cudaStream_t st = s->stream;
     size_t size = (size_t)N * 9 * C;
-    if (E > 0) {
-        cudaMemcpyAsync(s->vec.ptr, graph->edge_vector, sizeof(double) * 3 * E,
-                        cudaMemcpyHostToDevice, st);
-        cudaMemcpyAsync(s->src.ptr, graph->edge_source, sizeof(int) * E, cudaMemcpyHostToDevice,
-                        st);
-        cudaMemcpyAsync(s->tgt.ptr, graph->edge_target, sizeof(int) * E, cudaMemcpyHostToDevice,
-                        st);
-    }
-    if (N > 0)
-        cudaMemcpyAsync(s->z.ptr, graph->atomic_numbers, sizeof(int) * N, cudaMemcpyHostToDevice,
-                        st);
-
     cu_edge_geometry(E, static_cast<const double *>(s->vec.ptr), w->cutoff, F(s->distance),
                      F(s->envelope), static_cast<cu_wigner *>(s->wigner.ptr), st);
     cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
@@ -715,9 +752,6 @@ int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
     cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff, dW(s, 0),
                      F(s->d_envelope), F(s->d_distance), w->energy_rmsd,
                      static_cast<double *>(s->gradient.ptr), st);
-    if (E > 0)
-        cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * E,
-                        cudaMemcpyDeviceToHost, st);
     if (check(cudaStreamSynchronize(st), "the backward pass", err) ||
         check(cudaGetLastError(), "the backward pass", err))
         return -1;
@@ -725,10 +759,164 @@ int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
     return 0;
 }
 
+int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result, int gradients,
+                 umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    graph_view g = {graph->num_nodes, graph->num_edges, graph->num_energy_nodes};
+    cudaSetDevice(s->device);
+    if (reserve_all(ctx, g, err))
+        return -1;
+    cudaStream_t st = s->stream;
+    if (g.E > 0) {
+        cudaMemcpyAsync(s->vec.ptr, graph->edge_vector, sizeof(double) * 3 * g.E,
+                        cudaMemcpyHostToDevice, st);
+        cudaMemcpyAsync(s->src.ptr, graph->edge_source, sizeof(int) * g.E, cudaMemcpyHostToDevice,
+                        st);
+        cudaMemcpyAsync(s->tgt.ptr, graph->edge_target, sizeof(int) * g.E, cudaMemcpyHostToDevice,
+                        st);
+    }
+    if (g.N > 0)
+        cudaMemcpyAsync(s->z.ptr, graph->atomic_numbers, sizeof(int) * g.N, cudaMemcpyHostToDevice,
+                        st);
+    if (run_model(ctx, s, g, gradients, result, err))
+        return -1;
+    if (gradients && g.E > 0 &&
+        check(cudaMemcpy(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * g.E,
+                         cudaMemcpyDeviceToHost),
+              "the edge gradients", err))
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Neighbour-list route: the list lives on the device from one rebuild to the next; per step
+ * positions go up, the kept edges are selected on the device, forces and virials come down.
+ * ------------------------------------------------------------------------------------------- */
+
+int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    const umas_neighbor_state *nb = &ctx->neighbors;
+    size_t E = (size_t)nb->num_edges, N = (size_t)nb->num_nodes;
+    int a = nb->num_nodes, e = nb->num_edges;
+    cudaSetDevice(s->device);
+    struct item {
+        buffer *b;
+        size_t bytes;
+        const char *what;
+    } items[] = {
+        {&s->list_source, E * sizeof(int), "the neighbour list"},
+        {&s->list_target, E * sizeof(int), "the neighbour list"},
+        {&s->list_image, 3 * E * sizeof(int), "the neighbour list"},
+        {&s->list_vector, 3 * E * sizeof(double), "the neighbour list"},
+        {&s->keep, E * sizeof(int), "the neighbour list"},
+        {&s->slot, E * sizeof(int), "the neighbour list"},
+        {&s->kept, E * sizeof(int), "the neighbour list"},
+        {&s->select_scratch, cu_select_scratch_bytes(e), "the neighbour list"},
+        {&s->flags, 2 * sizeof(int), "the neighbour list"},
+        {&s->positions, 3 * N * sizeof(double), "positions"},
+        {&s->cell, 9 * sizeof(double), "positions"},
+        {&s->forces, 3 * N * sizeof(double), "forces"},
+        {&s->virial, 6 * sizeof(double), "forces"},
+        /* the kept edges go straight into the graph's edge arrays */
+        {&s->vec, 3 * E * sizeof(double), "edge vectors"},
+        {&s->src, E * sizeof(int), "edges"},
+        {&s->tgt, E * sizeof(int), "edges"},
+    };
+    for (const item &it : items)
+        if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
+            return -1;
+    if (E > 0) {
+        cudaMemcpy(s->list_source.ptr, nb->source, E * sizeof(int), cudaMemcpyHostToDevice);
+        cudaMemcpy(s->list_target.ptr, nb->target, E * sizeof(int), cudaMemcpyHostToDevice);
+        cudaMemcpy(s->list_image.ptr, nb->image, 3 * E * sizeof(int), cudaMemcpyHostToDevice);
+    }
+    s->list_nodes = a;
+    s->list_edges = e;
+    return check(cudaGetLastError(), "uploading the neighbour list", err);
+}
+
+int cuda_compute_positions(umas_context *ctx, const double *positions, const double cell[9],
+                           umas_result *result, int gradients, umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    const umas_neighbor_state *nb = &ctx->neighbors;
+    int N = s->list_nodes, listed = s->list_edges;
+    cudaSetDevice(s->device);
+    cudaStream_t st = s->stream;
+    if (N > 0)
+        cudaMemcpyAsync(s->positions.ptr, positions, sizeof(double) * 3 * N, cudaMemcpyHostToDevice,
+                        st);
+    if (nb->has_images)
+        cudaMemcpyAsync(s->cell.ptr, cell, sizeof(double) * 9, cudaMemcpyHostToDevice, st);
+    int *flags = I(s->flags); /* [0] kept edges, [1] first kept edge of length 0 */
+    const int no_edge[2] = {0, listed};
+    cudaMemcpyAsync(flags, no_edge, sizeof no_edge, cudaMemcpyHostToDevice, st);
+    const double *device_cell = static_cast<const double *>(s->cell.ptr);
+    cu_neighbor_vectors(listed, static_cast<const double *>(s->positions.ptr), I(s->list_source),
+                        I(s->list_target), nb->has_images ? I(s->list_image) : nullptr, device_cell,
+                        ctx->weights.cutoff, static_cast<double *>(s->list_vector.ptr), I(s->keep),
+                        flags + 1, st);
+    cu_select_edges(listed, I(s->keep), I(s->slot), s->select_scratch.ptr, s->select_scratch.bytes,
+                    I(s->list_source), I(s->list_target),
+                    static_cast<const double *>(s->list_vector.ptr), I(s->kept), I(s->src),
+                    I(s->tgt), static_cast<double *>(s->vec.ptr), flags, st);
+    int host_flags[2];
+    cudaMemcpyAsync(host_flags, flags, sizeof host_flags, cudaMemcpyDeviceToHost, st);
+    if (check(cudaStreamSynchronize(st), "selecting the edges within the cutoff", err))
+        return -1;
+    if (host_flags[1] < listed) {
+        int e = host_flags[1];
+        return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)", e,
+                         nb->source[e], nb->target[e]);
+    }
+    graph_view g = {N, host_flags[0], nb->num_energy_nodes};
+    if (reserve_all(ctx, g, err))
+        return -1;
+    if (N > 0)
+        cudaMemcpyAsync(s->z.ptr, nb->atomic_numbers, sizeof(int) * N, cudaMemcpyHostToDevice, st);
+    if (run_model(ctx, s, g, gradients, result, err))
+        return -1;
+    if (!gradients)
+        return 0;
+    double start = seconds_now();
+    if (result->node_virial &&
+        reserve(s, s->node_virial, 6 * (size_t)N * sizeof(double), "per-atom virials", N, g.E, err))
+        return -1;
+    double *forces = static_cast<double *>(s->forces.ptr);
+    double *node_virial = result->node_virial ? static_cast<double *>(s->node_virial.ptr) : nullptr;
+    cu_scatter_edge_gradients(N, g.E, I(s->src), I(s->tgt), static_cast<const double *>(s->vec.ptr),
+                              static_cast<const double *>(s->gradient.ptr), forces,
+                              static_cast<double *>(s->virial.ptr), node_virial, st);
+    if (result->forces && N > 0)
+        cudaMemcpyAsync(result->forces, forces, sizeof(double) * 3 * N, cudaMemcpyDeviceToHost, st);
+    if (node_virial && N > 0)
+        cudaMemcpyAsync(result->node_virial, node_virial, sizeof(double) * 6 * N,
+                        cudaMemcpyDeviceToHost, st);
+    cudaMemcpyAsync(result->virial, s->virial.ptr, sizeof(double) * 6, cudaMemcpyDeviceToHost, st);
+    std::vector<int> kept;
+    if (result->edge_gradient && g.E > 0) {
+        kept.resize(g.E);
+        cudaMemcpyAsync(kept.data(), s->kept.ptr, sizeof(int) * g.E, cudaMemcpyDeviceToHost, st);
+        cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * g.E,
+                        cudaMemcpyDeviceToHost, st);
+    }
+    if (check(cudaStreamSynchronize(st), "the forces", err) ||
+        check(cudaGetLastError(), "the forces", err))
+        return -1;
+    if (result->edge_gradient) {
+        memset(result->edge_gradient, 0, sizeof(double) * 3 * (size_t)listed);
+        for (int k = 0; k < g.E; k++)
+            memcpy(result->edge_gradient + 3 * (size_t)kept[k], ctx->edge_gradient + 3 * (size_t)k,
+                   3 * sizeof(double));
+    }
+    result->seconds_backward += seconds_now() - start;
+    return 0;
+}
+
 } // namespace
 
 extern "C" const umas_backend umas_backend_general_cuda = {
-    "general", "cuda", cuda_create, cuda_compute, cuda_destroy, cuda_bytes,
+    "general",    "cuda",     cuda_create,        cuda_compute,
+    cuda_destroy, cuda_bytes, cuda_set_neighbors, cuda_compute_positions,
 };
 
 extern "C" int umas_cuda_device_count(void) {

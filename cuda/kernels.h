@@ -153,4 +153,29 @@ void cu_head_seed(int N, int H, int energy_nodes, const float *w3, const float *
 /* a += b, n elements. */
 void cu_add(size_t n, const float *b, float *a, cudaStream_t stream);
 
+/* ---------------------------------------------------------------------------------------------
+ * neighbors.cu: the neighbour-list route (core/context.c umas_compute_positions, on the GPU)
+ * ------------------------------------------------------------------------------------------- */
+
+/* core/context.c kept_graph, first half: vector[e] = x[source] + image . cell - x[target] for the
+ * E list edges (image [E][3] ints or null, cell [9] rows), keep[e] = (|r| <= cutoff); the
+ * smallest kept edge of length 0 goes to *zero_edge (atomicMin; preset it to E). */
+void cu_neighbor_vectors(int E, const double *positions, const int *source, const int *target,
+                         const int *image, const double *cell, double cutoff, double *vector,
+                         int *keep, int *zero_edge, cudaStream_t stream);
+/* Scratch bytes cu_select_edges needs for E list edges. */
+size_t cu_select_scratch_bytes(int E);
+/* Second half: the kept edges in list order (stable: exclusive scan of keep into slot [E]):
+ * kept [K] list index, kept_source/kept_target [K], kept_vector [K][3]; *count = K. */
+void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t scratch_bytes,
+                     const int *source, const int *target, const double *vector, int *kept,
+                     int *kept_source, int *kept_target, double *kept_vector, int *count,
+                     cudaStream_t stream);
+/* core/context.c scatter_edge_gradients: forces [N][3] = -dE/dx, virial [6] and, when not null,
+ * node_virial [N][6] from the E edges' gradient [E][3] (all double; zeroed first; atomicAdd, so
+ * the order of the sums varies in the last bits between runs). */
+void cu_scatter_edge_gradients(int N, int E, const int *source, const int *target,
+                               const double *vector, const double *gradient, double *forces,
+                               double *virial, double *node_virial, cudaStream_t stream);
+
 #endif

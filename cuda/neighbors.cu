@@ -1,0 +1,135 @@
+/* neighbors.cu - the neighbour-list route on the GPU (umas_compute_positions): edge vectors from
+ * positions and periodic images, the stable selection of the edges within the cutoff, and the
+ * scatter of dE/dr into forces and virials, so that per step only positions go up and forces
+ * come down. */
+#include "kernels.h"
+
+#include "common.cuh"
+
+#include <cub/device/device_scan.cuh>
+
+enum { NEIGHBOR_THREADS = 256 };
+
+/* r_e = x[source] + image . cell - x[target]; keep[e] = (|r_e| <= cutoff); the first kept edge
+ * of length 0 (atoms on top of each other) is recorded in *zero_edge (atomicMin). */
+__global__ void neighbor_vectors_kernel(int E, const double *positions, const int *source,
+                                        const int *target, const int *image, const double *cell,
+                                        double cutoff2, double *vector, int *keep, int *zero_edge) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < E; e += gridDim.x * blockDim.x) {
+        const double *xs = positions + 3 * (size_t)source[e];
+        const double *xt = positions + 3 * (size_t)target[e];
+        double r[3], d2 = 0;
+        for (int k = 0; k < 3; k++) {
+            r[k] = xs[k] - xt[k];
+            if (image)
+                r[k] += image[3 * (size_t)e] * cell[k] + image[3 * (size_t)e + 1] * cell[3 + k] +
+                        image[3 * (size_t)e + 2] * cell[6 + k];
+            d2 += r[k] * r[k];
+            vector[3 * (size_t)e + k] = r[k];
+        }
+        int kept = d2 <= cutoff2;
+        keep[e] = kept;
+        if (kept && d2 == 0.0)
+            atomicMin(zero_edge, e);
+    }
+}
+
+void cu_neighbor_vectors(int E, const double *positions, const int *source, const int *target,
+                         const int *image, const double *cell, double cutoff, double *vector,
+                         int *keep, int *zero_edge, cudaStream_t stream) {
+    if (E <= 0)
+        return;
+    neighbor_vectors_kernel<<<grid_for((size_t)E, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0, stream>>>(
+        E, positions, source, target, image, cell, cutoff * cutoff, vector, keep, zero_edge);
+}
+
+size_t cu_select_scratch_bytes(int E) {
+    size_t bytes = 0;
+    cub::DeviceScan::ExclusiveSum(nullptr, bytes, (const int *)nullptr, (int *)nullptr,
+                                  E > 0 ? E : 1);
+    return bytes;
+}
+
+/* Kept edge k = slot[e] of list edge e: its list index, ends and vector. */
+__global__ void compact_edges_kernel(int E, const int *keep, const int *slot, const int *source,
+                                     const int *target, const double *vector, int *kept,
+                                     int *kept_source, int *kept_target, double *kept_vector,
+                                     int *count) {
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < E; e += gridDim.x * blockDim.x) {
+        if (e == E - 1)
+            *count = slot[e] + keep[e];
+        if (!keep[e])
+            continue;
+        int k = slot[e];
+        kept[k] = e;
+        kept_source[k] = source[e];
+        kept_target[k] = target[e];
+        for (int c = 0; c < 3; c++)
+            kept_vector[3 * (size_t)k + c] = vector[3 * (size_t)e + c];
+    }
+}
+
+void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t scratch_bytes,
+                     const int *source, const int *target, const double *vector, int *kept,
+                     int *kept_source, int *kept_target, double *kept_vector, int *count,
+                     cudaStream_t stream) {
+    if (E <= 0) {
+        cudaMemsetAsync(count, 0, sizeof(int), stream);
+        return;
+    }
+    cub::DeviceScan::ExclusiveSum(scratch, scratch_bytes, keep, slot, E, stream);
+    compact_edges_kernel<<<grid_for((size_t)E, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0, stream>>>(
+        E, keep, slot, source, target, vector, kept, kept_source, kept_target, kept_vector, count);
+}
+
+/* F_source -= g, F_target += g; W_e = -sym(r (x) g) (xx yy zz xy xz yz) summed per block, then
+ * added to virial[6]; half of W_e to each end's node_virial when given. */
+__global__ void scatter_gradients_kernel(int E, const int *source, const int *target,
+                                         const double *vector, const double *gradient,
+                                         double *forces, double *virial, double *node_virial) {
+    double w_sum[6] = {0, 0, 0, 0, 0, 0};
+    int stride = gridDim.x * blockDim.x;
+    int rounds = (E + stride - 1) / stride; /* every thread of a block runs block_sum alike */
+    for (int round = 0; round < rounds; round++) {
+        int e = round * stride + blockIdx.x * blockDim.x + threadIdx.x;
+        if (e >= E)
+            continue;
+        const double *r = vector + 3 * (size_t)e, *g = gradient + 3 * (size_t)e;
+        size_t s = (size_t)source[e], t = (size_t)target[e];
+        for (int k = 0; k < 3; k++) {
+            atomicAdd(forces + 3 * s + k, -g[k]);
+            atomicAdd(forces + 3 * t + k, g[k]);
+        }
+        const double w[6] = {-r[0] * g[0],
+                             -r[1] * g[1],
+                             -r[2] * g[2],
+                             -0.5 * (r[0] * g[1] + r[1] * g[0]),
+                             -0.5 * (r[0] * g[2] + r[2] * g[0]),
+                             -0.5 * (r[1] * g[2] + r[2] * g[1])};
+        for (int k = 0; k < 6; k++) {
+            w_sum[k] += w[k];
+            if (node_virial) {
+                atomicAdd(node_virial + 6 * s + k, 0.5 * w[k]);
+                atomicAdd(node_virial + 6 * t + k, 0.5 * w[k]);
+            }
+        }
+    }
+    block_sum<6>(w_sum);
+    if (threadIdx.x == 0)
+        for (int k = 0; k < 6; k++)
+            atomicAdd(virial + k, w_sum[k]);
+}
+
+void cu_scatter_edge_gradients(int N, int E, const int *source, const int *target,
+                               const double *vector, const double *gradient, double *forces,
+                               double *virial, double *node_virial, cudaStream_t stream) {
+    cudaMemsetAsync(forces, 0, sizeof(double) * 3 * (size_t)N, stream);
+    cudaMemsetAsync(virial, 0, sizeof(double) * 6, stream);
+    if (node_virial)
+        cudaMemsetAsync(node_virial, 0, sizeof(double) * 6 * (size_t)N, stream);
+    if (E <= 0)
+        return;
+    scatter_gradients_kernel<<<grid_for((size_t)E, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0,
+                               stream>>>(E, source, target, vector, gradient, forces, virial,
+                                         node_virial);
+}
