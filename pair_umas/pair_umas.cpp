@@ -7,6 +7,7 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
 #include "lammps.h"
@@ -36,8 +37,9 @@ static std::string format_bytes(double bytes) {
 
 PairUMAS::PairUMAS(LAMMPS *lmp)
     : Pair(lmp), charge(0), spin(0), spin_given(false), requested_mode(AUTO), mode(LOCAL),
-      model(nullptr), context(nullptr), banner_printed(false), seconds_edges(0), seconds_forward(0),
-      seconds_backward(0), calls(0) {
+      model(nullptr), context(nullptr), banner_printed(false), list_context(nullptr),
+      owned_nodes(0), every_step(false), warned_max_neighbors(false), seconds_edges(0),
+      seconds_forward(0), seconds_backward(0), calls(0), list_builds(0) {
     single_enable = 0;
     restartinfo = 0; /* re-issue pair_style after read_restart */
     one_coeff = 1;
@@ -48,7 +50,9 @@ PairUMAS::PairUMAS(LAMMPS *lmp)
 
 PairUMAS::~PairUMAS() {
     if (calls > 0 && comm->me == 0)
-        utils::logmesg(lmp, "umas timing (rank 0): " + std::to_string(calls) + " calls, graph " +
+        utils::logmesg(lmp, "umas timing (rank 0): " + std::to_string(calls) + " calls, " +
+                                std::to_string(list_builds) +
+                                " neighbour lists; lists and positions " +
                                 std::to_string(seconds_edges) + " s, forward " +
                                 std::to_string(seconds_forward) + " s, backward " +
                                 std::to_string(seconds_backward) + " s\n");
@@ -283,7 +287,7 @@ void PairUMAS::print_banner() {
 }
 
 /* Model atoms (types with an element) of all slots, owned first: slot_of, positions,
- * node_z. Returns their number; *owned the owned ones. */
+ * node_z. Returns their number. */
 int PairUMAS::gather_atoms() {
     int nall = atom->nlocal + atom->nghost;
     double **x = atom->x;
@@ -294,14 +298,19 @@ int PairUMAS::gather_atoms() {
         int z = type_to_z[atom->type[i]];
         if (z == 0)
             continue;
-        if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2]))
-            error->one(FLERR, "pair_style umas: atom ID " + std::to_string(atom->tag[i]) +
-                                  " has a non-finite position (NaN or inf)");
+        check_position(i);
         slot_of.push_back(i);
         positions.insert(positions.end(), {x[i][0], x[i][1], x[i][2]});
         node_z.push_back(z);
     }
     return (int)slot_of.size();
+}
+
+void PairUMAS::check_position(int slot) {
+    const double *x = atom->x[slot];
+    if (!std::isfinite(x[0]) || !std::isfinite(x[1]) || !std::isfinite(x[2]))
+        error->one(FLERR, "pair_style umas: atom ID " + std::to_string(atom->tag[slot]) +
+                              " has a non-finite position (NaN or inf)");
 }
 
 /* Hops from the owned atoms (0) over the edges, capped at max_hop + 1 for nodes farther away:
@@ -334,86 +343,154 @@ static std::vector<int> receptive_hops(const umas_edge_list &edges, int nodes, i
     return hop;
 }
 
-/* Edges of the model atoms; in local mode only those into owned atoms, their sources mapped
- * to the owners. Fills edge_* arrays; node_z is cut to the graph's nodes. */
-void PairUMAS::build_graph(int model_atoms, int owned) {
+/* The periodic box as lattice vectors (rows): a = (xprd, 0, 0), b = (xy, yprd, 0),
+ * c = (xz, yz, zprd); LAMMPS places a ghost at its owner + i a + j b + k c. */
+static void box_cell(const Domain *domain, double cell[9]) {
+    const double rows[9] = {domain->xprd, 0,          0,           domain->xy, domain->yprd, 0,
+                            domain->xz,   domain->yz, domain->zprd};
+    std::copy(rows, rows + 9, cell);
+}
+
+/* Integers (i, j, k) with d = i a + j b + k c (d = ghost - owner); false when d is no lattice
+ * vector of the box. */
+static bool lattice_image(const Domain *domain, const double d[3], int image[3]) {
+    double k = domain->zperiodic ? std::round(d[2] / domain->zprd) : 0;
+    double j = domain->yperiodic ? std::round((d[1] - k * domain->yz) / domain->yprd) : 0;
+    double i =
+        domain->xperiodic ? std::round((d[0] - j * domain->xy - k * domain->xz) / domain->xprd) : 0;
+    double r[3] = {d[0] - i * domain->xprd - j * domain->xy - k * domain->xz,
+                   d[1] - j * domain->yprd - k * domain->yz, d[2] - k * domain->zprd};
+    image[0] = (int)i, image[1] = (int)j, image[2] = (int)k;
+    return std::fabs(r[0]) + std::fabs(r[1]) + std::fabs(r[2]) < 1e-6;
+}
+
+/* Neighbour list of the model atoms, handed to the context (umas_set_neighbors). Edges reach
+ * cutoff + skin, so that the list stays complete until LAMMPS rebuilds (atoms move less than
+ * skin / 2); the core drops the edges beyond the cutoff every step. When an atom may have more
+ * neighbours than the model's max_neighbors, fairchem's rule can cut edges: then the list is
+ * rebuilt at the exact cutoff every step and the rule applied (every_step).
+ *   local: nodes are the owned atoms, sorted by atom ID; a ghost source becomes its owner plus
+ *          a periodic image, so edge vectors follow the current box (NPT) exactly.
+ *   shell: nodes are owned atoms (sorted by ID) then the ghosts within reach; no images.
+ * Edges are sorted by (target, source, image): results do not depend on LAMMPS' atom order,
+ * which makes restarts continue bit for bit. */
+void PairUMAS::build_list() {
+    const umas_model_info *info = umas_model_get_info(model);
+    int model_atoms = gather_atoms();
+    int owned = 0;
+    while (owned < model_atoms && slot_of[owned] < atom->nlocal)
+        owned++;
     const double cell[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     const int no_pbc[3] = {0, 0, 0}; /* ghosts are explicit images */
     umas_edge_list all = {0, nullptr, nullptr, nullptr, nullptr};
     umas_error err;
-    if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc,
-                         umas_model_get_info(model)->cutoff, &all, &err))
+    if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff + neighbor->skin,
+                         &all, &err))
         error->one(FLERR, std::string("pair_style umas: ") + err.message);
-    int cut = umas_limit_neighbors(&all, model_atoms, umas_model_get_info(model)->max_neighbors);
-    if (cut > 0)
-        error->warning(FLERR, "pair_style umas: " + std::to_string(cut) +
-                                  " atoms exceed max_neighbors; farthest neighbours dropped as "
-                                  "fairchem does (forces are discontinuous there)");
+    std::vector<int> incoming(model_atoms, 0);
+    for (int e = 0; e < all.num_edges; e++)
+        incoming[all.target[e]]++;
+    int most = model_atoms ? *std::max_element(incoming.begin(), incoming.end()) : 0;
+    every_step = info->max_neighbors > 0 && most > info->max_neighbors;
+    if (every_step) {
+        umas_edge_list_free(&all);
+        if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff, &all, &err))
+            error->one(FLERR, std::string("pair_style umas: ") + err.message);
+        int cut = umas_limit_neighbors(&all, model_atoms, info->max_neighbors);
+        if (cut > 0 && !warned_max_neighbors) {
+            warned_max_neighbors = true;
+            error->warning(FLERR, "pair_style umas: " + std::to_string(cut) +
+                                      " atoms exceed max_neighbors; farthest neighbours dropped "
+                                      "as fairchem does (forces are discontinuous there)");
+        }
+    }
 
+    /* nodes: owned atoms by ID; in shell mode then the ghosts that can reach an owned atom (the
+     * owned energies depend on nodes up to `blocks` hops away through their complete incoming
+     * edges, plus one hop for the edge-degree embedding) */
+    std::vector<int> order(owned);
+    for (int k = 0; k < owned; k++)
+        order[k] = k;
+    std::sort(order.begin(), order.end(),
+              [&](int p, int q) { return atom->tag[slot_of[p]] < atom->tag[slot_of[q]]; });
+    std::vector<int> hop;
+    if (mode == SHELL) {
+        hop = receptive_hops(all, model_atoms, owned, info->num_layers + 1);
+        for (int k = owned; k < model_atoms; k++)
+            if (hop[k] <= info->num_layers + 1)
+                order.push_back(k);
+    }
+    std::vector<int> node_of(model_atoms, -1);
+    node_slot.resize(order.size());
+    list_z.resize(order.size());
+    for (size_t n = 0; n < order.size(); n++) {
+        node_of[order[n]] = (int)n;
+        node_slot[n] = slot_of[order[n]];
+        list_z[n] = node_z[order[n]];
+    }
+    owned_nodes = owned;
+
+    std::vector<int> owner_of_tag; /* local mode: node of an owned atom ID */
     if (mode == LOCAL) {
-        tagint *tag = atom->tag;
         tagint max_tag = 0;
         for (int k = 0; k < model_atoms; k++)
-            max_tag = std::max(max_tag, tag[slot_of[k]]);
+            max_tag = std::max(max_tag, atom->tag[slot_of[k]]);
         owner_of_tag.assign((size_t)max_tag + 1, -1);
         for (int k = 0; k < owned; k++)
-            owner_of_tag[tag[slot_of[k]]] = k;
+            owner_of_tag[atom->tag[slot_of[k]]] = node_of[k];
     }
-    /* shell mode: the owned energies depend on nodes up to `blocks` hops away through their
-     * complete incoming edges (the edge-degree embedding reads neighbour positions, each block
-     * one more hop of features). Keep the edges into nodes within `blocks` hops, and the nodes
-     * within blocks + 1 hops; farther ghosts cannot reach an owned atom. */
-    std::vector<int> node_of(model_atoms, -1);
-    if (mode == SHELL) {
-        int blocks = umas_model_get_info(model)->num_layers;
-        std::vector<int> hop = receptive_hops(all, model_atoms, owned, blocks + 1);
-        int nodes = 0;
-        for (int k = 0; k < model_atoms; k++)
-            if (hop[k] <= blocks + 1)
-                node_of[k] = nodes++;
-        std::vector<int> kept_z(nodes);
-        std::vector<int> kept_slot(nodes);
-        for (int k = 0; k < model_atoms; k++)
-            if (node_of[k] >= 0) {
-                kept_z[node_of[k]] = node_z[k];
-                kept_slot[node_of[k]] = slot_of[k];
-            }
-        for (int e = 0; e < all.num_edges; e++)
-            if (hop[all.target[e]] > blocks)
-                all.target[e] = -1; /* not needed */
-        node_z.swap(kept_z);
-        slot_of.swap(kept_slot);
-    } else {
-        for (int k = 0; k < model_atoms; k++)
-            node_of[k] = k;
-    }
-
-    edge_source.clear(), edge_target.clear(), edge_vector.clear();
-    edge_source_slot.clear(), edge_target_slot.clear();
+    struct list_edge {
+        int target, source, image[3];
+    };
+    std::vector<list_edge> edges;
+    edges.reserve(all.num_edges);
     for (int e = 0; e < all.num_edges; e++) {
         int s = all.source[e], t = all.target[e];
-        if (t < 0 || (mode == LOCAL && t >= owned))
-            continue;
-        int source_node = node_of[s];
+        list_edge edge = {node_of[t], node_of[s], {0, 0, 0}};
+        if (mode == LOCAL ? t >= owned : hop[t] > info->num_layers)
+            continue; /* no energy or message of an owned atom depends on it */
         if (mode == LOCAL && s >= owned) {
-            source_node = owner_of_tag[atom->tag[slot_of[s]]];
-            if (source_node < 0) {
+            tagint tag = atom->tag[slot_of[s]];
+            edge.source = owner_of_tag[tag];
+            if (edge.source < 0) {
                 umas_edge_list_free(&all);
-                error->one(FLERR, "pair_style umas: ghost atom ID " +
-                                      std::to_string(atom->tag[slot_of[s]]) +
+                error->one(FLERR, "pair_style umas: ghost atom ID " + std::to_string(tag) +
                                       " has no owner on this rank; use mode shell");
             }
+            const double *xg = &positions[3 * (size_t)s];
+            const double *xo = &positions[3 * (size_t)order[edge.source]];
+            const double d[3] = {xg[0] - xo[0], xg[1] - xo[1], xg[2] - xo[2]};
+            if (!lattice_image(domain, d, edge.image)) {
+                umas_edge_list_free(&all);
+                error->one(FLERR, "pair_style umas: ghost of atom ID " + std::to_string(tag) +
+                                      " is not a periodic image of it; use mode shell");
+            }
         }
-        edge_source.push_back(source_node);
-        edge_target.push_back(node_of[t]);
-        edge_source_slot.push_back(slot_of[node_of[s]]);
-        edge_target_slot.push_back(slot_of[node_of[t]]);
-        edge_vector.insert(edge_vector.end(), all.vector + 3 * (size_t)e,
-                           all.vector + 3 * (size_t)e + 3);
+        edges.push_back(edge);
     }
     umas_edge_list_free(&all);
-    if (mode == LOCAL)
-        node_z.resize(owned);
+    std::sort(edges.begin(), edges.end(), [](const list_edge &p, const list_edge &q) {
+        if (p.target != q.target)
+            return p.target < q.target;
+        if (p.source != q.source)
+            return p.source < q.source;
+        return std::lexicographical_compare(p.image, p.image + 3, q.image, q.image + 3);
+    });
+    list_source.resize(edges.size());
+    list_target.resize(edges.size());
+    list_image.resize(3 * edges.size());
+    for (size_t e = 0; e < edges.size(); e++) {
+        list_source[e] = edges[e].source;
+        list_target[e] = edges[e].target;
+        std::copy(edges[e].image, edges[e].image + 3, &list_image[3 * e]);
+    }
+    umas_neighbors list = {(int)node_slot.size(), owned_nodes,        list_z.data(),
+                           (int)edges.size(),     list_source.data(), list_target.data(),
+                           list_image.data()};
+    if (umas_set_neighbors(context, &list, &err))
+        error->one(FLERR, std::string("pair_style umas: ") + err.message);
+    list_context = context;
+    list_builds++;
 }
 
 void PairUMAS::compute(int eflag, int vflag) {
@@ -421,78 +498,66 @@ void PairUMAS::compute(int eflag, int vflag) {
     if (neighbor->ago == 0)
         update_merge("atoms added or removed");
     auto start = std::chrono::steady_clock::now();
-    int model_atoms = gather_atoms();
-    int owned = 0;
-    while (owned < model_atoms && slot_of[owned] < atom->nlocal)
-        owned++;
-    build_graph(model_atoms, owned);
+    if (neighbor->ago == 0 || every_step || list_context != context)
+        build_list();
+
+    /* per step: positions in (O(atoms)), forces, energies and virials out */
+    int nodes = (int)node_slot.size();
+    double **x = atom->x;
+    positions.resize(3 * (size_t)nodes);
+    for (int n = 0; n < nodes; n++) {
+        int i = node_slot[n];
+        check_position(i);
+        positions[3 * (size_t)n] = x[i][0];
+        positions[3 * (size_t)n + 1] = x[i][1];
+        positions[3 * (size_t)n + 2] = x[i][2];
+    }
+    double cell[9];
+    box_cell(domain, cell);
+    node_energy.resize(nodes);
+    node_forces.resize(3 * (size_t)nodes);
+    node_virial.resize(vflag_atom ? 6 * (size_t)nodes : 0);
     seconds_edges += seconds_since(start);
 
-    int nodes = (int)node_z.size(), num_edges = (int)edge_source.size();
-    edge_gradient.resize(3 * (size_t)num_edges);
-    node_energy.resize(nodes);
-    umas_graph graph = {nodes,
-                        owned,
-                        node_z.data(),
-                        num_edges,
-                        edge_source.data(),
-                        edge_target.data(),
-                        edge_vector.data()};
     umas_result result = {};
     result.node_energy = node_energy.data();
-    result.edge_gradient = edge_gradient.data();
+    result.forces = node_forces.data();
     result.want_virial = vflag_global;
+    result.node_virial = vflag_atom ? node_virial.data() : nullptr;
     umas_error err;
-    if (umas_compute(context, &graph, &result, &err))
+    if (umas_compute_positions(context, positions.data(), cell, &result, &err))
         error->one(FLERR, std::string("pair_style umas: ") + err.message);
     seconds_forward += result.seconds_forward;
     seconds_backward += result.seconds_backward;
     calls++;
 
-    /* forces: the edge vector is x_source - x_target, so F_source -= dE/dr, F_target += dE/dr,
-     * on the slots the edge points to (ghost slots are folded onto owners by LAMMPS) */
     double **f = atom->f;
-    for (int e = 0; e < num_edges; e++) {
-        const double *g = &edge_gradient[3 * (size_t)e];
-        int s = edge_source_slot[e], t = edge_target_slot[e];
-        for (int k = 0; k < 3; k++) {
-            f[s][k] -= g[k];
-            f[t][k] += g[k];
-        }
-    }
+    for (int n = 0; n < nodes; n++)
+        for (int k = 0; k < 3; k++)
+            f[node_slot[n]][k] += node_forces[3 * (size_t)n + k];
     if (eflag_global)
         eng_vdwl += result.energy;
     if (eflag_atom)
-        for (int k = 0; k < owned; k++)
-            eatom[slot_of[k]] += node_energy[k];
+        for (int n = 0; n < owned_nodes; n++)
+            eatom[node_slot[n]] += node_energy[n];
     if (vflag_global)
         for (int k = 0; k < 6; k++)
             virial[k] += result.virial[k];
     if (vflag_atom)
-        for (int e = 0; e < num_edges; e++) {
-            const double *r = &edge_vector[3 * (size_t)e], *g = &edge_gradient[3 * (size_t)e];
-            /* W_e = -sym(r (x) g), xx yy zz xy xz yz, half to each end */
-            double w[6] = {-r[0] * g[0],
-                           -r[1] * g[1],
-                           -r[2] * g[2],
-                           -0.5 * (r[0] * g[1] + r[1] * g[0]),
-                           -0.5 * (r[0] * g[2] + r[2] * g[0]),
-                           -0.5 * (r[1] * g[2] + r[2] * g[1])};
-            for (int k = 0; k < 6; k++) {
-                vatom[edge_source_slot[e]][k] += 0.5 * w[k];
-                vatom[edge_target_slot[e]][k] += 0.5 * w[k];
-            }
-        }
+        for (int n = 0; n < nodes; n++)
+            for (int k = 0; k < 6; k++)
+                vatom[node_slot[n]][k] += node_virial[6 * (size_t)n + k];
 }
 
 double PairUMAS::memory_usage() {
     double bytes = Pair::memory_usage();
     if (context)
         bytes += (double)umas_context_bytes(context);
-    bytes += sizeof(double) * (positions.capacity() + edge_vector.capacity() +
-                               edge_gradient.capacity() + node_energy.capacity());
-    bytes += sizeof(int) * (slot_of.capacity() + node_z.capacity() + owner_of_tag.capacity() +
-                            4 * edge_source.capacity());
+    bytes += sizeof(double) * (positions.capacity() + node_energy.capacity() +
+                               node_forces.capacity() + node_virial.capacity());
+    bytes += sizeof(int) *
+             (slot_of.capacity() + node_z.capacity() + node_slot.capacity() + list_z.capacity() +
+              list_source.capacity() + list_target.capacity() + list_image.capacity());
     return bytes;
 }
 

@@ -5,11 +5,12 @@
  *              [device cpu] [mode auto|local|shell]
  *   pair_coeff * * Cu O            # LAMMPS type -> element (NULL: not this style's, hybrid)
  *
- * The style builds the graph itself from the atom and ghost positions (no neighbor list
- * request): every pair within the model cutoff, edge vector = x_source - x_target.
- *   local (one rank): nodes are the owned atoms; a ghost source is mapped to its owner by tag,
- *         its edge vector still comes from the ghost position, so every periodic image is one
- *         edge. Forces go to the slot the edge points to; LAMMPS folds ghosts onto owners.
+ * The style builds its own neighbour list from the atom and ghost positions (no neighbor list
+ * request) when LAMMPS rebuilds its lists: every pair within cutoff + skin, handed to the core
+ * once (umas_set_neighbors); every step only positions and the box go in
+ * (umas_compute_positions), the core drops pairs beyond the cutoff, forces come back per atom.
+ *   local (one rank): nodes are the owned atoms; a ghost source is mapped to its owner by tag
+ *         and an integer periodic image, so every periodic image is one edge.
  *   shell (several ranks): the ghost shell is widened to (blocks + 1) x cutoff + skin, the
  *         graph spans owned and ghost atoms, energy counts the owned atoms only, ghost forces
  *         return through LAMMPS' reverse communication. Exact, not yet efficient.
@@ -51,24 +52,29 @@ class PairUMAS : public Pair {
     std::vector<int> merged_counts; // composition of the last MoLE merge (all ranks)
     bool banner_printed;
 
-    // per step work arrays
-    std::vector<int> slot_of;      // [model atoms] LAMMPS slot (owned first, then ghosts)
-    std::vector<int> node_z;       // [nodes]
-    std::vector<double> positions; // [model atoms][3]
-    std::vector<int> owner_of_tag; // [max tag + 1] node of an owned atom, local mode
-    std::vector<int> edge_source, edge_target, edge_source_slot, edge_target_slot;
-    std::vector<double> edge_vector, edge_gradient, node_energy;
+    // neighbour list (built at LAMMPS' rebuilds, see build_list) and per-step arrays
+    umas_context *list_context;         // the context the list was handed to
+    std::vector<int> slot_of;           // [model atoms] LAMMPS slot (owned first, then ghosts)
+    std::vector<int> node_z;            // [model atoms]
+    std::vector<int> node_slot, list_z; // [nodes] LAMMPS slot and atomic number of each node
+    int owned_nodes;                    // nodes [0, owned_nodes) are owned atoms
+    std::vector<int> list_source, list_target, list_image; // [E], [E], [E][3]
+    bool every_step;               // max_neighbors may cut edges: exact list every step
+    bool warned_max_neighbors;     // the max_neighbors warning was printed
+    std::vector<double> positions; // [model atoms or nodes][3]
+    std::vector<double> node_energy, node_forces, node_virial; // [nodes], [nodes][3], [nodes][6]
 
     // where the time went (printed when the style is destroyed)
     double seconds_edges, seconds_forward, seconds_backward;
-    long calls;
+    long calls, list_builds;
 
     void allocate();
     void fail(const std::string &message);
     void update_merge(const char *why);
     void print_banner();
     int gather_atoms();
-    void build_graph(int model_atoms, int owned);
+    void check_position(int slot);
+    void build_list();
 };
 
 } // namespace LAMMPS_NS

@@ -673,6 +673,41 @@ run 0
         self.assertLessEqual(force_error, 1e-12)
         self.assertLessEqual(energy_error, 1e-12)
 
+    def test_restart_continues_bit_for_bit(self):
+        """10 steps, write_restart, 30 more steps (neighbour lists rebuilt every 5 steps, atoms
+        re-sorted every 10); a second process reads the restart and runs the same 30 steps with
+        the atoms sorted differently (every 3 steps): positions and velocities at step 40 are
+        identical in every bit, because the style's results do not depend on LAMMPS' atom
+        order."""
+        directory, _ = cu_files("p p p")
+        settings = """neigh_modify every 5 delay 0 check no
+atom_modify sort 10 2.0
+fix 1 all nve
+timestep 0.0005
+thermo 10
+"""
+        continuation = """dump d all custom 10 {name}.dump id x y z vx vy vz
+dump_modify d sort id format float %.17g
+run 30
+"""
+        first = (cu_script() + "velocity all create 600 4242\n" + settings + "run 10\n" +
+                 "write_restart cu.restart\n" + continuation.format(name="first"))
+        run = lammps(first, directory=directory)
+        self.assertEqual(run.returncode, 0, run.output[-3000:])
+        # ... with the atoms stored in another order (sorted every 3 steps on a finer grid)
+        second = ("units metal\nread_restart cu.restart\n" + pair_style() + "pair_coeff * * Cu\n" +
+                  settings + "atom_modify sort 3 0.9\n" + continuation.format(name="second"))
+        run2 = lammps(second, directory=directory)
+        self.assertEqual(run2.returncode, 0, run2.output[-3000:])
+        a, b = run.dump("first.dump"), run2.dump("second.dump")  # step 40
+        self.assertEqual([p["id"] for p in a], [q["id"] for q in b])
+        keys = ("x", "y", "z", "vx", "vy", "vz")
+        differing = sum(1 for p, q in zip(a, b) for k in keys if p[k] != q[k])
+        largest = max(abs(p[k] - q[k]) for p, q in zip(a, b) for k in keys)
+        measured("restart continuation over 30 steps: %d of %d coordinates differ, largest "
+                 "difference %.1e" % (differing, 6 * len(b), largest))
+        self.assertEqual(differing, 0)
+
 
 class LammpsFeatures(unittest.TestCase):
     def test_minimize(self):
