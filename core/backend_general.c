@@ -21,15 +21,15 @@
  *              post-message features of every block plus the final features ((2 L + 1) 9 C
  *              doubles; UMA-S: 83 KB per atom) and 27 C + 22 H of adjoint work
  *   per chunk  about 32 MB (the chunk size adapts to C, H)
+ *
+ * This file is also the CPU driver of backend_cpu.h: everything above except a block's messages
+ * is shared with `umas_fast` (backend_fast.c), which plugs in its own umas_cpu_messages; the
+ * `general` messages (radial MLP per chunk + edgewise.c) are at the end of the file.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "context.h"
-#include "edgewise.h"
+#include "backend_cpu.h"
 #include "error.h"
-#include "nn.h"
-#include "radial.h"
 #include "so3.h"
-#include "wigner.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -37,43 +37,6 @@
 #include <time.h>
 
 enum { CHUNK_BYTES = 32 << 20 }; /* target size of the per-chunk work space */
-
-typedef struct general_state {
-    umas_gaussian_basis basis;
-    umas_wigner_generators generators;
-    int chunk; /* edges per chunk */
-
-    /* per edge, [E] */
-    int edge_capacity, gradient_edge_capacity;
-    double *distance;
-    double *envelope;
-    umas_wigner *wigner;
-    umas_wigner *d_wigner; /* dE/dD */
-    double *d_envelope;    /* dE/denv */
-    double *d_distance;    /* dE/dd */
-
-    /* per node */
-    int node_capacity, gradient_node_capacity;
-    double *h;               /* [N][9][C] the residual stream */
-    double *u;               /* [N][9][C] normed input of the current sub-layer */
-    double *ffn_out;         /* [N][9][C] */
-    double *ffn_gates;       /* [N][2H] */
-    double *ffn_hidden;      /* [N][9][H] */
-    double *head_hidden;     /* [N][2H] */
-    double *saved;           /* [2 L + 1][N][9][C] block inputs, post-message features, final */
-    double *dh, *du, *d_tmp; /* [N][9][C] adjoints */
-    double *ffn_work;        /* umas_spectral_atomwise_backward_work(N) */
-
-    /* per chunk */
-    double *radial_input;           /* [chunk][F] Gaussians, source and target element embeddings */
-    umas_radial_saved radial_saved; /* 3 x [chunk][Ce] */
-    double *radial;                 /* [chunk][12C] */
-    double *d_radial;               /* [chunk][12C] */
-    double *d_gaussians;            /* [chunk][B] */
-    double *radial_work;            /* [chunk][2 Ce] */
-    double *edgewise_space;
-    umas_edgewise_work work;
-} general_state;
 
 static size_t chunk_doubles_per_edge(const umas_weights *w) {
     return (size_t)w->F + 3 * (size_t)w->Ce + 24 * (size_t)w->C + (size_t)w->B + 2 * (size_t)w->Ce +
@@ -87,21 +50,21 @@ static int regrow(double **p, size_t n) {
     return *p ? 0 : -1;
 }
 
-static void free_node_buffers(general_state *s) {
+static void free_node_buffers(umas_cpu_state *s) {
     double **all[] = {&s->h, &s->u, &s->ffn_out, &s->ffn_gates, &s->ffn_hidden, &s->head_hidden};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         free(*all[i]), *all[i] = NULL;
 }
 
-static void free_gradient_buffers(general_state *s) {
+static void free_gradient_buffers(umas_cpu_state *s) {
     free(s->d_wigner), free(s->d_envelope), free(s->d_distance);
     free(s->saved), free(s->dh), free(s->du), free(s->d_tmp), free(s->ffn_work);
     s->d_wigner = NULL, s->d_envelope = s->d_distance = NULL;
     s->saved = s->dh = s->du = s->d_tmp = s->ffn_work = NULL;
 }
 
-static void general_destroy(umas_context *ctx) {
-    general_state *s = ctx->backend_state;
+void umas_cpu_destroy(umas_context *ctx) {
+    umas_cpu_state *s = ctx->backend_state;
     umas_gaussian_basis_free(&s->basis);
     free(s->distance), free(s->envelope), free(s->wigner);
     free_node_buffers(s);
@@ -112,12 +75,13 @@ static void general_destroy(umas_context *ctx) {
     ctx->backend_state = NULL;
 }
 
-static int general_create(umas_context *ctx, umas_error *err) {
+int umas_cpu_create(umas_context *ctx, const umas_cpu_messages *messages, umas_error *err) {
     const umas_weights *w = &ctx->weights;
-    general_state *s = calloc(1, sizeof *s);
+    umas_cpu_state *s = calloc(1, sizeof *s);
     if (!s)
         return umas_fail(err, "out of memory");
     ctx->backend_state = s;
+    s->messages = messages;
     umas_wigner_generators_init(&s->generators);
     size_t per_edge = chunk_doubles_per_edge(w);
     s->chunk = (int)(CHUNK_BYTES / (per_edge * sizeof(double)));
@@ -145,8 +109,8 @@ static size_t saved_doubles(const umas_weights *w, int nodes) {
 }
 
 /* Work space: per chunk, per edge and per node, as in the comment at the top. */
-static size_t general_bytes(const umas_context *ctx) {
-    const general_state *s = ctx->backend_state;
+size_t umas_cpu_bytes(const umas_context *ctx) {
+    const umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     size_t C = (size_t)w->C, H = (size_t)w->H;
     size_t per_edge = 2 * sizeof(double) + sizeof(umas_wigner);
@@ -161,7 +125,7 @@ static size_t general_bytes(const umas_context *ctx) {
 
 /* Grows the per-edge and per-node buffers to the graph (never shrinks: MD graphs are stable). */
 static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_error *err) {
-    general_state *s = ctx->backend_state;
+    umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     size_t C = (size_t)w->C, H = (size_t)w->H, e = (size_t)g->num_edges;
     size_t n = (size_t)g->num_nodes;
@@ -204,7 +168,7 @@ static int reserve(umas_context *ctx, const umas_graph *g, int gradients, umas_e
     return 0;
 }
 
-static void edge_geometry(general_state *s, const umas_weights *w, const umas_graph *g) {
+static void edge_geometry(umas_cpu_state *s, const umas_weights *w, const umas_graph *g) {
     for (int e = 0; e < g->num_edges; e++) {
         const double *r = g->edge_vector + 3 * (size_t)e;
         double d = sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]);
@@ -215,10 +179,8 @@ static void edge_geometry(general_state *s, const umas_weights *w, const umas_gr
     }
 }
 
-/* a_e = [gaussians(d_e) | source_embedding[Z_s] | target_embedding[Z_t]] for edges
- * [first, first + n): radial_input [n][F]. */
-static void radial_input(general_state *s, const umas_weights *w, const umas_graph *g, int first,
-                         int n) {
+void umas_cpu_radial_input(umas_cpu_state *s, const umas_weights *w, const umas_graph *g, int first,
+                           int n) {
     for (int k = 0; k < n; k++) {
         int e = first + k;
         double *a = s->radial_input + (size_t)k * w->F;
@@ -229,25 +191,34 @@ static void radial_input(general_state *s, const umas_weights *w, const umas_gra
     }
 }
 
-/* The edges [first, first + chunk) and their radial MLP output: s->radial [n][mlp out]. */
-static umas_edge_chunk radial_chunk(general_state *s, const umas_weights *w, const umas_graph *g,
-                                    const umas_radial_mlp *mlp, int first) {
+umas_edge_chunk umas_cpu_edge_chunk(const umas_cpu_state *s, const umas_graph *g, int first) {
     int n = g->num_edges - first < s->chunk ? g->num_edges - first : s->chunk;
-    radial_input(s, w, g, first, n);
-    umas_radial_mlp_forward(mlp, n, s->radial_input, &s->radial_saved, s->radial);
     umas_edge_chunk c = {n, g->edge_source + first, g->edge_target + first, s->wigner + first,
                          s->envelope + first};
     return c;
 }
 
-/* Backward of radial_chunk for its distances: s->d_radial -> dE/dd added to d_distance. */
-static void radial_chunk_backward(general_state *s, const umas_weights *w,
-                                  const umas_radial_mlp *mlp, int first, int n) {
-    umas_radial_mlp_backward(mlp, n, &s->radial_saved, s->d_radial, s->d_gaussians, w->B,
-                             s->radial_work);
+void umas_cpu_gaussians_backward(umas_cpu_state *s, const umas_weights *w, int first, int n) {
     for (int k = 0; k < n; k++)
         s->d_distance[first + k] += umas_gaussian_backward(&s->basis, s->distance[first + k],
                                                            s->d_gaussians + (size_t)k * w->B);
+}
+
+/* The edges [first, first + chunk) and their radial MLP output: s->radial [n][mlp out]. */
+static umas_edge_chunk radial_chunk(umas_cpu_state *s, const umas_weights *w, const umas_graph *g,
+                                    const umas_radial_mlp *mlp, int first) {
+    umas_edge_chunk c = umas_cpu_edge_chunk(s, g, first);
+    umas_cpu_radial_input(s, w, g, first, c.count);
+    umas_radial_mlp_forward(mlp, c.count, s->radial_input, &s->radial_saved, s->radial);
+    return c;
+}
+
+/* Backward of radial_chunk for its distances: s->d_radial -> dE/dd added to d_distance. */
+static void radial_chunk_backward(umas_cpu_state *s, const umas_weights *w,
+                                  const umas_radial_mlp *mlp, int first, int n) {
+    umas_radial_mlp_backward(mlp, n, &s->radial_saved, s->d_radial, s->d_gaussians, w->B,
+                             s->radial_work);
+    umas_cpu_gaussians_backward(s, w, first, n);
 }
 
 static void record_trace(umas_context *ctx, int stage, const double *x, int nodes) {
@@ -281,7 +252,7 @@ static void embed_nodes(const umas_weights *w, const umas_graph *g, double *h) {
     }
 }
 
-static void edge_degree(general_state *s, const umas_weights *w, const umas_graph *g) {
+static void edge_degree(umas_cpu_state *s, const umas_weights *w, const umas_graph *g) {
     for (int first = 0; first < g->num_edges; first += s->chunk) {
         umas_edge_chunk edges = radial_chunk(s, w, g, &w->degree_radial, first);
         umas_edge_degree_forward(w->C, &edges, s->radial, s->h);
@@ -300,20 +271,18 @@ static void message_input(const umas_weights *w, const umas_block_weights *b, in
 
 /* One block on s->h. With `save` (the backward will run), keeps the block input and the
  * features after the messages in save[0], save[1]. */
-static void block_forward(umas_context *ctx, const umas_block_weights *b, const umas_graph *g,
-                          double *save) {
-    general_state *s = ctx->backend_state;
+static void block_forward(umas_context *ctx, int layer, const umas_graph *g, double *save) {
+    umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
+    const umas_block_weights *b = &w->blocks[layer];
     int N = g->num_nodes, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
 
     if (save)
         memcpy(save, s->h, sizeof(double) * size);
     message_input(w, b, N, s->h, s->u);
-    for (int first = 0; first < g->num_edges; first += s->chunk) {
-        umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
-        umas_edgewise_forward(b, C, H, &edges, s->radial, s->u, s->h, &s->work);
-    }
+    for (int first = 0; first < g->num_edges; first += s->chunk)
+        s->messages->forward(ctx, g, layer, first, s->u, s->h);
     if (save)
         memcpy(save + size, s->h, sizeof(double) * size);
 
@@ -327,10 +296,10 @@ static void block_forward(umas_context *ctx, const umas_block_weights *b, const 
 }
 
 /* Backward of one block: s->dh holds dE/d(block output) and becomes dE/d(block input). */
-static void block_backward(umas_context *ctx, const umas_block_weights *b, const umas_graph *g,
-                           const double *save) {
-    general_state *s = ctx->backend_state;
+static void block_backward(umas_context *ctx, int layer, const umas_graph *g, const double *save) {
+    umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
+    const umas_block_weights *b = &w->blocks[layer];
     int N = g->num_nodes, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
     const double *h_in = save, *h_mid = save + size;
@@ -348,19 +317,15 @@ static void block_backward(umas_context *ctx, const umas_block_weights *b, const
     /* h_mid = h_in + messages(u), u = norm_1(h_in) + c_sys */
     message_input(w, b, N, h_in, s->u);
     memset(s->du, 0, sizeof(double) * size);
-    for (int first = 0; first < g->num_edges; first += s->chunk) {
-        umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
-        umas_edgewise_backward(b, C, H, &edges, s->radial, s->u, s->dh, s->du, s->d_radial,
-                               s->d_wigner + first, s->d_envelope + first, &s->work);
-        radial_chunk_backward(s, w, &b->radial, first, edges.count);
-    }
+    for (int first = 0; first < g->num_edges; first += s->chunk)
+        s->messages->backward(ctx, g, layer, first, s->u, s->dh, s->du);
     umas_rms_norm_backward(&b->norm_1, N, C, h_in, s->du, s->d_tmp);
     for (size_t k = 0; k < size; k++)
         s->dh[k] += s->d_tmp[k];
 }
 
 /* output[n] = head MLP of the final l = 0 features s->u[n][0], model units. */
-static void energy_head(general_state *s, const umas_weights *w, int N, double *output) {
+static void energy_head(umas_cpu_state *s, const umas_weights *w, int N, double *output) {
     int H = w->H;
     double *h1 = s->head_hidden, *h2 = s->head_hidden + (size_t)N * H;
     umas_linear_forward(&w->head[0], N, s->u, 9 * w->C, h1, H);
@@ -372,7 +337,8 @@ static void energy_head(general_state *s, const umas_weights *w, int N, double *
 
 /* du[n] = d(sum of the energy nodes' head outputs) / d(final features u[n]): non-zero on l = 0
  * only. Recomputes the head's pre-activations from s->u. */
-static void energy_head_backward(general_state *s, const umas_weights *w, int N, int energy_nodes) {
+static void energy_head_backward(umas_cpu_state *s, const umas_weights *w, int N,
+                                 int energy_nodes) {
     int C = w->C, H = w->H;
     double *z1 = s->head_hidden, *z2 = s->head_hidden + (size_t)N * H;
     double *a1 = s->ffn_hidden; /* [N][H] scratch */
@@ -395,7 +361,7 @@ static void energy_head_backward(general_state *s, const umas_weights *w, int N,
 
 /* The backward sweep: dE/dr per edge (eV/A: model units times rmsd) into ctx->edge_gradient. */
 static void backward(umas_context *ctx, const umas_graph *g) {
-    general_state *s = ctx->backend_state;
+    umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, E = g->num_edges, L = w->num_layers;
     size_t size = (size_t)N * 9 * w->C;
@@ -407,7 +373,9 @@ static void backward(umas_context *ctx, const umas_graph *g) {
     energy_head_backward(s, w, N, g->num_energy_nodes);
     umas_rms_norm_backward(&w->final_norm, N, w->C, s->saved + 2 * L * size, s->du, s->dh);
     for (int l = L - 1; l >= 0; l--)
-        block_backward(ctx, &w->blocks[l], g, s->saved + 2 * l * size);
+        block_backward(ctx, l, g, s->saved + 2 * l * size);
+    if (s->messages->finish_backward)
+        s->messages->finish_backward(ctx, g);
     for (int first = 0; first < E; first += s->chunk) {
         umas_edge_chunk edges = radial_chunk(s, w, g, &w->degree_radial, first);
         umas_edge_degree_backward(w->C, &edges, s->radial, s->dh, s->d_radial, s->d_wigner + first,
@@ -434,9 +402,9 @@ static double seconds_now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *result,
-                           int gradients, umas_error *err) {
-    general_state *s = ctx->backend_state;
+int umas_cpu_compute(umas_context *ctx, const umas_graph *g, umas_result *result, int gradients,
+                     umas_error *err) {
+    umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, L = w->num_layers;
     if ((w->num_charge_balanced || w->num_spin_balanced) && g->num_energy_nodes != N)
@@ -457,12 +425,14 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
     double start = seconds_now();
 
     edge_geometry(s, w, g);
+    if (s->messages->begin && s->messages->begin(ctx, g, gradients, err))
+        return -1;
     embed_nodes(w, g, s->h);
     record_trace(ctx, 0, s->h, N);
     edge_degree(s, w, g);
     record_trace(ctx, 1, s->h, N);
     for (int l = 0; l < L; l++) {
-        block_forward(ctx, &w->blocks[l], g, gradients ? s->saved + 2 * l * size : NULL);
+        block_forward(ctx, l, g, gradients ? s->saved + 2 * l * size : NULL);
         record_trace(ctx, 2 + l, s->h, N);
     }
     if (gradients)
@@ -481,11 +451,42 @@ static int general_compute(umas_context *ctx, const umas_graph *g, umas_result *
     return 0;
 }
 
+/* The `general` messages: each block's radial MLP on the chunk, then the straightforward
+ * edgewise pipeline (edgewise.c). */
+static void general_messages(umas_context *ctx, const umas_graph *g, int layer, int first,
+                             const double *u, double *h) {
+    umas_cpu_state *s = ctx->backend_state;
+    const umas_weights *w = &ctx->weights;
+    const umas_block_weights *b = &w->blocks[layer];
+    umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
+    umas_edgewise_forward(b, w->C, w->H, &edges, s->radial, u, h, &s->work);
+}
+
+static void general_messages_backward(umas_context *ctx, const umas_graph *g, int layer, int first,
+                                      const double *u, const double *dh, double *du) {
+    umas_cpu_state *s = ctx->backend_state;
+    const umas_weights *w = &ctx->weights;
+    const umas_block_weights *b = &w->blocks[layer];
+    umas_edge_chunk edges = radial_chunk(s, w, g, &b->radial, first);
+    umas_edgewise_backward(b, w->C, w->H, &edges, s->radial, u, dh, du, s->d_radial,
+                           s->d_wigner + first, s->d_envelope + first, &s->work);
+    radial_chunk_backward(s, w, &b->radial, first, edges.count);
+}
+
+static const umas_cpu_messages general_messages_ops = {
+    .forward = general_messages,
+    .backward = general_messages_backward,
+};
+
+static int general_create(umas_context *ctx, umas_error *err) {
+    return umas_cpu_create(ctx, &general_messages_ops, err);
+}
+
 const umas_backend umas_backend_general_cpu = {
     .name = "general",
     .device = "cpu",
     .create = general_create,
-    .compute = general_compute,
-    .destroy = general_destroy,
-    .bytes = general_bytes,
+    .compute = umas_cpu_compute,
+    .destroy = umas_cpu_destroy,
+    .bytes = umas_cpu_bytes,
 };

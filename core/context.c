@@ -12,6 +12,7 @@
 
 static const umas_backend *const backends[] = {
     &umas_backend_general_cpu,
+    &umas_backend_fast_cpu,
 #ifdef UMAS_HAVE_CUDA
     &umas_backend_general_cuda,
 #endif
@@ -20,6 +21,8 @@ static const umas_backend *const backends[] = {
 static const umas_backend *find_backend(const char *name, const char *device, umas_error *err) {
     if (!name)
         name = "general";
+    if (strcmp(name, "umas_fast_pytorch") == 0) /* fairchem's name of the same backend */
+        name = "umas_fast";
     if (!device)
         device = "cpu";
     int known_name = 0;
@@ -31,7 +34,8 @@ static const umas_backend *find_backend(const char *name, const char *device, um
             return backends[i];
     }
     if (known_name)
-        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on %s)",
+        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on %s,"
+                  " umas_fast on cpu)",
                   name, device,
 #ifdef UMAS_HAVE_CUDA
                   "cpu and cuda"
@@ -40,7 +44,7 @@ static const umas_backend *find_backend(const char *name, const char *device, um
 #endif
         );
     else
-        umas_fail(err, "unknown backend '%s' (this build has: general)", name);
+        umas_fail(err, "unknown backend '%s' (this build has: general, umas_fast)", name);
     return NULL;
 }
 
@@ -222,6 +226,10 @@ static int check_graph(const umas_context *ctx, const umas_graph *g, umas_error 
 
 #ifndef UMAS_HAVE_CUDA
 int umas_cuda_device_count(void) {
+    return 0;
+}
+
+size_t umas_cuda_memory_in_use(void) {
     return 0;
 }
 #endif

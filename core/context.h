@@ -45,6 +45,7 @@ typedef struct umas_neighbor_state {
 } umas_neighbor_state;
 
 extern const umas_backend umas_backend_general_cpu;
+extern const umas_backend umas_backend_fast_cpu;
 #ifdef UMAS_HAVE_CUDA
 extern const umas_backend umas_backend_general_cuda;
 #endif

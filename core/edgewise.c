@@ -50,8 +50,8 @@ void umas_edgewise_work_bind(umas_edgewise_work *work, double *memory, int n, in
 }
 
 /* y[p][0:C] = (D x_source)[m_to_l[p]], y[p][C:2C] = (D x_target)[m_to_l[p]]: y is [9][2C]. */
-static void gather_rotate(const umas_wigner *D, const double *x_source, const double *x_target,
-                          int C, double *y) {
+void umas_gather_rotate(const umas_wigner *D, const double *x_source, const double *x_target, int C,
+                        double *y) {
     for (int p = 0; p < 9; p++) {
         int start, size;
         const double *row = wigner_row(D, umas_m_to_l[p], &start, &size);
@@ -69,8 +69,8 @@ static void gather_rotate(const umas_wigner *D, const double *x_source, const do
 }
 
 /* x_out[j] += env * sum_i D[i][j] z[m_of_l[i]]: rotate an M-order message back, scatter. */
-static void rotate_back_scatter(const umas_wigner *D, double env, const double *z, int C,
-                                double *x_out) {
+void umas_rotate_back_scatter(const umas_wigner *D, double env, const double *z, int C,
+                              double *x_out) {
     for (int p = 0; p < 9; p++) {
         int i = umas_m_to_l[p], start, size;
         const double *row = wigner_row(D, i, &start, &size);
@@ -161,7 +161,7 @@ static void scale_by_radial_backward(int n, int C, const double *radial, const d
 
 /* Gate (M-order): G[0] = SiLU(O[0]); G[p] = O[p] * sigmoid(gate_l), l = degree of p.
  * g may alias o. */
-static void gate_forward(int n, int H, const double *conv1_m0, const double *o, double *g) {
+void umas_edge_gate_forward(int n, int H, const double *conv1_m0, const double *o, double *g) {
     for (int e = 0; e < n; e++) {
         const double *gate = conv1_m0 + (size_t)e * 5 * H;
         const double *oe = o + (size_t)e * 9 * H;
@@ -178,8 +178,8 @@ static void gate_forward(int n, int H, const double *conv1_m0, const double *o, 
 
 /* Its backward, in place on dg (which becomes dO); d_conv1_m0[e][0:2H] = d gate inputs and
  * d_conv1_m0[e][2H:5H] = dO rows 0..2 (the m = 0 outputs of conv1). */
-static void gate_backward(int n, int H, const double *conv1_m0, const double *o, double *dg,
-                          double *d_conv1_m0) {
+void umas_edge_gate_backward(int n, int H, const double *conv1_m0, const double *o, double *dg,
+                             double *d_conv1_m0) {
     for (int e = 0; e < n; e++) {
         const double *gate = conv1_m0 + (size_t)e * 5 * H;
         const double *oe = o + (size_t)e * 9 * H;
@@ -217,8 +217,8 @@ static void edgewise_messages(const umas_block_weights *b, int C, int H,
 
     /* gather [x_source | x_target], rotate into the edge frame, L -> M order: y [n][9][2C] */
     for (int e = 0; e < n; e++)
-        gather_rotate(&edges->wigner[e], x + (size_t)edges->source[e] * 9 * C,
-                      x + (size_t)edges->target[e] * 9 * C, C, y + (size_t)e * 18 * C);
+        umas_gather_rotate(&edges->wigner[e], x + (size_t)edges->source[e] * 9 * C,
+                           x + (size_t)edges->target[e] * 9 * C, C, y + (size_t)e * 18 * C);
     if (keep)
         memcpy(work->unscaled, y, sizeof(double) * (size_t)n * 18 * C);
     scale_by_radial(n, C, radial, y);
@@ -235,7 +235,7 @@ static void edgewise_messages(const umas_block_weights *b, int C, int H,
     so2_m_forward(&b->conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H, o + 8 * H, 9 * H,
                   work->product_r, work->product_i);
 
-    gate_forward(n, H, work->conv1_m0, o, g);
+    umas_edge_gate_forward(n, H, work->conv1_m0, o, g);
 
     /* conv2: the same structure, H -> C channels, no radial, m = 0 with bias */
     umas_linear_forward(&b->conv2_m0, n, g, 9 * H, z, 9 * C);
@@ -251,9 +251,9 @@ void umas_edgewise_forward(const umas_block_weights *b, int C, int H, const umas
     edgewise_messages(b, C, H, edges, radial, x, work, 0);
     /* M -> L, rotate back with the envelope, sum into the receiver */
     for (int e = 0; e < edges->count; e++)
-        rotate_back_scatter(&edges->wigner[e], edges->envelope[e],
-                            work->messages + (size_t)e * 9 * C, C,
-                            x_out + (size_t)edges->target[e] * 9 * C);
+        umas_rotate_back_scatter(&edges->wigner[e], edges->envelope[e],
+                                 work->messages + (size_t)e * 9 * C, C,
+                                 x_out + (size_t)edges->target[e] * 9 * C);
 }
 
 /* Row i (L-order) of the adjoint of D within its block; NULL for l = 0 (D^0 = 1 is constant). */
@@ -263,10 +263,10 @@ static double *wigner_adjoint_row(umas_wigner *dD, int i) {
     return i < 4 ? dD->l1[i - 1] : dD->l2[i - 4];
 }
 
-/* Backward of rotate_back_scatter for one edge: a = d_out[target] [9][C], z [9][C] M-order.
+/* Backward of umas_rotate_back_scatter for one edge: a = d_out[target] [9][C], z [9][C] M-order.
  * dz[p] = env (D a)[m_to_l[p]];  dD[i][j] += env <z^L[i], a[j]>;  denv += <z^L, D a>. */
-static void rotate_back_backward(const umas_wigner *D, double env, const double *z, const double *a,
-                                 int C, double *dz, umas_wigner *dD, double *d_env) {
+void umas_rotate_back_backward(const umas_wigner *D, double env, const double *z, const double *a,
+                               int C, double *dz, umas_wigner *dD, double *d_env) {
     for (int p = 0; p < 9; p++) {
         int i = umas_m_to_l[p], start, size;
         const double *row = wigner_row(D, i, &start, &size);
@@ -291,11 +291,11 @@ static void rotate_back_backward(const umas_wigner *D, double env, const double 
     }
 }
 
-/* Backward of gather_rotate for one edge: dy [9][2C] M-order. d_source/d_target [9][C] +=
+/* Backward of umas_gather_rotate for one edge: dy [9][2C] M-order. d_source/d_target [9][C] +=
  * D^T dy^L (each half); dD[i][j] += <dy^L[i], [x_source | x_target][j]>. */
-static void gather_rotate_backward(const umas_wigner *D, const double *x_source,
-                                   const double *x_target, const double *dy, int C,
-                                   double *d_source, double *d_target, umas_wigner *dD) {
+void umas_gather_rotate_backward(const umas_wigner *D, const double *x_source,
+                                 const double *x_target, const double *dy, int C, double *d_source,
+                                 double *d_target, umas_wigner *dD) {
     for (int p = 0; p < 9; p++) {
         int i = umas_m_to_l[p], start, size;
         const double *row = wigner_row(D, i, &start, &size);
@@ -325,10 +325,10 @@ void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const uma
 
     /* rotate back + scatter */
     for (int e = 0; e < n; e++)
-        rotate_back_backward(&edges->wigner[e], edges->envelope[e],
-                             work->messages + (size_t)e * 9 * C,
-                             d_out + (size_t)edges->target[e] * 9 * C, C, dz + (size_t)e * 9 * C,
-                             &d_wigner[e], &d_envelope[e]);
+        umas_rotate_back_backward(&edges->wigner[e], edges->envelope[e],
+                                  work->messages + (size_t)e * 9 * C,
+                                  d_out + (size_t)edges->target[e] * 9 * C, C,
+                                  dz + (size_t)e * 9 * C, &d_wigner[e], &d_envelope[e]);
     /* conv2 */
     umas_linear_backward(&b->conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
     so2_m_backward(&b->conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H, dg + 5 * H, 9 * H,
@@ -336,7 +336,7 @@ void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const uma
     so2_m_backward(&b->conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H, dg + 8 * H, 9 * H,
                    work->product_r, work->product_i);
     /* gate */
-    gate_backward(n, H, work->conv1_m0, work->gated, dg, work->d_conv1_m0);
+    umas_edge_gate_backward(n, H, work->conv1_m0, work->gated, dg, work->d_conv1_m0);
     /* conv1 */
     umas_linear_backward(&b->conv1_m0, n, work->d_conv1_m0, 5 * H, dy, 18 * C, 6 * C, 0);
     so2_m_backward(&b->conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C, dy + 10 * C, 18 * C,
@@ -348,8 +348,8 @@ void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const uma
     /* rotation + gather */
     for (int e = 0; e < n; e++) {
         size_t s = (size_t)edges->source[e] * 9 * C, t = (size_t)edges->target[e] * 9 * C;
-        gather_rotate_backward(&edges->wigner[e], x + s, x + t, dy + (size_t)e * 18 * C, C, d_x + s,
-                               d_x + t, &d_wigner[e]);
+        umas_gather_rotate_backward(&edges->wigner[e], x + s, x + t, dy + (size_t)e * 18 * C, C,
+                                    d_x + s, d_x + t, &d_wigner[e]);
     }
 }
 

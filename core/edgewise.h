@@ -57,6 +57,34 @@ void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const uma
                             double *d_radial, umas_wigner *d_wigner, double *d_envelope,
                             umas_edgewise_work *work);
 
+/* The per-edge steps of the messages, shared with the umas_fast backend (edges one at a time;
+ * the SO(2) convolutions between them are where the backends differ). */
+
+/* Gather [x_source | x_target] ([9][C] each, L-order), rotate into the edge frame and permute
+ * L -> M: y [9][2C], y[p][0:C] = (D x_source)[m_to_l[p]], y[p][C:2C] = (D x_target)[...]. */
+void umas_gather_rotate(const umas_wigner *D, const double *x_source, const double *x_target, int C,
+                        double *y);
+/* Its backward from dy [9][2C]: d_source, d_target [9][C] += D^T dy^L (each half);
+ * dD[i][j] += <dy^L[i], [x_source | x_target][j]>. */
+void umas_gather_rotate_backward(const umas_wigner *D, const double *x_source,
+                                 const double *x_target, const double *dy, int C, double *d_source,
+                                 double *d_target, umas_wigner *dD);
+/* x_out[j] += env * sum_i D[i][j] z^L[i]: rotate an M-order message z [9][C] back and add it
+ * to the receiver's x_out [9][C]. */
+void umas_rotate_back_scatter(const umas_wigner *D, double env, const double *z, int C,
+                              double *x_out);
+/* Its backward, a = d_out[target] [9][C]: dz [9][C] = env (D a)[m_to_l[p]];
+ * dD[i][j] += env <z^L[i], a[j]>;  d_env += <z^L, D a>. */
+void umas_rotate_back_backward(const umas_wigner *D, double env, const double *z, const double *a,
+                               int C, double *dz, umas_wigner *dD, double *d_env);
+/* Gate of conv1's output (M-order): g[0] = SiLU(o[0]), g[p] = o[p] * sigmoid(gate_l), l the
+ * degree of p; gates = conv1_m0 [n][5H] columns [0, 2H); o, g [n][9H] (g may alias o). */
+void umas_edge_gate_forward(int n, int H, const double *conv1_m0, const double *o, double *g);
+/* Its backward, in place on dg [n][9H] (becomes dE/do); d_conv1_m0 [n][5H] = [d gates 2H |
+ * dE/do rows 0..2]. */
+void umas_edge_gate_backward(int n, int H, const double *conv1_m0, const double *o, double *dg,
+                             double *d_conv1_m0);
+
 /* x_out[target] += (env / 5) * sum_l rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]. */
 void umas_edge_degree_forward(int C, const umas_edge_chunk *edges, const double *radial,
                               double *x_out);

@@ -100,23 +100,36 @@ static void norm_silu_backward(const umas_layer_norm *ln, int rows, const double
     umas_layer_norm_backward(ln, rows, pre_norm, work, d_pre_norm);
 }
 
-void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a,
-                             umas_radial_saved *saved, double *out) {
+void umas_radial_mlp_forward_rest(const umas_radial_mlp *mlp, int rows, umas_radial_saved *saved,
+                                  double *out) {
     int ce = mlp->fc1.out;
-    umas_linear_forward(&mlp->fc1, rows, a, mlp->fc1.in, saved->pre_norm1, ce);
     norm_silu(&mlp->norm1, rows, saved->pre_norm1, saved->hidden);
     umas_linear_forward(&mlp->fc2, rows, saved->hidden, ce, saved->pre_norm2, ce);
     norm_silu(&mlp->norm2, rows, saved->pre_norm2, saved->hidden);
     umas_linear_forward(&mlp->fc3, rows, saved->hidden, ce, out, mlp->fc3.out);
 }
 
-void umas_radial_mlp_backward(const umas_radial_mlp *mlp, int rows, const umas_radial_saved *saved,
-                              const double *d_out, double *da, int cols, double *work) {
+void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double *a,
+                             umas_radial_saved *saved, double *out) {
+    umas_linear_forward(&mlp->fc1, rows, a, mlp->fc1.in, saved->pre_norm1, mlp->fc1.out);
+    umas_radial_mlp_forward_rest(mlp, rows, saved, out);
+}
+
+void umas_radial_mlp_backward_rest(const umas_radial_mlp *mlp, int rows,
+                                   const umas_radial_saved *saved, const double *d_out,
+                                   double *d_pre_norm1, double *work) {
     int ce = mlp->fc1.out;
     double *d_hidden = work, *scratch = work + (size_t)rows * ce;
     umas_linear_backward(&mlp->fc3, rows, d_out, mlp->fc3.out, d_hidden, ce, ce, 0);
     norm_silu_backward(&mlp->norm2, rows, saved->pre_norm2, d_hidden, d_hidden, scratch);
     umas_linear_backward(&mlp->fc2, rows, d_hidden, ce, scratch, ce, ce, 0);
-    norm_silu_backward(&mlp->norm1, rows, saved->pre_norm1, scratch, scratch, d_hidden);
-    umas_linear_backward(&mlp->fc1, rows, scratch, ce, da, cols, cols, 0);
+    norm_silu_backward(&mlp->norm1, rows, saved->pre_norm1, scratch, d_pre_norm1, d_hidden);
+}
+
+void umas_radial_mlp_backward(const umas_radial_mlp *mlp, int rows, const umas_radial_saved *saved,
+                              const double *d_out, double *da, int cols, double *work) {
+    int ce = mlp->fc1.out;
+    double *d_pre_norm1 = work + (size_t)rows * ce;
+    umas_radial_mlp_backward_rest(mlp, rows, saved, d_out, d_pre_norm1, work);
+    umas_linear_backward(&mlp->fc1, rows, d_pre_norm1, ce, da, cols, cols, 0);
 }

@@ -60,4 +60,14 @@ void umas_radial_mlp_forward(const umas_radial_mlp *mlp, int rows, const double 
 void umas_radial_mlp_backward(const umas_radial_mlp *mlp, int rows, const umas_radial_saved *saved,
                               const double *d_out, double *da, int cols, double *work);
 
+/* The MLP after its first linear layer, from saved->pre_norm1 [rows][Ce] already filled (the
+ * unified radial MLP of umas_fast computes every block's first layer in one product). */
+void umas_radial_mlp_forward_rest(const umas_radial_mlp *mlp, int rows, umas_radial_saved *saved,
+                                  double *out);
+/* Its backward: d_pre_norm1 [rows][Ce] = dE/d(first layer output); work [rows][2 Ce] (must not
+ * overlap d_pre_norm1). */
+void umas_radial_mlp_backward_rest(const umas_radial_mlp *mlp, int rows,
+                                   const umas_radial_saved *saved, const double *d_out,
+                                   double *d_pre_norm1, double *work);
+
 #endif
