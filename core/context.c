@@ -34,7 +34,8 @@ static const umas_backend *find_backend(const char *name, const char *device, um
             return backends[i];
     }
     if (known_name)
-        umas_fail(err, "backend '%s' is not available on device '%s' (this build: general on %s,"
+        umas_fail(err,
+                  "backend '%s' is not available on device '%s' (this build: general on %s,"
                   " umas_fast on cpu)",
                   name, device,
 #ifdef UMAS_HAVE_CUDA

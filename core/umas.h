@@ -69,6 +69,10 @@ size_t umas_model_bytes(const umas_model *model);
 /* CUDA devices visible to this build (0 without CUDA support or without a GPU). */
 int umas_cuda_device_count(void);
 
+/* Bytes in use on the current CUDA device, by every process (the driver's total - free): a
+ * benchmark's peak-memory reading. 0 without CUDA support or without a GPU. */
+size_t umas_cuda_memory_in_use(void);
+
 /* Threads the CPU backends use (OpenBLAS; set OPENBLAS_NUM_THREADS to change). */
 int umas_cpu_threads(void);
 

@@ -927,3 +927,12 @@ extern "C" int umas_cuda_device_count(void) {
     }
     return count;
 }
+
+extern "C" size_t umas_cuda_memory_in_use(void) {
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return total - free_bytes;
+}
