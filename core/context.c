@@ -15,6 +15,7 @@ static const umas_backend *const backends[] = {
     &umas_backend_fast_cpu,
 #ifdef UMAS_HAVE_CUDA
     &umas_backend_general_cuda,
+    &umas_backend_fast_cuda,
 #endif
 };
 
@@ -35,8 +36,8 @@ static const umas_backend *find_backend(const char *name, const char *device, um
     }
     if (known_name)
         umas_fail(err,
-                  "backend '%s' is not available on device '%s' (this build: general on %s,"
-                  " umas_fast on cpu)",
+                  "backend '%s' is not available on device '%s' (this build: general and "
+                  "umas_fast on %s)",
                   name, device,
 #ifdef UMAS_HAVE_CUDA
                   "cpu and cuda"

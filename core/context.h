@@ -48,6 +48,7 @@ extern const umas_backend umas_backend_general_cpu;
 extern const umas_backend umas_backend_fast_cpu;
 #ifdef UMAS_HAVE_CUDA
 extern const umas_backend umas_backend_general_cuda;
+extern const umas_backend umas_backend_fast_cuda;
 #endif
 
 struct umas_context {

@@ -13,6 +13,7 @@ extern "C" {
 #include "context.h"
 #include "error.h"
 #include "radial.h"
+#include "so2_fast.h"
 }
 
 #include <cublas_v2.h>
@@ -44,6 +45,8 @@ struct dev_block {
     dev_rms_norm norm_1, norm_2;
     dev_radial radial;
     dev_linear conv1_m0, conv1_m1, conv1_m2, conv2_m0, conv2_m1, conv2_m2, ffn_scalar;
+    /* umas_fast: the m > 0 convolutions in block form [[W1, -W2], [W2, W1]] (so2_fast.h) */
+    dev_linear block_conv1_m1, block_conv1_m2, block_conv2_m1, block_conv2_m2;
     float *so3_1 = nullptr, *so3_1_bias = nullptr, *so3_2 = nullptr, *so3_2_bias = nullptr;
 };
 
@@ -57,6 +60,7 @@ struct cuda_state {
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
     int device = 0;
+    bool fast = false; /* umas_fast: block-form SO(2) GEMMs and the unified radial MLP */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 
@@ -67,6 +71,7 @@ struct cuda_state {
     std::vector<dev_block> blocks;
     dev_rms_norm final_norm;
     dev_linear head[3];
+    dev_linear unified_fc1; /* umas_fast: every block's first radial layer, [L Ce][F] */
     float *head_w3_dev = nullptr;
 
     int chunk = 0;
@@ -79,6 +84,9 @@ struct cuda_state {
     buffer radial_input, pre_norm1, pre_norm2, hidden, radial, d_radial, d_gauss, radial_work,
         rotated, conv1_m0, gated, product_r, product_i, messages, d_rotated, d_gated, d_conv1_m0,
         d_messages, unscaled;
+    /* umas_fast, per edge: every block's first radial layer output [E][L Ce]; in the backward
+     * block l's slice is overwritten by its adjoint once block l is done */
+    buffer first;
     /* neighbour-list route: the list (umas_set_neighbors) and its per-step selection */
     int list_nodes = 0, list_edges = 0;
     buffer list_source, list_target, list_image, list_vector, keep, slot, kept, select_scratch,
@@ -235,9 +243,9 @@ struct graph_view {
     int N, E, energy_nodes;
 };
 
-void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n) {
+/* The radial MLP after its first layer: s->pre_norm1 [n][Ce] -> s->radial. */
+void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n) {
     int ce = m.fc1.out;
-    linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(s->pre_norm1), ce);
     cu_layer_norm_silu(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, F(s->hidden),
                        s->stream);
     linear_forward(s, m.fc2, n, F(s->hidden), ce, F(s->pre_norm2), ce);
@@ -246,8 +254,13 @@ void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n) {
     linear_forward(s, m.fc3, n, F(s->hidden), ce, F(s->radial), m.fc3.out);
 }
 
-/* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
-void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B) {
+void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n) {
+    linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(s->pre_norm1), m.fc1.out);
+    radial_mlp_rest(s, m, n);
+}
+
+/* d_radial -> dE/d(first layer output) [n][Ce], returned (in s->radial_work) */
+float *radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n) {
     int ce = m.fc1.out;
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
@@ -256,7 +269,13 @@ void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, i
     linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
     cu_layer_norm_silu_backward(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, scratch,
                                 scratch, s->stream);
-    linear_backward(s, m.fc1, n, scratch, ce, F(s->d_gauss), B, B, 0);
+    return scratch;
+}
+
+/* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
+void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B) {
+    float *scratch = radial_mlp_rest_backward(s, m, n);
+    linear_backward(s, m.fc1, n, scratch, m.fc1.out, F(s->d_gauss), B, B, 0);
     cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, B, F(s->d_gauss), B,
                          F(s->d_distance) + first, s->stream);
 }
@@ -272,11 +291,79 @@ int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m, cons
     return n;
 }
 
+/* umas_fast: block l's radial MLP output for edges [first, first + n) from its slice of the
+ * unified first layer (s->first) */
+int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g,
+                       int first) {
+    const dev_radial &m = s->blocks[l].radial;
+    if (!s->fast)
+        return radial_chunk(s, w, m, g, first);
+    int n = g.E - first < s->chunk ? g.E - first : s->chunk, ce = w->Ce;
+    size_t ld = (size_t)w->num_layers * ce;
+    cu_copy_rows(n, ce, F(s->first) + first * ld + (size_t)l * ce, (int)ld, F(s->pre_norm1), ce,
+                 s->stream);
+    radial_mlp_rest(s, m, n);
+    return n;
+}
+
+/* umas_fast: dE/d(first layer output) of block l into its slice of s->first */
+void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, int first) {
+    const dev_radial &m = s->blocks[l].radial;
+    if (!s->fast) {
+        radial_mlp_backward(s, m, n, first, w->B);
+        return;
+    }
+    size_t ld = (size_t)w->num_layers * w->Ce;
+    float *d_first = radial_mlp_rest_backward(s, m, n);
+    cu_copy_rows(n, w->Ce, d_first, w->Ce, F(s->first) + first * ld + (size_t)l * w->Ce, (int)ld,
+                 s->stream);
+}
+
+/* umas_fast: every block's first radial layer for all edges, one GEMM per chunk */
+void unified_radial_forward(cuda_state *s, const umas_weights *w, const graph_view &g) {
+    size_t ld = (size_t)w->num_layers * w->Ce;
+    for (int first = 0; first < g.E; first += s->chunk) {
+        int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+        cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
+                        s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
+                        F(s->radial_input), s->stream);
+        linear_forward(s, s->unified_fc1, n, F(s->radial_input), w->F, F(s->first) + first * ld,
+                       (int)ld);
+    }
+}
+
+/* umas_fast: the adjoint of all blocks' first layers in one GEMM per chunk, to the Gaussians
+ * and on to the distances */
+void unified_radial_backward(cuda_state *s, const umas_weights *w, const graph_view &g) {
+    size_t ld = (size_t)w->num_layers * w->Ce;
+    for (int first = 0; first < g.E; first += s->chunk) {
+        int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+        linear_backward(s, s->unified_fc1, n, F(s->first) + first * ld, (int)ld, F(s->d_gauss),
+                        w->B, w->B, 0);
+        cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, w->B, F(s->d_gauss),
+                             w->B, F(s->d_distance) + first, s->stream);
+    }
+}
+
 const cu_wigner *W(cuda_state *s, int first) {
     return static_cast<const cu_wigner *>(s->wigner.ptr) + first;
 }
 cu_wigner *dW(cuda_state *s, int first) {
     return static_cast<cu_wigner *>(s->d_wigner.ptr) + first;
+}
+
+/* One m > 0 SO(2) convolution: out_r = W1 x_r - W2 x_i, out_i = W2 x_r + W1 x_i (so2_m_forward).
+ * general: two GEMMs and a combine; umas_fast: one GEMM with the block form, as x_i follows x_r
+ * and out_i follows out_r in every call (the M-order layout). */
+void so2_forward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, int n,
+                 const float *x_r, const float *x_i, int ldx, float *out_r, float *out_i, int ldo) {
+    if (s->fast) {
+        linear_forward(s, block, n, x_r, ldx, out_r, ldo);
+        return;
+    }
+    linear_forward(s, Wl, n, x_r, ldx, F(s->product_r), Wl.out);
+    linear_forward(s, Wl, n, x_i, ldx, F(s->product_i), Wl.out);
+    cu_so2_combine(n, Wl.out / 2, F(s->product_r), F(s->product_i), out_r, out_i, ldo, s->stream);
 }
 
 /* The chunk's messages into s->messages (core/edgewise.c edgewise_messages). With `keep` (the
@@ -294,29 +381,26 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cu_scale_by_radial(n, C, F(s->radial), y, st);
     linear_forward(s, b.conv1_m0, n, y, 18 * C, F(s->conv1_m0), 5 * H);
     cu_copy_rows(n, 3 * H, F(s->conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
-    linear_forward(s, b.conv1_m1, n, y + 6 * C, 18 * C, F(s->product_r), b.conv1_m1.out);
-    linear_forward(s, b.conv1_m1, n, y + 10 * C, 18 * C, F(s->product_i), b.conv1_m1.out);
-    cu_so2_combine(n, b.conv1_m1.out / 2, F(s->product_r), F(s->product_i), o + 3 * H, o + 5 * H,
-                   9 * H, st);
-    linear_forward(s, b.conv1_m2, n, y + 14 * C, 18 * C, F(s->product_r), b.conv1_m2.out);
-    linear_forward(s, b.conv1_m2, n, y + 16 * C, 18 * C, F(s->product_i), b.conv1_m2.out);
-    cu_so2_combine(n, b.conv1_m2.out / 2, F(s->product_r), F(s->product_i), o + 7 * H, o + 8 * H,
-                   9 * H, st);
+    so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
+                o + 5 * H, 9 * H);
+    so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
+                o + 8 * H, 9 * H);
     cu_gate_forward(n, H, F(s->conv1_m0), o, g, st);
     linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
-    linear_forward(s, b.conv2_m1, n, g + 3 * H, 9 * H, F(s->product_r), b.conv2_m1.out);
-    linear_forward(s, b.conv2_m1, n, g + 5 * H, 9 * H, F(s->product_i), b.conv2_m1.out);
-    cu_so2_combine(n, b.conv2_m1.out / 2, F(s->product_r), F(s->product_i), z + 3 * C, z + 5 * C,
-                   9 * C, st);
-    linear_forward(s, b.conv2_m2, n, g + 7 * H, 9 * H, F(s->product_r), b.conv2_m2.out);
-    linear_forward(s, b.conv2_m2, n, g + 8 * H, 9 * H, F(s->product_i), b.conv2_m2.out);
-    cu_so2_combine(n, b.conv2_m2.out / 2, F(s->product_r), F(s->product_i), z + 7 * C, z + 8 * C,
-                   9 * C, st);
+    so2_forward(s, b.conv2_m1, b.block_conv2_m1, n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
+                z + 5 * C, 9 * C);
+    so2_forward(s, b.conv2_m2, b.block_conv2_m2, n, g + 7 * H, g + 8 * H, 9 * H, z + 7 * C,
+                z + 8 * C, 9 * C);
 }
 
-/* so2_m_backward: stack then two GEMMs */
-void so2_backward(cuda_state *s, const dev_linear &Wl, int n, const float *do_r, const float *do_i,
-                  int ldo, float *dx_r, float *dx_i, int ldx) {
+/* so2_m_backward: general stacks then two GEMMs; umas_fast one GEMM with the block form */
+void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, int n,
+                  const float *do_r, const float *do_i, int ldo, float *dx_r, float *dx_i,
+                  int ldx) {
+    if (s->fast) {
+        linear_backward(s, block, n, do_r, ldo, dx_r, ldx, block.in, 0);
+        return;
+    }
     cu_so2_stack(n, Wl.out / 2, do_r, do_i, ldo, F(s->product_r), F(s->product_i), s->stream);
     linear_backward(s, Wl, n, F(s->product_r), Wl.out, dx_r, ldx, Wl.in, 0);
     linear_backward(s, Wl, n, F(s->product_i), Wl.out, dx_i, ldx, Wl.in, 0);
@@ -330,12 +414,16 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                             F(s->messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
     linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
-    so2_backward(s, b.conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H, dg + 5 * H, 9 * H);
-    so2_backward(s, b.conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H, dg + 8 * H, 9 * H);
+    so2_backward(s, b.conv2_m1, b.block_conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H,
+                 dg + 5 * H, 9 * H);
+    so2_backward(s, b.conv2_m2, b.block_conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H,
+                 dg + 8 * H, 9 * H);
     cu_gate_backward(n, H, F(s->conv1_m0), F(s->gated), dg, F(s->d_conv1_m0), st);
     linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
-    so2_backward(s, b.conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C, dy + 10 * C, 18 * C);
-    so2_backward(s, b.conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C, dy + 16 * C, 18 * C);
+    so2_backward(s, b.conv1_m1, b.block_conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
+                 dy + 10 * C, 18 * C);
+    so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
+                 dy + 16 * C, 18 * C);
     cu_scale_by_radial_backward(n, C, F(s->radial), F(s->unscaled), dy, F(s->d_radial), st);
     cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy, d_x,
                               dW(s, first), st);
@@ -458,7 +546,8 @@ void cuda_destroy(umas_context *ctx) {
                      &s->cell,
                      &s->forces,
                      &s->virial,
-                     &s->node_virial};
+                     &s->node_virial,
+                     &s->first};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -476,7 +565,7 @@ size_t chunk_floats_per_edge(const umas_weights *w) {
            18 * C * 3 + 5 * H * 2 + 9 * H * 2 + 2 * wide + 9 * C * 2;
 }
 
-int cuda_create(umas_context *ctx, umas_error *err) {
+int create(umas_context *ctx, bool fast, umas_error *err) {
     const umas_weights *w = &ctx->weights;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -489,6 +578,7 @@ int cuda_create(umas_context *ctx, umas_error *err) {
                               "supported on the GPU yet (use device cpu)");
     cuda_state *s = new cuda_state();
     ctx->backend_state = s;
+    s->fast = fast;
     cudaGetDevice(&s->device);
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;
@@ -527,6 +617,23 @@ int cuda_create(umas_context *ctx, umas_error *err) {
         d.so3_1_bias = upload(s, b.ffn_so3_1_bias, (size_t)w->H);
         d.so3_2 = upload(s, b.ffn_so3_2, 3 * (size_t)C * w->H);
         d.so3_2_bias = upload(s, b.ffn_so3_2_bias, (size_t)C);
+        if (fast) {
+            umas_fast_block form = {};
+            if (umas_fast_block_init(&form, &b))
+                return umas_fail(err, "out of memory for the block-form convolutions");
+            d.block_conv1_m1 = upload_linear(s, form.conv1_m1);
+            d.block_conv1_m2 = upload_linear(s, form.conv1_m2);
+            d.block_conv2_m1 = upload_linear(s, form.conv2_m1);
+            d.block_conv2_m2 = upload_linear(s, form.conv2_m2);
+            umas_fast_block_free(&form);
+        }
+    }
+    if (fast) {
+        umas_unified_radial unified = {};
+        if (umas_unified_radial_init(&unified, w))
+            return umas_fail(err, "out of memory for the unified radial layer");
+        s->unified_fc1 = upload_linear(s, unified.fc1);
+        umas_unified_radial_free(&unified);
     }
     s->final_norm = upload_rms(s, w->final_norm, C);
     for (int i = 0; i < 3; i++)
@@ -543,6 +650,14 @@ int cuda_create(umas_context *ctx, umas_error *err) {
     size_t chunk = ((size_t)1 << 30) / per_edge;
     s->chunk = (int)(chunk < 1024 ? 1024 : chunk > (1 << 20) ? (1 << 20) : chunk);
     return 0;
+}
+
+int cuda_create(umas_context *ctx, umas_error *err) {
+    return create(ctx, false, err);
+}
+
+int cuda_create_fast(umas_context *ctx, umas_error *err) {
+    return create(ctx, true, err);
 }
 
 size_t cuda_bytes(const umas_context *ctx) {
@@ -605,6 +720,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
         {&s->d_messages, n * 9 * C * f, "edge adjoints"},
         {&s->unscaled, n * 18 * C * f, "edge features"},
+        {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
     };
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
@@ -612,8 +728,8 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     return 0;
 }
 
-void block_forward(umas_context *ctx, cuda_state *s, const dev_block &b, const graph_view &g,
-                   float *save) {
+void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g, float *save) {
+    const dev_block &b = s->blocks[l];
     const umas_weights *w = &ctx->weights;
     int N = g.N, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C * sizeof(float);
@@ -621,7 +737,7 @@ void block_forward(umas_context *ctx, cuda_state *s, const dev_block &b, const g
         cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
     message_input(s, b, N, C, F(s->h), F(s->u));
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = radial_chunk(s, w, b.radial, g, first);
+        int n = block_radial_chunk(s, w, l, g, first);
         edgewise_messages(s, b, C, H, n, first, F(s->u), false);
         cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                                F(s->messages), F(s->h), s->stream);
@@ -634,8 +750,9 @@ void block_forward(umas_context *ctx, cuda_state *s, const dev_block &b, const g
     cu_add((size_t)N * 9 * C, F(s->ffn_out), F(s->h), s->stream);
 }
 
-void block_backward(umas_context *ctx, cuda_state *s, const dev_block &b, const graph_view &g,
+void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
                     const float *save) {
+    const dev_block &b = s->blocks[l];
     const umas_weights *w = &ctx->weights;
     int N = g.N, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
@@ -647,9 +764,9 @@ void block_backward(umas_context *ctx, cuda_state *s, const dev_block &b, const 
     message_input(s, b, N, C, h_in, F(s->u));
     cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = radial_chunk(s, w, b.radial, g, first);
+        int n = block_radial_chunk(s, w, l, g, first);
         edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), F(s->du));
-        radial_mlp_backward(s, b.radial, n, first, w->B);
+        block_radial_backward(s, w, l, n, first);
     }
     cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
     cu_add(size, F(s->d_tmp), F(s->dh), s->stream);
@@ -707,8 +824,10 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
                                F(s->radial), F(s->h), st);
     }
     record_trace(ctx, s, 1, F(s->h), N);
+    if (s->fast)
+        unified_radial_forward(s, w, g);
     for (int l = 0; l < L; l++) {
-        block_forward(ctx, s, s->blocks[l], g, gradients ? F(s->saved) + 2 * l * size : nullptr);
+        block_forward(ctx, s, l, g, gradients ? F(s->saved) + 2 * l * size : nullptr);
         record_trace(ctx, s, 2 + l, F(s->h), N);
     }
     if (gradients)
@@ -741,7 +860,9 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     cu_rms_norm_backward(N, C, s->final_norm.scale, F(s->saved) + 2 * L * size, F(s->du), F(s->dh),
                          st);
     for (int l = L - 1; l >= 0; l--)
-        block_backward(ctx, s, s->blocks[l], g, F(s->saved) + 2 * l * size);
+        block_backward(ctx, s, l, g, F(s->saved) + 2 * l * size);
+    if (s->fast)
+        unified_radial_backward(s, w, g);
     for (int first = 0; first < E; first += s->chunk) {
         int n = radial_chunk(s, w, s->degree, g, first);
         cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
@@ -916,6 +1037,11 @@ int cuda_compute_positions(umas_context *ctx, const double *positions, const dou
 
 extern "C" const umas_backend umas_backend_general_cuda = {
     "general",    "cuda",     cuda_create,        cuda_compute,
+    cuda_destroy, cuda_bytes, cuda_set_neighbors, cuda_compute_positions,
+};
+
+extern "C" const umas_backend umas_backend_fast_cuda = {
+    "umas_fast",  "cuda",     cuda_create_fast,   cuda_compute,
     cuda_destroy, cuda_bytes, cuda_set_neighbors, cuda_compute_positions,
 };
 

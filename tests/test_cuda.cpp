@@ -1,6 +1,6 @@
-// test_cuda.cpp - the `general` backend on the GPU (device cuda, float32) against fairchem's
-// float64 truth. Needs a GPU: without one the GPU tests skip, and only the error a user gets
-// without a GPU is checked.
+// test_cuda.cpp - the `general` and `umas_fast` backends on the GPU (device cuda, float32) against
+// fairchem's float64 truth. Needs a GPU: without one the GPU tests skip, and only the error a user
+// gets without a GPU is checked.
 //
 // Specification (bounds of the CUDA issue; fairchem's own fp32 stays within about 2e-5 eV/A):
 //  * on every reference case: energy within max(1e-4 eV, 1e-5 eV x atoms), forces within
@@ -19,6 +19,9 @@ extern "C" {
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
 
@@ -26,17 +29,36 @@ bool have_gpu() {
     return umas_cuda_device_count() > 0;
 }
 
-class CudaReference : public ::testing::TestWithParam<CaseId> {};
+// A reference case on one of the GPU backends.
+struct CudaCase {
+    CaseId id;
+    std::string backend;
+};
+
+std::vector<CudaCase> cuda_cases() {
+    std::vector<CudaCase> cases;
+    for (const char *backend : {"general", "umas_fast"})
+        for (const CaseId &id : all_cases())
+            cases.push_back({id, backend});
+    return cases;
+}
+
+std::string cuda_case_label(const ::testing::TestParamInfo<CudaCase> &info) {
+    return info.param.backend + "_" + info.param.id.model + "_" + info.param.id.name;
+}
+
+class CudaReference : public ::testing::TestWithParam<CudaCase> {};
 
 TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     if (!have_gpu())
         GTEST_SKIP() << "no CUDA device";
-    const CaseId &id = GetParam();
+    const CaseId &id = GetParam().id;
+    const char *backend = GetParam().backend.c_str();
     if (!file_exists(model_path(id.model)))
         GTEST_SKIP() << "model " << model_path(id.model) << " not converted (optional)";
     ReferenceCase c = load_case(id.model, id.name);
     Evaluation ev;
-    ev.setup(model_path(id.model), c, "general", "cuda");
+    ev.setup(model_path(id.model), c, backend, "cuda");
     Evaluation::Output out = ev.compute(c.atomic_numbers, true);
 
     double energy_error = std::fabs(out.energy - c.energy);
@@ -55,9 +77,9 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     double sum = 0;
     for (double e : out.per_atom)
         sum += e;
-    std::printf("[ measured ] cuda %s/%s: |dE| %.2e eV (bound %.0e), max|dF| %.2e eV/A, "
+    std::printf("[ measured ] cuda %s %s/%s: |dE| %.2e eV (bound %.0e), max|dF| %.2e eV/A, "
                 "max|dstress| %.2e eV/A^3\n",
-                id.model.c_str(), id.name.c_str(), energy_error, energy_bound, force_error,
+                backend, id.model.c_str(), id.name.c_str(), energy_error, energy_bound, force_error,
                 stress_error);
     EXPECT_LE(energy_error, energy_bound);
     EXPECT_LE(force_error, 1e-4);
@@ -67,16 +89,18 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     EXPECT_NEAR(again, out.energy, energy_bound);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, CudaReference, ::testing::ValuesIn(all_cases()), case_label);
+INSTANTIATE_TEST_SUITE_P(AllCases, CudaReference, ::testing::ValuesIn(cuda_cases()),
+                         cuda_case_label);
 
-class CudaIntermediates : public ::testing::TestWithParam<std::string> {};
+class CudaIntermediates : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
     if (!have_gpu())
         GTEST_SKIP() << "no CUDA device";
-    ReferenceCase c = load_case("tiny", GetParam());
+    const std::string &backend = std::get<0>(GetParam()), &name = std::get<1>(GetParam());
+    ReferenceCase c = load_case("tiny", name);
     Evaluation ev;
-    ev.setup(model_path("tiny"), c, "general", "cuda");
+    ev.setup(model_path("tiny"), c, backend.c_str(), "cuda");
     ev.ctx->keep_trace = 1;
     ev.energy(c.atomic_numbers, nullptr);
     std::vector<std::string> stages = intermediate_stages(ev.ctx->weights.num_layers);
@@ -85,15 +109,17 @@ TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
         NpyArray ref = npy_load(c.file("intermediates/" + stages[s] + ".npy"));
         double error =
             max_abs_diff(ev.ctx->trace + s * size, ref.values.data(), size) / max_abs(ref.values);
-        std::printf("[ measured ] cuda tiny/%s %s: relative max error %.2e\n", GetParam().c_str(),
-                    stages[s].c_str(), error);
+        std::printf("[ measured ] cuda %s tiny/%s %s: relative max error %.2e\n", backend.c_str(),
+                    name.c_str(), stages[s].c_str(), error);
         EXPECT_LE(error, 1e-4) << "first mismatch at stage " << stages[s];
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Tiny, CudaIntermediates,
-                         ::testing::Values("a_cu_fcc_108", "b_triclinic_perovskite_60",
-                                           "c_molecule_q1_s2", "e_si_primitive_2"));
+INSTANTIATE_TEST_SUITE_P(
+    Tiny, CudaIntermediates,
+    ::testing::Combine(::testing::Values("general", "umas_fast"),
+                       ::testing::Values("a_cu_fcc_108", "b_triclinic_perovskite_60",
+                                         "c_molecule_q1_s2", "e_si_primitive_2")));
 
 TEST(CudaDevice, WithoutAGpuTheContextSaysSo) {
     if (have_gpu())
