@@ -3,17 +3,28 @@
 # The device image has CUDA and CMake but no OpenBLAS, cJSON or GoogleTest, and fetches nothing:
 # so the GPU binaries are built HERE (nvcc, sm_90) and travel with their few non-system shared
 # libraries and the optional `umas` checkpoint, compressed, in the git-ignored .devbin/.
+# The device has no LAMMPS and no MPI either: its `lmp_umas` (CUDA on) is linked to the static
+# serial LAMMPS of tools/build-lammps-serial.sh (MPI stubs; built once into .deps/, ~10-20 min).
 #   ./tools/device-prepare.sh    then run: ./tools/device-run.sh with carry [".devbin"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=OFF \
-      -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-cmake --build build-cuda -j2 --target test_cuda umas-bench umas-eval
+./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
+cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
+      -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+cmake --build build-cuda -j2 --target test_cuda umas-bench umas-eval lmp_umas
 rm -rf .devbin && mkdir -p .devbin/stage
-cp build-cuda/tests/test_cuda build-cuda/umas-bench build-cuda/umas-eval .devbin/stage/
+cp build-cuda/tests/test_cuda build-cuda/umas-bench build-cuda/umas-eval build-cuda/lmp_umas \
+   .devbin/stage/
+strip .devbin/stage/lmp_umas
+# the launcher must need no MPI and no liblammps; its non-system libraries are carried below
+# (libcublas/libcublasLt come from the device's CUDA)
+if ldd build-cuda/lmp_umas | grep -E 'libmpi|liblammps|not found' | grep -v libcublas; then
+    echo "device-prepare: lmp_umas needs a library the device lacks (above)" >&2
+    exit 1
+fi
 for lib in openblas.so.0 cjson.so.1 gfortran.so.5 quadmath.so.0; do
     cp -L "$(ldconfig -p | awk -v l="lib$lib" '$1 == l {print $NF; exit}')" .devbin/stage/
 done
-tar -C .devbin/stage -cJf .devbin/binaries.tar.xz . && rm -rf .devbin/stage
+tar -C .devbin/stage -cf - . | xz -T2 -9 > .devbin/binaries.tar.xz && rm -rf .devbin/stage
 if [ -f models/umas.pt ]; then xz -T2 -6 -c models/umas.pt > .devbin/umas.pt.xz; fi
-du -sh .devbin
+du -sh .devbin/*

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # On the device machine (repository root, .devbin/ carried; see tools/device-prepare.sh):
-# GPU tests (test_cuda) and the benchmark table (umas-bench). Output also under $OUT.
+# GPU tests (test_cuda), LAMMPS with `device cuda` (tests/test_lammps_gpu.py with the carried
+# serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
+# under $OUT. UMAS_TEST_CUDA=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a part out.
 set -uo pipefail
 OUT=${OUT:-/tmp/umas-out}
 mkdir -p "$OUT" /tmp/umas/bin /tmp/umas/models
@@ -17,8 +19,22 @@ if [ -f .devbin/umas.pt.xz ]; then
     python3 tools/umas_convert.py /tmp/umas/umas.pt /tmp/umas/models/umas.safetensors
 fi
 export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
-/tmp/umas/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | grep -E "measured|FAIL|PASSED|SKIPPED|Failure|error" 
-echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT/test_cuda.log"
+if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
+    /tmp/umas/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | grep -E "measured|FAIL|PASSED|SKIPPED|Failure|error"
+    echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT/test_cuda.log"
+fi
+if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
+    echo "== LAMMPS, pair_style umas device cuda (tests/test_lammps_gpu.py)"
+    UMAS_LMP=/tmp/umas/bin/lmp_umas UMAS_TEST_MODELS=/tmp/umas/models \
+    UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_DEVICE=cuda \
+        timeout 480 python3 tests/test_lammps_gpu.py -v > "$OUT/test_lammps_gpu.log" 2>&1
+    status=$?
+    grep -E "measured|skipp|^(FAIL|ERROR)|Error" "$OUT/test_lammps_gpu.log"
+    if [ "$status" != 0 ]; then tail -n 60 "$OUT/test_lammps_gpu.log"; fi
+    echo "== lammps gpu summary: exit $status;" \
+         "$(grep -E '^Ran [0-9]+ tests' "$OUT/test_lammps_gpu.log" | tail -n 1);" \
+         "$(grep -E '^(OK|FAILED)' "$OUT/test_lammps_gpu.log" | tail -n 1)"
+fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     echo "== umas-bench, umas model (UMA-S shape), general backend on the GPU"
     /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \

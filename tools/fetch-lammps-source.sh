@@ -6,13 +6,26 @@
 # (see pair_umas/README.md). Only */src/*.h and */src/fmt/* are extracted; nothing is committed.
 # Needs a deb-src entry for the suite of the installed lammps (tools/install-deps.sh writes one).
 # No root needed. Idempotent: does nothing when .deps/lammps-src/src/version.h exists.
+#
+#   tools/fetch-lammps-source.sh --build-tree
+# instead extracts what LAMMPS' own CMake build of a serial core library needs (src/*.cpp,
+# src/*.h, src/fmt/, src/STUBS/ (the MPI stubs), src/PLUGIN/, cmake/) into .deps/lammps-build-src/
+# (used by tools/build-lammps-serial.sh). Idempotent likewise (cmake/CMakeLists.txt present).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DEPS="$ROOT/.deps"
-DEST="$DEPS/lammps-src"
+MODE=headers
+if [ "${1:-}" = "--build-tree" ]; then
+    MODE=build
+    DEST="$DEPS/lammps-build-src"
+    DONE="$DEST/cmake/CMakeLists.txt"
+else
+    DEST="$DEPS/lammps-src"
+    DONE="$DEST/src/version.h"
+fi
 
-if [ -f "$DEST/src/version.h" ]; then
-    echo "fetch-lammps-source: $DEST/src already present"
+if [ -f "$DONE" ]; then
+    echo "fetch-lammps-source: $DEST already present"
     exit 0
 fi
 
@@ -33,10 +46,23 @@ if [ -z "$ORIG" ]; then
     exit 1
 fi
 
-TMP="$DEPS/lammps-src.tmp"
+TMP="$DEST.tmp"
 rm -rf "$TMP"
 mkdir -p "$TMP"
-tar -xf "$ORIG" -C "$TMP" --strip-components=1 --wildcards --no-wildcards-match-slash '*/src/*.h' '*/src/fmt/*'
+if [ "$MODE" = build ]; then
+    # core sources and headers (no package directories but the MPI stubs and PLUGIN), CMake
+    tar -xf "$ORIG" -C "$TMP" --strip-components=1 --wildcards --no-wildcards-match-slash \
+        '*/src/*.h' '*/src/*.cpp' '*/src/fmt/*' '*/src/STUBS/*' '*/src/PLUGIN/*'
+    tar -xf "$ORIG" -C "$TMP" --strip-components=1 --wildcards '*/cmake/*'
+    rm -rf "$TMP/tools" "$TMP/lib" "$TMP/examples" # other cmake/ folders the pattern matched
+    if [ ! -f "$TMP/cmake/CMakeLists.txt" ] || [ ! -f "$TMP/src/STUBS/mpi.cpp" ]; then
+        echo "fetch-lammps-source: $ORIG lacks cmake/CMakeLists.txt or src/STUBS/mpi.cpp" >&2
+        exit 1
+    fi
+else
+    tar -xf "$ORIG" -C "$TMP" --strip-components=1 --wildcards --no-wildcards-match-slash \
+        '*/src/*.h' '*/src/fmt/*'
+fi
 if [ ! -f "$TMP/src/version.h" ]; then
     echo "fetch-lammps-source: $ORIG has no src/version.h" >&2
     exit 1

@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""`pair_style umas ... device cuda` inside LAMMPS on a GPU: reference parity in float32, GPU vs
+CPU trajectories, NVE energy drift, and out of GPU memory.
+
+    UMAS_LMP=build-cuda/lmp_umas UMAS_TEST_MODELS=/tmp/umas/models python3 tests/test_lammps_gpu.py
+    (or: python3 -m pytest -s tests/test_lammps_gpu.py; tools/device-run.sh runs it with unittest)
+
+Environment:
+  UMAS_LMP          the launcher (a serial lmp_umas built with CUDA: tools/device-prepare.sh)
+  UMAS_TEST_MODELS  folder with tiny.safetensors (required) and umas.safetensors (optional:
+                    UMA-S-shaped model; its reference cases and the out-of-memory test)
+  UMAS_TEST_DATA    tests/data (default: the data folder next to this file)
+  UMAS_TEST_DEVICE  cuda (default) or cpu: cpu runs the same checks with `device cpu` (to check
+                    the test logic on a machine without a GPU; the GPU-vs-CPU comparison then
+                    compares CPU with CPU, and the out-of-GPU-memory test skips)
+  UMAS_TEST_NVE_STEPS  steps of the NVE drift runs (default 300; fewer for a slow CPU)
+Everything skips with a message when there is no launcher or model, and in cuda mode when
+nvidia-smi is absent, the launcher has no CUDA backend, or umas sees no CUDA device.
+Single rank only (no MPI on the GPU machine). Reuses the helpers of tests/test_lammps.py
+(inputs, rotations into LAMMPS' frame, thermo and dump parsing); measured numbers are printed
+on lines starting with "[ measured ]".
+
+Bounds (those of test_cuda for the float32 GPU backend against fairchem's float64 truth):
+energy within max(1e-4 eV, 1e-5 eV x atoms), forces within 1e-4 eV/A (max-abs), stress within
+1e-6 eV/A^3, where LAMMPS' pressure P_ab (bar) = -stress_ab x nktv2p (1.6021765e6 bar per
+eV/A^3).
+"""
+import math
+import os
+import re
+import shutil
+import struct
+import json
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import test_lammps as base  # noqa: E402  (helpers only; its test classes are not imported)
+
+measured = base.measured
+DEVICE = os.environ.get("UMAS_TEST_DEVICE", "cuda")
+LMP = os.environ.get("UMAS_LMP", "")
+MODELS = os.environ.get("UMAS_TEST_MODELS", "")
+DATA = os.environ.get("UMAS_TEST_DATA", os.path.join(HERE, "data"))
+SKIP = None  # reason to skip everything, found by setUpModule
+
+
+class Args:
+    lmp = mpirun = model = data = ""
+
+
+def model_path(name):
+    return os.path.join(MODELS, name + ".safetensors")
+
+
+def setUpModule():
+    global SKIP
+    base.ARGS = Args()
+    base.ARGS.lmp = os.path.abspath(LMP) if LMP else ""
+    base.ARGS.model = os.path.abspath(model_path("tiny")) if MODELS else ""
+    base.ARGS.data = os.path.abspath(DATA)
+    base.TMP = tempfile.TemporaryDirectory(prefix="umas-lammps-gpu-")
+    if DEVICE not in ("cuda", "cpu"):
+        raise RuntimeError("UMAS_TEST_DEVICE must be cuda or cpu, not %r" % DEVICE)
+    if not LMP or not os.access(base.ARGS.lmp, os.X_OK):
+        SKIP = "no launcher: set UMAS_LMP to lmp_umas (given: %r)" % LMP
+    elif not MODELS or not os.path.exists(base.ARGS.model):
+        SKIP = "no model: set UMAS_TEST_MODELS to a folder with tiny.safetensors (given: %r)" % (
+            MODELS)
+    elif DEVICE == "cuda" and shutil.which("nvidia-smi") is None:
+        SKIP = "no GPU: nvidia-smi not found"
+    elif DEVICE == "cuda":
+        # umas itself says whether it sees a CUDA device: a 32-atom `run 0` with device cuda
+        directory, _ = base.cu_files("p p p")
+        run = base.lammps(base.cu_script(extra_style="device cuda") + "run 0\n",
+                          directory=directory, timeout=300)
+        if run.returncode != 0:
+            if "no CUDA device is visible" in run.output:
+                SKIP = "no GPU: umas sees no CUDA device"
+            elif "not available on device 'cuda'" in run.output:
+                SKIP = "the launcher was built without the CUDA backend"
+            # any other failure is left to the tests to report
+    if SKIP:
+        print("test_lammps_gpu: skipping: " + SKIP, flush=True)
+
+
+def tearDownModule():
+    if base.TMP is not None:
+        base.TMP.cleanup()
+
+
+def with_device(script, device=None):
+    """Adds `device D` to every `pair_style umas` line of a script."""
+    device = device or DEVICE
+    return re.sub(r"^(pair_style\s+umas\s.*?)\s*$", r"\1 device %s" % device, script,
+                  flags=re.M)
+
+
+class GpuTest(unittest.TestCase):
+    def setUp(self):
+        if SKIP:
+            self.skipTest(SKIP)
+
+    def run_ok(self, script, directory=None, timeout=600):
+        run = base.lammps(script, directory=directory, timeout=timeout)
+        self.assertFalse(run.crashed(), run.output[-3000:])
+        self.assertEqual(run.returncode, 0, run.output[-3000:])
+        return run
+
+
+# ------------------------------------------------------------------------------------------
+class ReferenceParity(GpuTest):
+    CASES = ["a_cu_fcc_108", "b_triclinic_perovskite_60", "c_molecule_q1_s2", "e_si_primitive_2"]
+    UMAS_CASES = CASES + ["f_cu_fcc_2000"]
+
+    def check_cases(self, model, cases):
+        old = base.ARGS.model
+        base.ARGS.model = os.path.abspath(model_path(model))
+        try:
+            for name in cases:
+                with self.subTest(case="%s/%s" % (model, name)):
+                    self.check_case(model + "/" + name)
+        finally:
+            base.ARGS.model = old
+
+    def check_case(self, name):
+        case = base.load_case(name)
+        directory, script, rotation = base.case_input(case)
+        run = self.run_ok(with_device(script) + base.MEASURE, directory=directory)
+        got = base.measure(run)
+        natoms = len(case["numbers"])
+        self.assertEqual(len(got["atoms"]), natoms)
+        energy_error = abs(got["pe"] - case["energy"])
+        energy_bound = max(1e-4, 1e-5 * natoms)
+        reference_forces = case["forces"]
+        if rotation is not None:
+            reference_forces = [base.matvec(rotation, f) for f in reference_forces]
+        force_error = base.max_abs_diff(base.forces_of(got["atoms"]), reference_forces)
+        sum_error = abs(got["sum_pe"] - got["pe"])
+        text = ("%s device %s: %.2f s, |dE| %.2e eV (bound %.0e), max |dF| %.2e eV/A, "
+                "|sum pe/atom - pe| %.2e eV" % (name, DEVICE, run.seconds, energy_error,
+                                                energy_bound, force_error, sum_error))
+        stress_error = 0.0
+        if "stress" in case:
+            s = base.rotate_tensor(rotation, case["stress"])
+            expected = [s[i][j] for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))]
+            # LAMMPS metal pressure (bar) -> fairchem's stress (eV/A^3, positive is tensile)
+            stress = [-got[k] / base.NKTV2P for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]
+            stress_error = max(abs(a - b) for a, b in zip(stress, expected))
+            text += ", max |dstress| %.2e eV/A^3 (max |stress| %.2e)" % (
+                stress_error, max(abs(e) for e in expected))
+        measured(text)
+        self.assertLessEqual(energy_error, energy_bound)
+        self.assertLessEqual(force_error, 1e-4)
+        self.assertLessEqual(stress_error, 1e-6)
+        self.assertLessEqual(sum_error, 1e-6 * max(1.0, abs(got["pe"])))
+
+    def test_tiny(self):
+        """Tiny model (32 channels, 2 blocks), `run 0` on Cu FCC 108, the triclinic
+        perovskite (60), the charged doublet molecule (omol, open box) and the 2-atom Si cell
+        (smaller than the cutoff): energy, forces and pressure against fairchem's float64
+        references within the float32 bounds; per-atom energies sum to pe."""
+        self.check_cases("tiny", self.CASES)
+
+    def test_umas(self):
+        """The same cases plus Cu FCC 2000 with the UMA-S-shaped model (128 channels, 4 blocks,
+        lmax 2), when umas.safetensors was converted."""
+        if not os.path.exists(model_path("umas")):
+            self.skipTest("umas.safetensors not in UMAS_TEST_MODELS (optional)")
+        self.check_cases("umas", self.UMAS_CASES)
+
+
+# ------------------------------------------------------------------------------------------
+def cu_fcc_script(device, steps, thermo=10, dump=None):
+    """examples/cu_fcc/in.cu_fcc (108 Cu atoms, 300 K, NVE, 1 fs) with the tiny model, the
+    given device, %.17g thermo output and optionally a final dump of positions and forces."""
+    with open(os.path.join(HERE, "..", "examples", "cu_fcc", "in.cu_fcc")) as f:
+        text = f.read()
+    text = re.sub(r"^variable\s+model\s.*$", "variable model index %s" % base.ARGS.model, text,
+                  flags=re.M)
+    text = re.sub(r"^variable\s+steps\s.*$", "variable steps index %d" % steps, text, flags=re.M)
+    text = re.sub(r"^thermo_style\s.*$", "thermo_style custom step temp pe ke etotal press",
+                  text, flags=re.M)
+    text = re.sub(r"^thermo_modify\s.*$", "thermo_modify format float %.17g", text, flags=re.M)
+    text = re.sub(r"^thermo\s.*$", "thermo %d" % thermo, text, flags=re.M)
+    text = with_device(text, device)
+    if dump:
+        text = text.replace("run ", "dump d all custom %d %s id x y z fx fy fz\n"
+                            "dump_modify d sort id format float %%.17g\nrun " % (steps, dump), 1)
+    assert "device %s" % device in text and "run" in text
+    return text
+
+
+class GpuVersusCpu(GpuTest):
+    STEPS = 20
+
+    def test_trajectory(self):
+        """examples/cu_fcc (108 Cu atoms from 300 K, 1 fs) for 20 NVE steps with device cuda and
+        with device cpu in the same binary: positions after 20 steps agree within 1e-5 A,
+        forces at step 0 and 20 within 1e-4 eV/A, energies within max(1e-4, 1e-5 N) eV."""
+        runs = {}
+        for device in (DEVICE, "cpu"):
+            directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
+            runs[device] = self.run_ok(cu_fcc_script(device, self.STEPS, thermo=self.STEPS,
+                                                     dump="md.dump"), directory=directory)
+        gpu, cpu = runs[DEVICE], runs["cpu"]
+        snap_gpu, snap_cpu = gpu.dump("md.dump", last=False), cpu.dump("md.dump", last=False)
+        self.assertEqual(len(snap_gpu), 2)
+        self.assertEqual(len(snap_cpu), 2)
+        natoms = len(snap_cpu[-1])
+        self.assertEqual(natoms, 108)
+        position = max(abs(a[k] - b[k]) for a, b in zip(snap_gpu[-1], snap_cpu[-1])
+                       for k in "xyz")
+        moved = max(abs(a[k] - b[k]) for a, b in zip(snap_cpu[0], snap_cpu[-1]) for k in "xyz")
+        force0 = base.max_abs_diff(base.forces_of(snap_gpu[0]), base.forces_of(snap_cpu[0]))
+        force = base.max_abs_diff(base.forces_of(snap_gpu[-1]), base.forces_of(snap_cpu[-1]))
+        table_gpu, table_cpu = gpu.thermo()[-1], cpu.thermo()[-1]
+        energy = max(abs(a[2] - b[2]) for a, b in zip(table_gpu, table_cpu))
+        measured("cu_fcc 20 steps, device %s vs cpu: max |dx| %.2e A (atoms moved up to %.3f "
+                 "A), max |dF| %.2e eV/A at step 0, %.2e at step 20, max |dpe| %.2e eV; %.2f s "
+                 "vs %.2f s" % (DEVICE, position, moved, force0, force, energy, gpu.seconds,
+                                cpu.seconds))
+        self.assertGreater(moved, 1e-3)
+        self.assertLessEqual(position, 1e-5)
+        self.assertLessEqual(force0, 1e-4)
+        self.assertLessEqual(force, 1e-4)
+        self.assertLessEqual(energy, max(1e-4, 1e-5 * natoms))
+
+
+class EnergyDrift(GpuTest):
+    STEPS = int(os.environ.get("UMAS_TEST_NVE_STEPS", "300"))
+    FLOOR = 1e-5  # eV/atom: float32 noise of an energy (the reference bound per atom)
+
+    @staticmethod
+    def drift(table, natoms):
+        """|E_end - E_0|/N, max |E - E_0|/N (eV/atom) and the least-squares slope of E/N
+        (eV/atom/ps at 1 fs steps) of thermo rows (step temp pe ke etotal press)."""
+        steps = [row[0] for row in table]
+        energies = [row[4] for row in table]
+        end = abs(energies[-1] - energies[0]) / natoms
+        deviation = max(abs(e - energies[0]) for e in energies) / natoms
+        mean_t = sum(steps) / len(steps)
+        mean_e = sum(energies) / len(energies)
+        slope = (sum((t - mean_t) * (e - mean_e) for t, e in zip(steps, energies)) /
+                 sum((t - mean_t) ** 2 for t in steps)) / natoms * 1000.0
+        return end, deviation, slope
+
+    def test_nve_drift(self):
+        """examples/cu_fcc for 300 NVE steps (1 fs, 108 atoms from 300 K) with device cuda and
+        with device cpu: total energy every 10 steps. The GPU's |E_end - E_0|/N and max
+        |E - E_0|/N stay within 3x the CPU's, or within 1e-5 eV/atom (float32 noise)."""
+        results = {}
+        for device in (DEVICE, "cpu"):
+            directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
+            run = self.run_ok(cu_fcc_script(device, self.STEPS), directory=directory)
+            table = run.thermo()[-1]
+            self.assertEqual(len(table), self.STEPS // 10 + 1)
+            self.assertTrue(all(math.isfinite(x) for row in table for x in row))
+            temperatures = [row[1] for row in table]
+            results[device] = self.drift(table, 108)
+            measured("NVE cu_fcc %d steps device %s: %.1f s (%.4f s/step), |E_end - E_0|/N "
+                     "%.2e eV/atom, max |E - E_0|/N %.2e eV/atom, slope %.2e eV/atom/ps, T "
+                     "%.0f..%.0f K" % (self.STEPS, device, run.seconds, run.seconds / self.STEPS,
+                                       *results[device], min(temperatures), max(temperatures)))
+        gpu, cpu = results[DEVICE], results["cpu"]
+        measured("NVE drift device %s / cpu: end %.2f, max %.2f" % (
+            DEVICE, gpu[0] / max(cpu[0], 1e-300), gpu[1] / max(cpu[1], 1e-300)))
+        self.assertLessEqual(gpu[0], max(3 * cpu[0], self.FLOOR))
+        self.assertLessEqual(gpu[1], max(3 * cpu[1], self.FLOOR))
+
+
+# ------------------------------------------------------------------------------------------
+def model_dims(path):
+    """(C, H, blocks) from the umas metadata of a safetensors model file."""
+    with open(path, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    backbone = json.loads(header["__metadata__"]["umas"])["backbone"]
+    return backbone["sphere_channels"], backbone["hidden_channels"], backbone["num_layers"]
+
+
+def gpu_memory_bytes():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,"
+                          "nounits", "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]],
+                         capture_output=True, text=True, timeout=60)
+    return float(out.stdout.split()[0]) * 1048576.0
+
+
+class OutOfGpuMemory(GpuTest):
+    LATTICE = 5.0  # A: simple cubic, 6 neighbours within the 6 A cutoff
+
+    def test_out_of_gpu_memory(self):
+        """A system too large for the GPU stops LAMMPS with an ERROR line carrying umas'
+        "out of GPU memory: ... MB for ... (N atoms, E edges)" and a non-zero exit status, no
+        signal, within 150 s. The CUDA backend's memory is dominated by per-atom buffers
+        (cuda/backend_cuda.cu reserve_all: (2 blocks + 7) x 9 C + 6 H + 18 H floats per atom,
+        81 KB for UMA-S, 6 edges x ~350 B), so a sparse system is the cheapest way to ask for
+        too much: Cu on a simple cubic lattice of 5 A (6 neighbours each, so LAMMPS and the
+        graph building stay cheap; a dense system would cost the CPU thousands of candidate
+        edges per atom before fairchem's max_neighbors rule cuts them to 300), sized to need
+        ~1.3x the GPU's memory (UMA-S on an H200: 132^3 = 2.3 M atoms, 13.8 M edges; the
+        same input with device cpu, memory capped, stops after ~20 s on a 2-core machine)."""
+        if DEVICE != "cuda":
+            self.skipTest("device %s: the out-of-GPU-memory test needs device cuda" % DEVICE)
+        if not os.path.exists(model_path("umas")):
+            self.skipTest("umas.safetensors not in UMAS_TEST_MODELS (with the tiny model the "
+                          "GPU would need ~4 M atoms)")
+        C, H, blocks = model_dims(model_path("umas"))
+        per_atom = 4.0 * ((2 * blocks + 7) * 9 * C + 6 * H + 18 * H) + 6 * 350.0
+        memory = gpu_memory_bytes()
+        side = int(math.ceil((1.3 * memory / per_atom) ** (1.0 / 3.0)))
+        natoms = side ** 3
+        script = """units metal
+atom_style atomic
+boundary p p p
+lattice sc %g
+region box block 0 %d 0 %d 0 %d
+create_box 1 box
+create_atoms 1 box
+mass 1 63.546
+pair_style umas %s task omat device cuda
+pair_coeff * * Cu
+run 0
+""" % (self.LATTICE, side, side, side, os.path.abspath(model_path("umas")))
+        try:
+            run = base.lammps(script, timeout=150)
+        except subprocess.TimeoutExpired:
+            self.fail("%d atoms: LAMMPS did not stop within 150 s" % natoms)
+        errors = [line for line in run.output.splitlines() if "ERROR" in line]
+        measured("out of GPU memory: %d atoms (%d^3, need ~%.0f GB of %.0f GB), exit %d after "
+                 "%.1f s: %s" % (natoms, side, natoms * per_atom / 1e9, memory / 1e9,
+                                 run.returncode, run.seconds,
+                                 errors[0] if errors else run.output[-500:]))
+        self.assertFalse(run.crashed(), run.output[-3000:])
+        self.assertNotEqual(run.returncode, 0, run.output[-3000:])
+        self.assertTrue(errors, run.output[-3000:])
+        match = re.search(r"out of GPU memory: [0-9.]+ MB for .+ \((\d+) atoms, (\d+) edges\)",
+                          "\n".join(errors))
+        self.assertIsNotNone(match, "\n".join(errors))
+        # the graph of the owned atoms (ghost atoms too, should a route count them)
+        self.assertGreaterEqual(int(match.group(1)), natoms)
+        self.assertLessEqual(int(match.group(1)), 1.5 * natoms)
+        self.assertGreaterEqual(int(match.group(2)), 6 * natoms)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
