@@ -50,6 +50,24 @@ static const umas_backend *find_backend(const char *name, const char *device, um
     return NULL;
 }
 
+/* umas_options.precision: NULL or the device's exact arithmetic, or a GPU tensor-core mode. */
+static int find_precision(const char *name, const char *device, umas_precision *precision,
+                          umas_error *err) {
+    int gpu = device && strcmp(device, "cuda") == 0;
+    *precision = UMAS_PRECISION_EXACT;
+    if (!name || strcmp(name, gpu ? "fp32" : "fp64") == 0)
+        return 0;
+    if (gpu && strcmp(name, "3xtf32") == 0)
+        *precision = UMAS_PRECISION_3XTF32;
+    else if (gpu && strcmp(name, "tf32") == 0)
+        *precision = UMAS_PRECISION_TF32;
+    else
+        return umas_fail(err, "precision '%s' is not available on device '%s' (%s)", name,
+                         device ? device : "cpu",
+                         gpu ? "cuda has fp32, 3xtf32 and tf32" : "the CPU computes in fp64");
+    return 0;
+}
+
 /* Atoms per atomic number of the whole system, validated against the element table. */
 static int *composition(const umas_model *model, const umas_system *sys, umas_error *err) {
     int z_max = model->info.max_num_elements;
@@ -137,6 +155,9 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
         find_backend(options ? options->backend : NULL, options ? options->device : NULL, err);
     if (!backend)
         return NULL;
+    umas_precision precision;
+    if (find_precision(options ? options->precision : NULL, backend->device, &precision, err))
+        return NULL;
     int *counts = composition(model, sys, err);
     if (!counts)
         return NULL;
@@ -148,6 +169,7 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
     ctx->model = model;
     ctx->task = umas_model_find_task(model, sys->task);
     ctx->backend = backend;
+    ctx->precision = precision;
     ctx->charge = sys->charge;
     ctx->spin = sys->spin;
     ctx->num_atoms = sys->num_atoms;

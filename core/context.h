@@ -51,10 +51,18 @@ extern const umas_backend umas_backend_general_cuda;
 extern const umas_backend umas_backend_fast_cuda;
 #endif
 
+/* Arithmetic of the matrix products (umas_options.precision). */
+typedef enum umas_precision {
+    UMAS_PRECISION_EXACT,  /* fp64 on the CPU, fp32 on the GPU */
+    UMAS_PRECISION_3XTF32, /* GPU: three TF32 tensor-core products (high/low split) */
+    UMAS_PRECISION_TF32,   /* GPU: one TF32 tensor-core product */
+} umas_precision;
+
 struct umas_context {
     const umas_model *model;
     const umas_task *task;
     const umas_backend *backend;
+    umas_precision precision;
     int charge, spin, num_atoms; /* the system of the merge */
     double *expert_coefficients; /* [K] */
     double *routing_input;       /* [2C] composition embedding mean, then c_sys */

@@ -96,8 +96,14 @@ typedef struct umas_system {
 } umas_system;
 
 typedef struct umas_options {
-    const char *backend; /* "general" (default when NULL) */
-    const char *device;  /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
+    const char
+        *backend;       /* "general" (default when NULL), "umas_fast" (alias "umas_fast_pytorch") */
+    const char *device; /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
+    /* Arithmetic of the matrix products. NULL: the device's exact default, "fp64" on the CPU,
+     * "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split into
+     * high and low TF32 parts: about float32 accuracy) and "tf32" (one TF32 product: faster,
+     * forces to about 1e-3 eV/A). */
+    const char *precision;
 } umas_options;
 
 umas_context *umas_context_create(const umas_model *model, const umas_system *system,

@@ -18,6 +18,7 @@ extern "C" {
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -27,8 +28,9 @@ namespace {
 
 struct dev_linear {
     int out = 0, in = 0;
-    float *weight = nullptr; /* [out][in] */
-    float *bias = nullptr;   /* [out] or null */
+    float *weight = nullptr;    /* [out][in]; with 3xtf32 its TF32 part */
+    float *weight_lo = nullptr; /* 3xtf32: weight - tf32(weight), else null */
+    float *bias = nullptr;      /* [out] or null */
 };
 struct dev_layer_norm {
     int n = 0;
@@ -47,7 +49,7 @@ struct dev_block {
     dev_linear conv1_m0, conv1_m1, conv1_m2, conv2_m0, conv2_m1, conv2_m2, ffn_scalar;
     /* umas_fast: the m > 0 convolutions in block form [[W1, -W2], [W2, W1]] (so2_fast.h) */
     dev_linear block_conv1_m1, block_conv1_m2, block_conv2_m1, block_conv2_m2;
-    float *so3_1 = nullptr, *so3_1_bias = nullptr, *so3_2 = nullptr, *so3_2_bias = nullptr;
+    dev_linear so3_1[3], so3_2[3]; /* per degree l; the bias on l = 0 only */
 };
 
 /* A device buffer that grows and remembers its size. */
@@ -61,6 +63,8 @@ struct cuda_state {
     cublasHandle_t blas = nullptr;
     int device = 0;
     bool fast = false; /* umas_fast: block-form SO(2) GEMMs and the unified radial MLP */
+    umas_precision precision = UMAS_PRECISION_EXACT;
+    int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 
@@ -84,6 +88,8 @@ struct cuda_state {
     buffer radial_input, pre_norm1, pre_norm2, hidden, radial, d_radial, d_gauss, radial_work,
         rotated, conv1_m0, gated, product_r, product_i, messages, d_rotated, d_gated, d_conv1_m0,
         d_messages, unscaled;
+    /* 3xtf32: the TF32 parts of a product's activation operand */
+    buffer split_hi, split_lo;
     /* umas_fast, per edge: every block's first radial layer output [E][L Ce]; in the backward
      * block l's slice is overwritten by its adjoint once block l is done */
     buffer first;
@@ -132,10 +138,8 @@ int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms,
     return 0;
 }
 
-float *upload(cuda_state *s, const double *host, size_t n) {
-    if (!host || n == 0)
-        return nullptr;
-    std::vector<float> f(host, host + n);
+float *upload_floats(cuda_state *s, const std::vector<float> &f) {
+    size_t n = f.size();
     void *p = nullptr;
     if (cudaMalloc(&p, n * sizeof(float)) != cudaSuccess)
         return nullptr;
@@ -145,13 +149,38 @@ float *upload(cuda_state *s, const double *host, size_t n) {
     return static_cast<float *>(p);
 }
 
-dev_linear upload_linear(cuda_state *s, const umas_linear &l) {
+float *upload(cuda_state *s, const double *host, size_t n) {
+    if (!host || n == 0)
+        return nullptr;
+    return upload_floats(s, std::vector<float>(host, host + n));
+}
+
+/* A linear layer [out][in] from float64 weights (and bias). With 3xtf32 the weight goes up as its
+ * TF32 part and the float32 remainder (split once here, in double). */
+dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *weight,
+                                 const double *bias) {
     dev_linear d;
-    d.out = l.out;
-    d.in = l.in;
-    d.weight = upload(s, l.weight, (size_t)l.out * l.in);
-    d.bias = upload(s, l.bias, l.bias ? (size_t)l.out : 0);
+    d.out = out;
+    d.in = in;
+    s->widest = std::max(s->widest, std::max(in, out));
+    size_t n = (size_t)out * in;
+    if (s->precision == UMAS_PRECISION_3XTF32) {
+        std::vector<float> hi(n), lo(n);
+        for (size_t k = 0; k < n; k++) {
+            hi[k] = umas_round_to_tf32((float)weight[k]);
+            lo[k] = (float)(weight[k] - (double)hi[k]);
+        }
+        d.weight = upload_floats(s, hi);
+        d.weight_lo = upload_floats(s, lo);
+    } else {
+        d.weight = upload(s, weight, n);
+    }
+    d.bias = upload(s, bias, bias ? (size_t)out : 0);
     return d;
+}
+
+dev_linear upload_linear(cuda_state *s, const umas_linear &l) {
+    return upload_linear_weights(s, l.out, l.in, l.weight, l.bias);
 }
 
 dev_radial upload_radial(cuda_state *s, const umas_radial_mlp &m) {
@@ -184,19 +213,45 @@ int blocks_for(size_t n) {
     return (int)(b < 65535 ? (b ? b : 1) : 65535);
 }
 
+/* One cuBLAS product C = A op B + beta C in the context's arithmetic: exact float32
+ * (pedantic, no TF32) or TF32 tensor cores (tf32 and the three products of 3xtf32). */
+void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const float *a, int lda,
+          const float *b, int ldb, float beta, float *c, int ldc) {
+    const float one = 1.0f;
+    cublasComputeType_t compute = s->precision == UMAS_PRECISION_EXACT
+                                      ? CUBLAS_COMPUTE_32F_PEDANTIC
+                                      : CUBLAS_COMPUTE_32F_FAST_TF32;
+    cublasGemmEx(s->blas, op_a, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb,
+                 &beta, c, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT);
+}
+
+/* C (+)= W-side x activation, where the activation is act [rows][width] (ld ldact): with
+ * 3xtf32 as lo_W hi_x + hi_W lo_x + hi_W hi_x (small terms first), else one product. */
+void gemm_split(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, int m, int k,
+                int rows, const float *act, int ldact, int width, float beta, float *c, int ldc) {
+    if (s->precision != UMAS_PRECISION_3XTF32) {
+        gemm(s, op_w, m, rows, k, lin.weight, lin.in, act, ldact, beta, c, ldc);
+        return;
+    }
+    float *hi = F(s->split_hi), *lo = F(s->split_lo);
+    cu_split_tf32(rows, width, act, ldact, hi, lo, s->stream);
+    gemm(s, op_w, m, rows, k, lin.weight_lo, lin.in, hi, width, beta, c, ldc);
+    gemm(s, op_w, m, rows, k, lin.weight, lin.in, lo, width, 1.0f, c, ldc);
+    gemm(s, op_w, m, rows, k, lin.weight, lin.in, hi, width, 1.0f, c, ldc);
+}
+
 /* y[rows][out] = x[rows][in] W^T + b (umas_linear_forward) */
 void linear_forward(cuda_state *s, const dev_linear &lin, int rows, const float *x, int ldx,
                     float *y, int ldy) {
     if (rows == 0)
         return;
-    float one = 1.0f, beta = 0.0f;
+    float beta = 0.0f;
     if (lin.bias) {
         broadcast_bias_kernel<<<blocks_for((size_t)rows * lin.out), 256, 0, s->stream>>>(
             rows, lin.out, lin.bias, y, ldy);
         beta = 1.0f;
     }
-    cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, lin.out, rows, lin.in, &one, lin.weight, lin.in,
-                x, ldx, &beta, y, ldy);
+    gemm_split(s, lin, CUBLAS_OP_T, lin.out, lin.in, rows, x, ldx, lin.in, beta, y, ldy);
 }
 
 /* dx[rows][0:cols] (+)= dy[rows][out] W[:, 0:cols] (umas_linear_backward) */
@@ -204,35 +259,34 @@ void linear_backward(cuda_state *s, const dev_linear &lin, int rows, const float
                      float *dx, int lddx, int cols, int accumulate) {
     if (rows == 0)
         return;
-    float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, cols, rows, lin.out, &one, lin.weight, lin.in,
-                dy, lddy, &beta, dx, lddx);
+    gemm_split(s, lin, CUBLAS_OP_N, cols, lin.out, rows, dy, lddy, lin.out,
+               accumulate ? 1.0f : 0.0f, dx, lddx);
 }
 
 /* y[:, i, :] = x[:, i, :] W_{l(i)}^T (+ bias at i = 0): so3_linear_forward */
 const int degree_of[9] = {0, 1, 1, 1, 2, 2, 2, 2, 2};
 
-void so3_linear_forward(cuda_state *s, float *weight, float *bias, int out, int in, int N,
-                        const float *x, float *y) {
-    for (int i = 0; i < 9; i++) {
-        dev_linear lin;
-        lin.out = out;
-        lin.in = in;
-        lin.weight = weight + (size_t)degree_of[i] * out * in;
-        lin.bias = i == 0 ? bias : nullptr;
-        linear_forward(s, lin, N, x + i * in, 9 * in, y + i * out, 9 * out);
-    }
+void so3_linear_forward(cuda_state *s, const dev_linear (&lin)[3], int N, const float *x,
+                        float *y) {
+    int out = lin[0].out, in = lin[0].in;
+    for (int i = 0; i < 9; i++)
+        linear_forward(s, lin[degree_of[i]], N, x + i * in, 9 * in, y + i * out, 9 * out);
 }
 
-void so3_linear_backward(cuda_state *s, float *weight, int out, int in, int N, const float *dy,
+void so3_linear_backward(cuda_state *s, const dev_linear (&lin)[3], int N, const float *dy,
                          float *dx, int accumulate) {
-    for (int i = 0; i < 9; i++) {
-        dev_linear lin;
-        lin.out = out;
-        lin.in = in;
-        lin.weight = weight + (size_t)degree_of[i] * out * in;
-        linear_backward(s, lin, N, dy + i * out, 9 * out, dx + i * in, 9 * in, in, accumulate);
-    }
+    int out = lin[0].out, in = lin[0].in;
+    for (int i = 0; i < 9; i++)
+        linear_backward(s, lin[degree_of[i]], N, dy + i * out, 9 * out, dx + i * in, 9 * in, in,
+                        accumulate);
+}
+
+/* The three per-degree weights [3][out][in] of an SO(3) linear; the bias goes with l = 0. */
+void upload_so3_linear(cuda_state *s, const double *weight, const double *bias, int out, int in,
+                       dev_linear (&lin)[3]) {
+    for (int l = 0; l < 3; l++)
+        lin[l] = upload_linear_weights(s, out, in, weight + (size_t)l * out * in,
+                                       l == 0 ? bias : nullptr);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -439,9 +493,9 @@ void ffn_forward(cuda_state *s, const dev_block &b, int N, int C, int H, const f
                  float *out) {
     float *gates = F(s->ffn_pre), *q = F(s->ffn_hidden);
     linear_forward(s, b.ffn_scalar, N, v, 9 * C, gates, 2 * H);
-    so3_linear_forward(s, b.so3_1, b.so3_1_bias, H, C, N, v, q);
+    so3_linear_forward(s, b.so3_1, N, v, q);
     cu_ffn_gate_forward(N, H, gates, q, s->stream);
-    so3_linear_forward(s, b.so3_2, b.so3_2_bias, C, H, N, q, out);
+    so3_linear_forward(s, b.so3_2, N, q, out);
 }
 
 /* umas_spectral_atomwise_backward: dv from v and d_out */
@@ -450,10 +504,10 @@ void ffn_backward(cuda_state *s, const dev_block &b, int N, int C, int H, const 
     float *pre = F(s->ffn_pre), *q = F(s->ffn_hidden), *d_r = F(s->ffn_d_r);
     float *d_pre = F(s->ffn_d_pre);
     linear_forward(s, b.ffn_scalar, N, v, 9 * C, pre, 2 * H);
-    so3_linear_forward(s, b.so3_1, b.so3_1_bias, H, C, N, v, q);
-    so3_linear_backward(s, b.so3_2, C, H, N, d_out, d_r, 0);
+    so3_linear_forward(s, b.so3_1, N, v, q);
+    so3_linear_backward(s, b.so3_2, N, d_out, d_r, 0);
     cu_ffn_gate_backward(N, H, pre, q, d_r, d_pre, s->stream);
-    so3_linear_backward(s, b.so3_1, H, C, N, q, dv, 0);
+    so3_linear_backward(s, b.so3_1, N, q, dv, 0);
     linear_backward(s, b.ffn_scalar, N, d_pre, 2 * H, dv, 9 * C, C, 1);
 }
 
@@ -547,7 +601,9 @@ void cuda_destroy(umas_context *ctx) {
                      &s->forces,
                      &s->virial,
                      &s->node_virial,
-                     &s->first};
+                     &s->first,
+                     &s->split_hi,
+                     &s->split_lo};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -579,13 +635,14 @@ int create(umas_context *ctx, bool fast, umas_error *err) {
     cuda_state *s = new cuda_state();
     ctx->backend_state = s;
     s->fast = fast;
+    s->precision = ctx->precision;
     cudaGetDevice(&s->device);
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;
     if (cublasCreate(&s->blas) != CUBLAS_STATUS_SUCCESS)
         return umas_fail(err, "device cuda: cuBLAS could not be initialised");
     cublasSetStream(s->blas, s->stream);
-    cublasSetMathMode(s->blas, CUBLAS_PEDANTIC_MATH); /* exact fp32: no TF32 */
+    /* the arithmetic of each product is set per call (gemm) */
 
     int Z = w->num_elements, C = w->C;
     s->sphere = upload(s, w->sphere_embedding, (size_t)Z * C);
@@ -613,10 +670,8 @@ int create(umas_context *ctx, bool fast, umas_error *err) {
         d.conv2_m1 = upload_linear(s, b.conv2_m1);
         d.conv2_m2 = upload_linear(s, b.conv2_m2);
         d.ffn_scalar = upload_linear(s, b.ffn_scalar);
-        d.so3_1 = upload(s, b.ffn_so3_1, 3 * (size_t)w->H * C);
-        d.so3_1_bias = upload(s, b.ffn_so3_1_bias, (size_t)w->H);
-        d.so3_2 = upload(s, b.ffn_so3_2, 3 * (size_t)C * w->H);
-        d.so3_2_bias = upload(s, b.ffn_so3_2_bias, (size_t)C);
+        upload_so3_linear(s, b.ffn_so3_1, b.ffn_so3_1_bias, w->H, C, d.so3_1);
+        upload_so3_linear(s, b.ffn_so3_2, b.ffn_so3_2_bias, C, w->H, d.so3_2);
         if (fast) {
             umas_fast_block form = {};
             if (umas_fast_block_init(&form, &b))
@@ -638,7 +693,7 @@ int create(umas_context *ctx, bool fast, umas_error *err) {
     s->final_norm = upload_rms(s, w->final_norm, C);
     for (int i = 0; i < 3; i++)
         s->head[i] = upload_linear(s, w->head[i]);
-    s->head_w3_dev = s->head[2].weight;
+    s->head_w3_dev = upload(s, w->head[2].weight, (size_t)w->H); /* exact: not a GEMM operand */
     if (check(cudaGetLastError(), "weight upload", err))
         return -1;
     for (void *p : s->weight_memory)
@@ -672,6 +727,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
     size_t wide = 4 * (C > H ? C : H), f = sizeof(float);
     int a = g.N, e = g.E;
+    size_t split = s->precision == UMAS_PRECISION_3XTF32 ? std::max(n, N) * s->widest : 0;
     struct item {
         buffer *b;
         size_t bytes;
@@ -721,6 +777,8 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->d_messages, n * 9 * C * f, "edge adjoints"},
         {&s->unscaled, n * 18 * C * f, "edge features"},
         {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
+        {&s->split_hi, split * f, "3xtf32 operands"},
+        {&s->split_lo, split * f, "3xtf32 operands"},
     };
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))

@@ -11,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <string.h>
+
 typedef struct cu_wigner {
     float l1[3][3];
     float l2[5][5];
@@ -177,5 +179,24 @@ void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t sc
 void cu_scatter_edge_gradients(int N, int E, const int *source, const int *target,
                                const double *vector, const double *gradient, double *forces,
                                double *virial, double *node_virial, cudaStream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
+ * precision.cu: TF32 operand splitting for the "3xtf32" precision
+ * ------------------------------------------------------------------------------------------- */
+
+/* a rounded to the nearest TF32 value (10 mantissa bits, ties to even; inf and NaN kept). */
+static inline __host__ __device__ float umas_round_to_tf32(float a) {
+    unsigned bits;
+    memcpy(&bits, &a, sizeof bits);
+    if ((bits & 0x7f800000u) != 0x7f800000u) /* finite */
+        bits = (bits + 0x0fffu + ((bits >> 13) & 1u)) & ~0x1fffu;
+    float h;
+    memcpy(&h, &bits, sizeof h);
+    return h;
+}
+
+/* hi [rows][cols] = tf32(x), lo = x - hi, from x [rows][ldx]. */
+void cu_split_tf32(int rows, int cols, const float *x, int ldx, float *hi, float *lo,
+                   cudaStream_t stream);
 
 #endif

@@ -78,11 +78,12 @@ void PairUMAS::allocate() {
             setflag[i][j] = 0;
 }
 
-/* pair_style umas FILE task T [charge Q] [spin S] [backend B] [device D] [mode M] */
+/* pair_style umas FILE task T [charge Q] [spin S] [backend B] [device D] [precision P]
+ * [mode M] */
 void PairUMAS::settings(int narg, char **arg) {
     if (narg < 1)
         fail("usage: pair_style umas model.safetensors task TASK [charge Q] [spin S] "
-             "[backend general] [device cpu] [mode auto|local|shell]");
+             "[backend general] [device cpu] [precision default] [mode auto|local|shell]");
     umas_context_free(context);
     context = nullptr;
     umas_model_free(model);
@@ -91,6 +92,7 @@ void PairUMAS::settings(int narg, char **arg) {
     task.clear();
     backend = "general";
     device = "cpu";
+    precision = "default";
     charge = 0;
     spin_given = false;
     requested_mode = AUTO;
@@ -112,6 +114,8 @@ void PairUMAS::settings(int narg, char **arg) {
             backend = value == "umas_fast_pytorch" ? "umas_fast" : value;
         else if (key == "device")
             device = value;
+        else if (key == "precision")
+            precision = value;
         else if (key == "mode") {
             if (value == "auto")
                 requested_mode = AUTO;
@@ -123,7 +127,7 @@ void PairUMAS::settings(int narg, char **arg) {
                 fail("mode must be auto, local or shell, not '" + value + "'");
         } else
             fail("unknown keyword '" + key +
-                 "' (known: task, charge, spin, backend, device, mode)");
+                 "' (known: task, charge, spin, backend, device, precision, mode)");
     }
 
     umas_error err;
@@ -229,7 +233,8 @@ void PairUMAS::update_merge(const char *why) {
     if (total == 0)
         fail("no atoms of the elements given in pair_coeff");
     umas_system system = {task.c_str(), charge, spin, (int)total, nullptr, counts.data()};
-    umas_options options = {backend.c_str(), device.c_str()};
+    umas_options options = {backend.c_str(), device.c_str(),
+                            precision == "default" ? nullptr : precision.c_str()};
     umas_error err;
     umas_context *next = umas_context_create(model, &system, &options, &err);
     if (!next)
@@ -277,7 +282,7 @@ void PairUMAS::print_banner() {
             std::to_string(spin) + "\n";
     text += "  MoLE merged for " + composition + "(expert coefficients " + coefficients + ")\n";
     text += "  types " + types + "\n";
-    text += "  backend " + backend + ", device " + device + ", mode " +
+    text += "  backend " + backend + ", device " + device + ", precision " + precision + ", mode " +
             (mode == SHELL ? "shell" : "local") + ", " + std::to_string(comm->nprocs) +
             " MPI ranks x " + std::to_string(umas_cpu_threads()) + " BLAS threads\n";
     text += "  memory: model file " + format_bytes((double)umas_model_bytes(model)) +

@@ -2,7 +2,7 @@
  *
  *   units metal
  *   pair_style umas model.safetensors task omat [charge 0] [spin 0] [backend general]
- *              [device cpu] [mode auto|local|shell]
+ *              [device cpu] [precision default|fp32|3xtf32|tf32] [mode auto|local|shell]
  *   pair_coeff * * Cu O            # LAMMPS type -> element (NULL: not this style's, hybrid)
  *
  * The style builds its own neighbour list from the atom and ghost positions (no neighbor list
@@ -41,7 +41,7 @@ class PairUMAS : public Pair {
     enum Mode { AUTO, LOCAL, SHELL };
 
     // pair_style arguments
-    std::string model_file, task, backend, device;
+    std::string model_file, task, backend, device, precision;
     int charge, spin;
     bool spin_given;
     Mode requested_mode, mode;

@@ -182,13 +182,14 @@ struct Evaluation {
 
     // Loads the model and merges it for the case; builds the case's edges. Throws on error.
     void setup(const std::string &model_file, const ReferenceCase &c,
-               const char *backend = "general", const char *device = "cpu") {
+               const char *backend = "general", const char *device = "cpu",
+               const char *precision = nullptr) {
         model = umas_model_load(model_file.c_str(), &err);
         if (!model)
             throw std::runtime_error(err.message);
         umas_system sys = {c.task.c_str(),          c.charge, c.spin, c.num_atoms,
                            c.atomic_numbers.data(), nullptr};
-        umas_options opt = {backend, device};
+        umas_options opt = {backend, device, precision};
         ctx = umas_context_create(model, &sys, &opt, &err);
         if (!ctx)
             throw std::runtime_error(err.message);

@@ -135,7 +135,7 @@ TEST(FastBackend, FairchemNameIsAnAliasAndUnknownNamesListIt) {
 
     umas_system sys = {c.task.c_str(),          c.charge, c.spin, c.num_atoms,
                        c.atomic_numbers.data(), nullptr};
-    umas_options opt = {"umas_slow", "cpu"};
+    umas_options opt = {"umas_slow", "cpu", nullptr};
     umas_error err = {};
     EXPECT_EQ(umas_context_create(alias.model, &sys, &opt, &err), nullptr);
     EXPECT_NE(std::string(err.message).find("umas_fast"), std::string::npos) << err.message;

@@ -1,6 +1,7 @@
 /* umas_bench.c - umas-bench: MD-step speed of the backends on rattled Cu FCC boxes.
  *
  *   umas-bench --model M.safetensors [--device cpu|cuda] [--backend general,umas_fast]
+ *              [--precision fp32|3xtf32|tf32]
  *              [--atoms 1000,2000,6000,16000] [--steps 10] [--warmup 2] [--skin 2.0]
  *
  * For each size and backend: a rattled (0.05 A) Cu FCC box of that many atoms (a = 3.61 A), its
@@ -70,8 +71,8 @@ static void fcc_box(const int cells[3], double *positions, double cell[9]) {
 
 /* One MD-like run: the neighbour list (cutoff + skin) handed over once, then per step the
  * atoms move a little (a fixed, tiny displacement pattern) and only positions go in. */
-static void bench_size(umas_model *model, const char *backend, const char *device, int atoms,
-                       int warmup, int steps, double skin) {
+static void bench_size(umas_model *model, const char *backend, const char *device,
+                       const char *precision, int atoms, int warmup, int steps, double skin) {
     int cells[3] = {0, 0, 0};
     if (!fcc_cells(atoms, cells)) {
         printf("%8d  (not a multiple of 4: skipped)\n", atoms);
@@ -100,7 +101,7 @@ static void bench_size(umas_model *model, const char *backend, const char *devic
     }
     size_t memory_before = umas_cuda_memory_in_use(), memory_peak = memory_before;
     umas_system sys = {"omat", 0, 0, atoms, z, NULL};
-    umas_options opt = {backend, device};
+    umas_options opt = {backend, device, precision};
     ctx = umas_context_create(model, &sys, &opt, &err);
     umas_neighbors list = {atoms,        atoms,           z, edges.num_edges, edges.source,
                            edges.target, edges.cell_shift};
@@ -147,7 +148,7 @@ done:
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *device = "cpu", *backend = "general";
+    const char *model_path = NULL, *device = "cpu", *backend = "general", *precision = NULL;
     const char *sizes = "1000,2000,6000,16000";
     int steps = 10, warmup = 2;
     double skin = 2.0;
@@ -164,6 +165,8 @@ int main(int argc, char **argv) {
             steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--warmup") == 0)
             warmup = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--precision") == 0)
+            precision = argv[i + 1];
         else if (strcmp(argv[i], "--skin") == 0)
             skin = atof(argv[i + 1]);
         else {
@@ -172,9 +175,11 @@ int main(int argc, char **argv) {
         }
     }
     if (!model_path || steps < 1 || warmup < 0 || skin < 0) {
-        fprintf(stderr, "usage: umas-bench --model M.safetensors [--device cpu|cuda] "
-                        "[--backend general,umas_fast] [--atoms 1000,2000,...] [--steps 10] "
-                        "[--warmup 2] [--skin 2.0]\n");
+        fprintf(
+            stderr,
+            "usage: umas-bench --model M.safetensors [--device cpu|cuda] "
+            "[--backend general,umas_fast] [--precision P] [--atoms 1000,2000,...] [--steps 10] "
+            "[--warmup 2] [--skin 2.0]\n");
         return 1;
     }
     umas_error err;
@@ -184,8 +189,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("model %s (%s), %d steps after %d warm-up, energy + forces + virial per step, "
-           "neighbour list to cutoff + %.1f A set once\n",
-           model_path, umas_model_get_info(model)->model_id, steps, warmup, skin);
+           "neighbour list to cutoff + %.1f A set once, precision %s\n",
+           model_path, umas_model_get_info(model)->model_id, steps, warmup, skin,
+           precision ? precision : "default (exact)");
     printf("%8s %9s  %-10s %-6s %10s %9s %9s %10s %10s %9s %9s\n", "atoms", "edges/at", "backend",
            "device", "ms/step", "steps/s", "ns/day", "context MB", "GPU peak", "fwd ms", "bwd ms");
     char *size_list = strdup(sizes), *size_next = NULL;
@@ -194,7 +200,7 @@ int main(int argc, char **argv) {
         char *backend_list = strdup(backend), *backend_next = NULL;
         for (char *name = strtok_r(backend_list, ",", &backend_next); name;
              name = strtok_r(NULL, ",", &backend_next))
-            bench_size(model, name, device, atoi(item), warmup, steps, skin);
+            bench_size(model, name, device, precision, atoi(item), warmup, steps, skin);
         free(backend_list);
     }
     free(size_list);

@@ -1,7 +1,7 @@
 /* umas_eval.c - umas-eval: energy of one structure (ASE extended XYZ), printed as JSON.
  *
  *   umas-eval --model M.safetensors --task omat [--charge 0] [--spin S] [--backend general]
- *             [--device cpu] STRUCTURE.extxyz
+ *             [--device cpu] [--precision fp32|3xtf32|tf32] STRUCTURE.extxyz
  *
  * Builds the periodic graph itself (all images within the cutoff), applies fairchem's
  * max_neighbors rule, runs the model and prints {"energy": eV, "energies": [eV per atom],
@@ -19,13 +19,14 @@
 #include <string.h>
 
 typedef struct arguments {
-    const char *model, *task, *backend, *device, *structure;
+    const char *model, *task, *backend, *device, *precision, *structure;
     int charge, spin, has_spin;
 } arguments;
 
 static void usage(FILE *out) {
     fprintf(out, "usage: umas-eval --model M.safetensors --task TASK [--charge Q] [--spin S]\n"
-                 "                 [--backend general] [--device cpu] STRUCTURE.extxyz\n"
+                 "                 [--backend general] [--device cpu] [--precision P]"
+                 " STRUCTURE.extxyz\n"
                  "Prints the energy (eV) and per-atom energies of the structure as JSON.\n"
                  "Defaults: charge 0; spin 1 for task omol, else 0 (as fairchem).\n");
 }
@@ -63,6 +64,8 @@ static int parse_arguments(int argc, char **argv, arguments *a) {
                 a->backend = value;
             else if (strcmp(arg, "--device") == 0)
                 a->device = value;
+            else if (strcmp(arg, "--precision") == 0)
+                a->precision = value;
             else if (strcmp(arg, "--charge") == 0) {
                 if (parse_int(value, arg, &a->charge))
                     return -1;
@@ -148,7 +151,7 @@ int main(int argc, char **argv) {
         goto fail;
     const umas_model_info *info = umas_model_get_info(model);
     umas_system system = {a.task, a.charge, a.spin, frame.num_atoms, frame.atomic_numbers, NULL};
-    umas_options options = {a.backend, a.device};
+    umas_options options = {a.backend, a.device, a.precision};
     ctx = umas_context_create(model, &system, &options, &err);
     if (!ctx)
         goto fail;
