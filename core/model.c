@@ -78,6 +78,37 @@ int umas_default_spin(const char *task) {
  * Safetensors header: {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, ...}
  * ------------------------------------------------------------------------------------------- */
 
+/* The JSON type of a value, for messages ("a string", "missing"). */
+static const char *json_type_name(const cJSON *v) {
+    if (!v)
+        return "missing";
+    if (cJSON_IsNumber(v))
+        return "a number";
+    if (cJSON_IsString(v))
+        return "a string";
+    if (cJSON_IsBool(v))
+        return "a boolean";
+    if (cJSON_IsNull(v))
+        return "null";
+    if (cJSON_IsArray(v))
+        return "an array";
+    if (cJSON_IsObject(v))
+        return "an object";
+    return "an invalid value";
+}
+
+/* A safetensors data offset: an integer in 0..2^53 (exact in a double). */
+static int is_byte_offset(double v) {
+    return v >= 0 && v <= 9007199254740992.0 && v == floor(v);
+}
+
+static void format_offset(double v, char *buf, size_t size) {
+    if (is_byte_offset(v))
+        snprintf(buf, size, "%.0f", v);
+    else
+        snprintf(buf, size, "%.6g", v);
+}
+
 static int parse_tensor_entry(const cJSON *entry, const unsigned char *data, size_t data_size,
                               umas_tensor *t, umas_error *err) {
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(entry, "dtype");
@@ -112,13 +143,29 @@ static int parse_tensor_entry(const cJSON *entry, const unsigned char *data, siz
             return umas_fail(err, "tensor '%s': shape too large", t->name);
         t->numel *= (size_t)v;
     }
-    double begin = cJSON_GetNumberValue(cJSON_GetArrayItem(offsets, 0));
-    double end = cJSON_GetNumberValue(cJSON_GetArrayItem(offsets, 1));
-    if (!(begin >= 0 && end >= begin && end <= (double)data_size))
+    const cJSON *first = cJSON_GetArrayItem(offsets, 0), *second = cJSON_GetArrayItem(offsets, 1);
+    if (!cJSON_IsNumber(first) || !cJSON_IsNumber(second))
+        return umas_fail(err, "tensor '%s': data_offsets must be two numbers (got %s, %s)", t->name,
+                         json_type_name(first), json_type_name(second));
+    double begin = first->valuedouble, end = second->valuedouble;
+    /* Offsets are printed exactly only when they are plain byte counts; anything else (1e300,
+     * -3, 2.5) is printed with %g, so that the message stays short. */
+    char b[32], e[32];
+    format_offset(begin, b, sizeof b);
+    format_offset(end, e, sizeof e);
+    if (!(begin >= 0 && end >= 0) || begin != floor(begin) || end != floor(end))
         return umas_fail(err,
-                         "tensor '%s': data_offsets [%.0f, %.0f] outside the %zu data bytes"
-                         " (truncated or corrupt file)",
-                         t->name, begin, end, data_size);
+                         "tensor '%s': data_offsets [%s, %s] are not non-negative integers"
+                         " (corrupt file)",
+                         t->name, b, e);
+    if (begin > (double)data_size || end > (double)data_size)
+        return umas_fail(err,
+                         "tensor '%s': data_offsets [%s, %s] out of range: exceed the %zu"
+                         " data bytes (truncated or corrupt file)",
+                         t->name, b, e, data_size);
+    if (begin > end)
+        return umas_fail(err, "tensor '%s': data_offsets [%s, %s] reversed (corrupt file)", t->name,
+                         b, e);
     if ((size_t)(end - begin) != t->numel * item)
         return umas_fail(err, "tensor '%s': %.0f data bytes for %zu elements of %s", t->name,
                          end - begin, t->numel, dtype->valuestring);
@@ -332,9 +379,12 @@ static int parse_metadata(umas_model *m, const cJSON *header, umas_error *err) {
     const cJSON *model_id = cJSON_GetObjectItemCaseSensitive(meta, "model_id");
     if (!cJSON_IsString(format) || strcmp(format->valuestring, "umas-model") != 0)
         umas_fail(err, "not a umas model file: metadata format is not 'umas-model'");
-    else if (!cJSON_IsNumber(version) || version->valuedouble != 1)
-        umas_fail(err, "model file format_version %g is not supported (this umas reads 1)",
-                  cJSON_GetNumberValue(version));
+    else if (!cJSON_IsNumber(version))
+        umas_fail(err, "model metadata: format_version must be a number (got %s)",
+                  json_type_name(version));
+    else if (version->valuedouble != 1)
+        umas_fail(err, "model file format_version %.6g is not supported (this umas reads 1)",
+                  version->valuedouble);
     else if (!cJSON_IsString(model_id))
         umas_fail(err, "model metadata: 'model_id' missing");
     else if (!(m->model_id = copy_string(model_id->valuestring)))

@@ -4,7 +4,8 @@
 // Specification:
 //  * a converted reference checkpoint loads with the checkpoint's hyperparameters and tasks;
 //  * a missing, truncated, corrupt or inconsistent file gives an error string naming the file and
-//    the first problem (a tensor with a wrong shape is named), never a crash;
+//    the first problem (a tensor with a wrong shape is named), never a crash; hostile values
+//    (data_offsets 1e300 or a string, a string format_version) give a short message naming them;
 //  * a context refuses an unknown task, an element outside the embedding table, and a charge or
 //    spin outside the embedding range, each with a message saying what to fix;
 //  * umas_compute refuses graphs with NaN vectors, overlapping atoms or bad indices.
@@ -176,6 +177,68 @@ TEST(ModelFile, DataOffsetsOutsideTheFile) {
     EXPECT_NE(message.find("data_offsets"), std::string::npos) << message;
 }
 
+// The first tensor's data_offsets replaced by `offsets`; the loader's message.
+std::string offsets_error(const std::string &offsets) {
+    std::string path = edited_tiny_model("offsets_edit", [&](std::string &h) {
+        size_t at = h.find("\"data_offsets\":[");
+        ASSERT_NE(at, std::string::npos);
+        size_t close = h.find(']', at);
+        h.replace(at + 16, close - (at + 16), offsets);
+    });
+    return load_error(path);
+}
+
+TEST(ModelFile, DataOffsetsMessagesStayShort) {
+    // Fuzzer finding L5: huge offsets were printed with %.0f (1e300: 301 digits, message cut).
+    struct {
+        const char *offsets, *message;
+    } cases[] = {
+        {"0,1e300", "data_offsets [0, 1e+300] out of range: exceed the "},
+        {"0,123456789012345678901234567890", "data_offsets [0, 1.23457e+29] out of range"},
+        {"0,2621909", "data_offsets [0, 2621909] out of range: exceed the "},
+        {"1e300,1e301", "data_offsets [1e+300, 1e+301] out of range"},
+        {"-8,256", "data_offsets [-8, 256] are not non-negative integers"},
+        {"0.5,256", "data_offsets [0.5, 256] are not non-negative integers"},
+        {"256,0", "data_offsets [256, 0] reversed"},
+        {"\"0\",256", "data_offsets must be two numbers (got a string, a number)"},
+        {"0,null", "data_offsets must be two numbers (got a number, null)"},
+    };
+    for (const auto &c : cases) {
+        std::string message = offsets_error(c.offsets);
+        EXPECT_NE(message.find(c.message), std::string::npos) << c.offsets << ": " << message;
+        EXPECT_LT(message.size(), 200u) << c.offsets << ": " << message;
+        EXPECT_EQ(message.find("nan"), std::string::npos) << c.offsets << ": " << message;
+    }
+}
+
+TEST(ModelFile, FormatVersionMustBeANumber) {
+    // Fuzzer finding L5: a string format_version was printed as "-nan".
+    struct {
+        const char *value, *message;
+    } cases[] = {
+        {"\\\"1\\\"", "model metadata: format_version must be a number (got a string)"},
+        {"null", "model metadata: format_version must be a number (got null)"},
+        {"[1]", "model metadata: format_version must be a number (got an array)"},
+        {"2", "model file format_version 2 is not supported (this umas reads 1)"},
+        {"1.5", "model file format_version 1.5 is not supported (this umas reads 1)"},
+    };
+    for (const auto &c : cases) {
+        std::string path = edited_tiny_model("format_version", [&](std::string &h) {
+            replace_once(h, "\\\"format_version\\\": 1,",
+                         std::string("\\\"format_version\\\": ") + c.value + ",");
+        });
+        std::string message = load_error(path);
+        EXPECT_NE(message.find(c.message), std::string::npos) << c.value << ": " << message;
+        EXPECT_EQ(message.find("nan"), std::string::npos) << c.value << ": " << message;
+    }
+    std::string path = edited_tiny_model("format_version_missing", [](std::string &h) {
+        replace_once(h, "\\\"format_version\\\": 1,", "");
+    });
+    std::string message = load_error(path);
+    EXPECT_NE(message.find("format_version must be a number (got missing)"), std::string::npos)
+        << message;
+}
+
 TEST(ModelFile, UnsupportedArchitectureIsRefused) {
     std::string path = edited_tiny_model(
         "lmax", [](std::string &h) { replace_once(h, "\\\"lmax\\\": 2", "\\\"lmax\\\": 3"); });
@@ -217,7 +280,7 @@ class Context : public ::testing::Test {
     std::string create_error(const char *task, int charge, int spin, std::vector<int> z,
                              const char *backend = "general") {
         umas_system sys = {task, charge, spin, (int)z.size(), z.data(), nullptr};
-        umas_options opt = {backend, "cpu"};
+        umas_options opt = {backend, "cpu", nullptr};
         umas_context *ctx = umas_context_create(model, &sys, &opt, &err);
         umas_context_free(ctx);
         return ctx ? "" : err.message;
