@@ -1,8 +1,11 @@
-/* precision.cu - splitting float32 operands into TF32 parts for the "3xtf32" precision: a = hi +
- * lo with hi = a rounded to TF32 (10 mantissa bits, exactly representable, so the tensor cores
- * read it unchanged) and lo = a - hi (exact in float32). A product a b is then taken as
- * hi_a hi_b + hi_a lo_b + lo_a hi_b: the dropped lo_a lo_b and the TF32 rounding of the lo parts
- * leave about 2^-21 relative error per term, close to float32's 2^-24. */
+/* precision.cu - TF32 operands for the tensor-core precisions (experimental, see bench/README.md
+ * for the errors measured on the H200).
+ *   3xtf32: a = hi + lo, hi = tf32(a), lo = tf32(a - hi); a b is taken as
+ *           lo_a hi_b + hi_a lo_b + hi_a hi_b. The dropped lo_a lo_b and the rounding of lo
+ *           leave about 2^-22 relative error per product term; the tensor cores' own fp32
+ *           accumulation adds to it (measured: forces as fp32, energies not).
+ *   tf32:   one product; the weights are rounded to TF32 at upload, the activations are read
+ *           by the tensor cores as they are (rounding them too cost a pass, gained nothing). */
 #include "kernels.h"
 
 #include "common.cuh"
@@ -17,7 +20,8 @@ __global__ void split_tf32_kernel(int rows, int cols, const float *x, int ldx, f
         size_t r = k / (size_t)cols, c = k % (size_t)cols;
         float a = x[r * (size_t)ldx + c], h = umas_round_to_tf32(a);
         hi[k] = h;
-        lo[k] = a - h;
+        if (lo)
+            lo[k] = umas_round_to_tf32(a - h);
     }
 }
 

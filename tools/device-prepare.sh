@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
       -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-cmake --build build-cuda -j2 --target test_cuda umas-bench umas-eval lmp_umas
+cmake --build build-cuda -j2 --target test_cuda test_neighbors umas-bench umas-eval lmp_umas
 rm -rf .devbin && mkdir -p .devbin/stage
-cp build-cuda/tests/test_cuda build-cuda/umas-bench build-cuda/umas-eval build-cuda/lmp_umas \
+cp build-cuda/tests/test_cuda build-cuda/tests/test_neighbors build-cuda/umas-bench build-cuda/umas-eval build-cuda/lmp_umas \
    .devbin/stage/
 strip .devbin/stage/lmp_umas
 # the launcher must need no MPI and no liblammps; its non-system libraries are carried below

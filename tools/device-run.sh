@@ -20,8 +20,11 @@ if [ -f .devbin/umas.pt.xz ]; then
 fi
 export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
 if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
-    /tmp/umas/bin/test_cuda 2>&1 | tee "$OUT/test_cuda.log" | grep -E "measured|FAIL|PASSED|SKIPPED|Failure|error"
-    echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT/test_cuda.log"
+    for test in test_cuda test_neighbors; do
+        /tmp/umas/bin/$test 2>&1 | tee "$OUT/$test.log" |
+            grep -E "measured|FAIL|SKIPPED|Failure|error" | grep -v "no CUDA device"
+    done
+    echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT"/test_cuda.log "$OUT"/test_neighbors.log
 fi
 if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
     echo "== LAMMPS, pair_style umas device cuda (tests/test_lammps_gpu.py)"
@@ -36,7 +39,24 @@ if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
          "$(grep -E '^(OK|FAILED)' "$OUT/test_lammps_gpu.log" | tail -n 1)"
 fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
-    echo "== umas-bench, umas model (UMA-S shape), general backend on the GPU"
-    /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
-        --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" --steps 5 --warmup 2 | tee "$OUT/bench.txt"
+    # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
+    for variant in "general,umas_fast fp32" "umas_fast 3xtf32" "umas_fast tf32"; do
+        set -- $variant
+        echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU"
+        /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
+            --backend "$1" --precision "$2" --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" \
+            --steps "${UMAS_BENCH_STEPS:-5}" --warmup 2 | tee -a "$OUT/bench.txt"
+    done
 fi
+if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
+    # per-kernel time of one MD step at 2000 atoms (Nsight Compute, one metric: one replay)
+    for variant in "umas_fast fp32" "umas_fast 3xtf32"; do
+        set -- $variant
+        echo "== kernel breakdown, 2000 atoms, backend $1, precision $2 (one step)"
+        ncu --metrics gpu__time_duration.sum --csv /tmp/umas/bin/umas-bench \
+            --model /tmp/umas/models/umas.safetensors --device cuda --backend "$1" \
+            --precision "$2" --atoms 2000 --steps 1 --warmup 0 > "$OUT/profile-$2.csv" 2>&1
+        python3 bench/kernel_breakdown.py "$OUT/profile-$2.csv" | tee "$OUT/breakdown-$2.txt"
+    done
+fi
+
