@@ -195,7 +195,8 @@ static inline __host__ __device__ float umas_round_to_tf32(float a) {
     return h;
 }
 
-/* hi [rows][cols] = tf32(x), lo = x - hi, from x [rows][ldx]. */
+/* hi [rows][cols] = tf32(x), lo = tf32(x - hi) (not written when lo is null), from
+ * x [rows][ldx]. */
 void cu_split_tf32(int rows, int cols, const float *x, int ldx, float *hi, float *lo,
                    cudaStream_t stream);
 
