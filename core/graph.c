@@ -486,6 +486,13 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
                         double v[3] = {rj[0] - ri[0] + shift[0], rj[1] - ri[1] + shift[1],
                                        rj[2] - ri[2] + shift[2]};
                         double d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+                        int self =
+                            by_bin_atom[e] == i && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
+                        if (d2 == 0 && !self) { /* the model is undefined there (1/d) */
+                            umas_fail(err, "atoms %d and %d are on top of each other (distance 0)",
+                                      by_bin_atom[e], i);
+                            goto done;
+                        }
                         if (!(d2 > 0 && d2 <= rc2)) {
                             continue;
                         }

@@ -206,7 +206,8 @@ typedef struct umas_edge_list {
 
 /* All ordered pairs (j, i, n) with 0 < |r_j + n.cell - r_i| <= cutoff, over every periodic image
  * along the periodic directions (any triclinic cell; cells smaller than the cutoff included).
- * cell rows are the lattice vectors; it is ignored along non-periodic directions. */
+ * cell rows are the lattice vectors; it is ignored along non-periodic directions. Fails with
+ * "atoms i and j are on top of each other" when two atoms (or images) are at distance 0. */
 int umas_build_edges(int num_atoms, const double *positions, const double cell[9], const int pbc[3],
                      double cutoff, umas_edge_list *edges, umas_error *err);
 void umas_edge_list_free(umas_edge_list *edges);

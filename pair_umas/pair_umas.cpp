@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 using namespace LAMMPS_NS;
@@ -318,6 +319,18 @@ void PairUMAS::check_position(int slot) {
                               " has a non-finite position (NaN or inf)");
 }
 
+/* Stops with a graph-builder message, its "atoms i and j" (indices of the model atoms of this
+ * rank, owned and ghost) turned into LAMMPS atom IDs. */
+void PairUMAS::fail_with_atom_ids(const char *message) {
+    int i = -1, j = -1;
+    std::string text = message;
+    if (sscanf(message, "atoms %d and %d", &i, &j) == 2 && i >= 0 && j >= 0 &&
+        i < (int)slot_of.size() && j < (int)slot_of.size())
+        text = "atom IDs " + std::to_string(atom->tag[slot_of[i]]) + " and " +
+               std::to_string(atom->tag[slot_of[j]]) + text.substr(text.find(" are "));
+    error->one(FLERR, "pair_style umas: " + text);
+}
+
 /* Hops from the owned atoms (0) over the edges, capped at max_hop + 1 for nodes farther away:
  * breadth-first search over the incoming edges of each node (the graph is symmetric). */
 static std::vector<int> receptive_hops(const umas_edge_list &edges, int nodes, int owned,
@@ -391,7 +404,7 @@ void PairUMAS::build_list() {
     umas_error err;
     if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff + neighbor->skin,
                          &all, &err))
-        error->one(FLERR, std::string("pair_style umas: ") + err.message);
+        fail_with_atom_ids(err.message);
     std::vector<int> incoming(model_atoms, 0);
     for (int e = 0; e < all.num_edges; e++)
         incoming[all.target[e]]++;
@@ -400,7 +413,7 @@ void PairUMAS::build_list() {
     if (every_step) {
         umas_edge_list_free(&all);
         if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff, &all, &err))
-            error->one(FLERR, std::string("pair_style umas: ") + err.message);
+            fail_with_atom_ids(err.message);
         int cut = umas_limit_neighbors(&all, model_atoms, info->max_neighbors);
         if (cut > 0 && !warned_max_neighbors) {
             warned_max_neighbors = true;

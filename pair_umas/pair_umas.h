@@ -74,6 +74,7 @@ class PairUMAS : public Pair {
     void print_banner();
     int gather_atoms();
     void check_position(int slot);
+    void fail_with_atom_ids(const char *message);
     void build_list();
 };
 

@@ -440,7 +440,8 @@ TEST(BuildEdges, SmallCellManyImages) {
 }
 
 // Random structures (triclinic, skewed, smaller than the cutoff, mixed periodicity, unwrapped
-// atoms, a duplicated atom) against a brute-force search: the same edges and bit-equal vectors.
+// atoms) against a brute-force search: the same edges and bit-equal vectors. (Atoms on top of
+// each other are an error: AtomsOnTopOfEachOtherAreAnError.)
 TEST(BuildEdges, MatchesBruteForce) {
     const double nan = std::nan("");
     struct Case {
@@ -483,9 +484,6 @@ TEST(BuildEdges, MatchesBruteForce) {
                 }
             }
             s.positions.insert(s.positions.end(), r, r + 3);
-        }
-        if (s.num_atoms > 5) { // a duplicate atom: no zero-length edge, but all its images
-            std::copy(s.positions.begin(), s.positions.begin() + 3, s.positions.end() - 3);
         }
         Edges edges;
         build(s, c.cutoff, edges);
@@ -630,6 +628,22 @@ TEST(BuildEdges, Errors) {
 
 // ------------------------------------------------------------------------------------------------
 // umas_limit_neighbors
+
+TEST(BuildEdges, AtomsOnTopOfEachOtherAreAnError) {
+    // atom 2 at atom 0's place; atom 1 at a periodic image of atom 0 (one cell along x)
+    const double cell[9] = {5, 0, 0, 0, 5, 0, 0, 0, 5};
+    const int pbc[3] = {1, 1, 1};
+    umas_edge_list edges = {};
+    umas_error err = {};
+    const double same_place[9] = {1, 1, 1, 3, 3, 3, 1, 1, 1};
+    EXPECT_NE(umas_build_edges(3, same_place, cell, pbc, 4.0, &edges, &err), 0);
+    EXPECT_NE(std::string(err.message).find("on top of each other"), std::string::npos)
+        << err.message;
+    const double image_place[6] = {1, 1, 1, 6, 1, 1};
+    EXPECT_NE(umas_build_edges(2, image_place, cell, pbc, 4.0, &edges, &err), 0);
+    EXPECT_NE(std::string(err.message).find("atoms 1 and 0"), std::string::npos) << err.message;
+    umas_edge_list_free(&edges);
+}
 
 TEST(LimitNeighbors, FairchemRuleOnFcc108) {
     Structure s = load_structure(fs::path(data_dir()) / "tiny" / "a_cu_fcc_108");

@@ -831,6 +831,23 @@ class BadInput(unittest.TestCase):
         """spin -1: names the spin."""
         self.expect_error(self.cu(style=pair_style("omol", "spin -1")), ["spin", "-1"])
 
+    def test_atoms_on_top_of_each_other(self):
+        """Atom 2 moved onto atom 1 (`set atom 2 x/y/z` to atom 1's position): names both atom
+        IDs; the model is undefined at distance 0."""
+        directory, _ = cu_files("p p p")
+        positions, _ = cu_cell()
+        x, y, z = positions[0]
+        script = self.cu().replace("run 0\n", "set atom 2 x %.17g y %.17g z %.17g\nrun 0\n" %
+                                   (x, y, z))
+        run = lammps(script, directory=directory, timeout=120)
+        error_lines = [line for line in run.output.splitlines() if "ERROR" in line]
+        measured("exit %d: %s" % (run.returncode, error_lines[0] if error_lines else ""))
+        self.assertFalse(run.crashed(), run.output[-3000:])
+        self.assertNotEqual(run.returncode, 0)
+        self.assertTrue(any("atom IDs 2 and 1" in line or "atom IDs 1 and 2" in line
+                            for line in error_lines), run.output[-2000:])
+        self.assertIn("on top of each other", "\n".join(error_lines))
+
     def test_unknown_keyword(self):
         """pair_style umas ... temperature 300: names the keyword."""
         self.expect_error(self.cu(style=pair_style("omat", "temperature 300")), ["temperature"])
