@@ -291,6 +291,15 @@ void umas_rotate_back_backward(const umas_wigner *D, double env, const double *z
     }
 }
 
+void umas_rotate_back_chunk_backward(const umas_edge_chunk *edges, const double *z,
+                                     const double *d_out, int C, double *dz, umas_wigner *d_wigner,
+                                     double *d_envelope) {
+    for (int e = 0; e < edges->count; e++)
+        umas_rotate_back_backward(&edges->wigner[e], edges->envelope[e], z + (size_t)e * 9 * C,
+                                  d_out + (size_t)edges->target[e] * 9 * C, C,
+                                  dz + (size_t)e * 9 * C, &d_wigner[e], &d_envelope[e]);
+}
+
 /* Backward of umas_gather_rotate for one edge: dy [9][2C] M-order. d_source/d_target [9][C] +=
  * D^T dy^L (each half); dD[i][j] += <dy^L[i], [x_source | x_target][j]>. */
 void umas_gather_rotate_backward(const umas_wigner *D, const double *x_source,
@@ -324,11 +333,7 @@ void umas_edgewise_backward(const umas_block_weights *b, int C, int H, const uma
     double *dz = work->d_messages, *dg = work->d_gated, *dy = work->d_rotated;
 
     /* rotate back + scatter */
-    for (int e = 0; e < n; e++)
-        umas_rotate_back_backward(&edges->wigner[e], edges->envelope[e],
-                                  work->messages + (size_t)e * 9 * C,
-                                  d_out + (size_t)edges->target[e] * 9 * C, C,
-                                  dz + (size_t)e * 9 * C, &d_wigner[e], &d_envelope[e]);
+    umas_rotate_back_chunk_backward(edges, work->messages, d_out, C, dz, d_wigner, d_envelope);
     /* conv2 */
     umas_linear_backward(&b->conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
     so2_m_backward(&b->conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H, dg + 5 * H, 9 * H,

@@ -77,6 +77,11 @@ void umas_rotate_back_scatter(const umas_wigner *D, double env, const double *z,
  * dD[i][j] += env <z^L[i], a[j]>;  d_env += <z^L, D a>. */
 void umas_rotate_back_backward(const umas_wigner *D, double env, const double *z, const double *a,
                                int C, double *dz, umas_wigner *dD, double *d_env);
+/* The same over a chunk: dz [n][9C] from the messages z [n][9C] and d_out [N][9C] (by target);
+ * d_wigner, d_envelope [n] accumulated. */
+void umas_rotate_back_chunk_backward(const umas_edge_chunk *edges, const double *z,
+                                     const double *d_out, int C, double *dz, umas_wigner *d_wigner,
+                                     double *d_envelope);
 /* Gate of conv1's output (M-order): g[0] = SiLU(o[0]), g[p] = o[p] * sigmoid(gate_l), l the
  * degree of p; gates = conv1_m0 [n][5H] columns [0, 2H); o, g [n][9H] (g may alias o). */
 void umas_edge_gate_forward(int n, int H, const double *conv1_m0, const double *o, double *g);

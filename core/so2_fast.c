@@ -152,11 +152,7 @@ void umas_fast_edgewise_backward(const umas_block_weights *b, const umas_fast_bl
     double *dz = work->d_messages, *dg = work->d_gated, *dy = work->d_rotated;
 
     /* rotate back + scatter: dz [n][9C] */
-    for (int e = 0; e < n; e++)
-        umas_rotate_back_backward(&edges->wigner[e], edges->envelope[e],
-                                  work->messages + (size_t)e * 9 * C,
-                                  d_out + (size_t)edges->target[e] * 9 * C, C,
-                                  dz + (size_t)e * 9 * C, &d_wigner[e], &d_envelope[e]);
+    umas_rotate_back_chunk_backward(edges, work->messages, d_out, C, dz, d_wigner, d_envelope);
     /* conv2^T: dg [n][9H]; for m > 0 [dg_r | dg_i] = [dz_r | dz_i] W_block */
     umas_linear_backward(&b->conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
     umas_linear_backward(&f->conv2_m1, n, dz + 3 * C, 9 * C, dg + 3 * H, 9 * H, 4 * H, 0);

@@ -247,4 +247,29 @@ struct Evaluation {
     int pbc[3] = {0, 0, 0};
 };
 
+// Central finite differences (step h = 1e-4 A) of the energy for the first, middle and last
+// atom, each direction, against the forces of the same evaluation: each component within
+// 1e-6 x max(1, max |F|). Returns the largest |F - finite difference| (eV/A).
+inline double check_forces_by_finite_differences(Evaluation &ev, const ReferenceCase &c) {
+    std::vector<double> forces = ev.compute(c.atomic_numbers, true).forces;
+    const double h = 1e-4;
+    double worst = 0;
+    for (int atom : {0, c.num_atoms / 2, c.num_atoms - 1})
+        for (int k = 0; k < 3; k++) {
+            std::vector<double> moved = c.positions;
+            moved[3 * atom + k] += h;
+            ev.rebuild_edges(moved, c.cell);
+            double up = ev.energy(c.atomic_numbers, nullptr);
+            moved[3 * atom + k] -= 2 * h;
+            ev.rebuild_edges(moved, c.cell);
+            double down = ev.energy(c.atomic_numbers, nullptr);
+            double fd = -(up - down) / (2 * h);
+            worst = std::max(worst, std::fabs(fd - forces[3 * atom + k]));
+            EXPECT_NEAR(fd, forces[3 * atom + k], 1e-6 * std::max(1.0, max_abs(forces)))
+                << "atom " << atom << " component " << k;
+        }
+    ev.rebuild_edges(c.positions, c.cell);
+    return worst;
+}
+
 #endif

@@ -151,23 +151,7 @@ TEST_P(FastFiniteDifferences, ForcesAreMinusTheEnergyGradient) {
     ReferenceCase c = load_case("tiny", GetParam());
     Evaluation ev;
     ev.setup(model_path("tiny"), c, "umas_fast");
-    std::vector<double> forces = ev.compute(c.atomic_numbers, true).forces;
-    const double h = 1e-4;
-    double worst = 0;
-    for (int atom : {0, c.num_atoms / 2, c.num_atoms - 1})
-        for (int k = 0; k < 3; k++) {
-            std::vector<double> moved = c.positions;
-            moved[3 * atom + k] += h;
-            ev.rebuild_edges(moved, c.cell);
-            double up = ev.energy(c.atomic_numbers, nullptr);
-            moved[3 * atom + k] -= 2 * h;
-            ev.rebuild_edges(moved, c.cell);
-            double down = ev.energy(c.atomic_numbers, nullptr);
-            double fd = -(up - down) / (2 * h);
-            worst = std::max(worst, std::fabs(fd - forces[3 * atom + k]));
-            EXPECT_NEAR(fd, forces[3 * atom + k], 1e-6 * std::max(1.0, max_abs(forces)))
-                << "atom " << atom << " component " << k;
-        }
+    double worst = check_forces_by_finite_differences(ev, c);
     std::printf("[ measured ] tiny/%s umas_fast: |F - finite difference| <= %.2e eV/A\n",
                 GetParam().c_str(), worst);
 }
