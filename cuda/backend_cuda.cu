@@ -82,6 +82,8 @@ struct cuda_state {
     /* per edge */
     buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
     /* per node */
+    buffer node_sums; /* [N][9][C] fixed-point sums of edge terms (kernels.h), kept zero between
+                         uses */
     buffer z, h, u, ffn_out, ffn_pre, ffn_hidden, head_hidden, node_output, saved, dh, du, d_tmp,
         ffn_d_pre, ffn_d_r;
     /* per chunk */
@@ -108,6 +110,9 @@ float *F(buffer &b) {
 }
 int *I(buffer &b) {
     return static_cast<int *>(b.ptr);
+}
+unsigned long long *U(buffer &b) {
+    return static_cast<unsigned long long *>(b.ptr);
 }
 
 /* Grows b to at least `bytes`; on failure writes the error (with what the graph needs). */
@@ -472,8 +477,9 @@ void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, 
     linear_backward(s, Wl, n, F(s->product_i), Wl.out, dx_i, ldx, Wl.in, 0);
 }
 
+/* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. */
 void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
-                       const float *x, const float *d_out, float *d_x) {
+                       const float *x, const float *d_out) {
     cudaStream_t st = s->stream;
     edgewise_messages(s, b, C, H, n, first, x, true);
     float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
@@ -491,8 +497,8 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
                  dy + 16 * C, 18 * C);
     cu_scale_by_radial_backward(n, C, F(s->radial), F(s->unscaled), dy, F(s->d_radial), st);
-    cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy, d_x,
-                              dW(s, first), st);
+    cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy,
+                              U(s->node_sums), dW(s, first), st);
 }
 
 void message_input(cuda_state *s, const dev_block &b, int N, int C, const float *h, float *u) {
@@ -615,7 +621,8 @@ void cuda_destroy(umas_context *ctx) {
                      &s->node_virial,
                      &s->first,
                      &s->split_hi,
-                     &s->split_lo};
+                     &s->split_lo,
+                     &s->node_sums};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -756,6 +763,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->d_distance, E * f, "edge adjoints"},
         {&s->gradient, E * 3 * sizeof(double), "edge gradients"},
         {&s->z, N * sizeof(int), "atoms"},
+        {&s->node_sums, N * 9 * C * sizeof(unsigned long long), "node sums"},
         {&s->h, N * 9 * C * f, "node features"},
         {&s->u, N * 9 * C * f, "node features"},
         {&s->ffn_out, N * 9 * C * f, "node features"},
@@ -810,8 +818,9 @@ void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
         int n = block_radial_chunk(s, w, l, g, first);
         edgewise_messages(s, b, C, H, n, first, F(s->u), false);
         cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(s->messages), F(s->h), s->stream);
+                               F(s->messages), U(s->node_sums), s->stream);
     }
+    cu_fixed_add((size_t)N * 9 * C, U(s->node_sums), F(s->h), s->stream);
     if (save)
         cudaMemcpyAsync(save + (size_t)N * 9 * C, F(s->h), size, cudaMemcpyDeviceToDevice,
                         s->stream);
@@ -835,9 +844,10 @@ void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g
     cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
     for (int first = 0; first < g.E; first += s->chunk) {
         int n = block_radial_chunk(s, w, l, g, first);
-        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), F(s->du));
+        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh));
         block_radial_backward(s, w, l, n, first);
     }
+    cu_fixed_add(size, U(s->node_sums), F(s->du), s->stream);
     cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
     cu_add(size, F(s->d_tmp), F(s->dh), s->stream);
 }
@@ -886,13 +896,15 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     size_t size = (size_t)N * 9 * C;
     cu_edge_geometry(E, static_cast<const double *>(s->vec.ptr), w->cutoff, F(s->distance),
                      F(s->envelope), static_cast<cu_wigner *>(s->wigner.ptr), st);
+    cudaMemsetAsync(s->node_sums.ptr, 0, sizeof(unsigned long long) * size, st);
     cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
     record_trace(ctx, s, 0, F(s->h), N);
     for (int first = 0; first < E; first += s->chunk) {
         int n = radial_chunk(s, w, s->degree, g, first);
         cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(s->radial), F(s->h), st);
+                               F(s->radial), U(s->node_sums), st);
     }
+    cu_fixed_add(size, U(s->node_sums), F(s->h), st);
     record_trace(ctx, s, 1, F(s->h), N);
     if (s->fast)
         unified_radial_forward(s, w, g);

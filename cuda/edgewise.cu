@@ -11,13 +11,17 @@
  * Parallel structure:
  *   - elementwise / per-(edge, channel) kernels: one thread per item over a flat index
  *     (grid-stride loop), node rows read coalesced over the channel;
- *   - scatters into node rows: atomicAdd(float) (summation order is nondeterministic);
+ *   - scatters into node rows: 64-bit fixed-point atomics (cu_fixed_point: integer sums do not
+ *     depend on their order, so every run gives the same bits), converted into the float rows
+ *     once per chunk loop by cu_fixed_add;
  *   - per-edge dot products over the channels (d_wigner, d_envelope): one block per edge,
  *     threads over the channels, a shuffle tree per warp then a sum over the (<= 8) warps.
  * The per-(edge, channel) math lives in __host__ __device__ functions so that it can be checked
- * on the host against the CPU code; accumulate() is atomicAdd on the device, += on the host. */
+ * on the host against the CPU code; accumulate() is an atomic add on the device, += on the
+ * host. */
 #include "kernels.h"
 
+#include <math.h>
 #include <stddef.h>
 
 static_assert(sizeof(cu_wigner) == 34 * sizeof(float), "cu_wigner must be 34 packed floats");
@@ -57,12 +61,13 @@ HD float silu_derivativef(float x) { /* s (1 + x (1 - s)) */
     return s * (1.0f + x * (1.0f - s));
 }
 
-/* *p += v: atomic on the device (several edges hit one node row), plain on the host. */
-HD void accumulate(float *p, float v) {
+/* fixed[i] += v in 2^-32 units: atomic on the device (several edges hit one node row), plain
+ * on the host. Integer addition is associative, so the sum is the same in any order. */
+HD void accumulate(unsigned long long *fixed, size_t i, float v) {
 #ifdef __CUDA_ARCH__
-    atomicAdd(p, v);
+    atomicAdd(fixed + i, (unsigned long long)__float2ll_rn(v * CU_FIXED_ONE));
 #else
-    *p += v;
+    fixed[i] += (unsigned long long)llrintf(v * CU_FIXED_ONE);
 #endif
 }
 
@@ -224,14 +229,14 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
 /* ---------------------------------------------------------------------------------------------
  * gather_rotate_backward (core/edgewise.c gather_rotate_backward)
  * dy [n][9][2C] M-order. d_x[source] += D^T dy^L[:, 0:C], d_x[target] += D^T dy^L[:, C:2C]
- * (atomic); d_wigner[e][i][j] += sum_c dy^L[i][c] x_s[j][c] + dy^L[i][C + c] x_t[j][c].
+ * (fixed point); d_wigner[e][i][j] += sum_c dy^L[i][c] x_s[j][c] + dy^L[i][C + c] x_t[j][c].
  * One block per edge, threads over the channels.
  * ------------------------------------------------------------------------------------------- */
 
 /* Channel c of edge e: scatters d_x, adds the 34 dot-product terms into acc. */
 HD void gather_rotate_backward_one(int e, int c, const int *source, const int *target,
                                    const cu_wigner *wigner, int C, const float *x, const float *dy,
-                                   float *d_x, float acc[34]) {
+                                   unsigned long long *d_x, float acc[34]) {
     float W[34], xs[9], xt[9], dys[9], dyt[9], ds[9], dt[9];
     load_wigner(&wigner[e], W);
     size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
@@ -247,8 +252,8 @@ HD void gather_rotate_backward_one(int e, int c, const int *source, const int *t
     rotate_transpose(W, dyt, dt);
 #pragma unroll
     for (int j = 0; j < 9; j++) {
-        accumulate(&d_x[s + (size_t)j * C + c], ds[j]);
-        accumulate(&d_x[t + (size_t)j * C + c], dt[j]);
+        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
+        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
     }
     outer_accumulate(dys, xs, acc);
     outer_accumulate(dyt, xt, acc);
@@ -256,7 +261,8 @@ HD void gather_rotate_backward_one(int e, int c, const int *source, const int *t
 
 __global__ void gather_rotate_backward_kernel(const int *source, const int *target,
                                               const cu_wigner *wigner, int C, const float *x,
-                                              const float *dy, float *d_x, cu_wigner *d_wigner) {
+                                              const float *dy, unsigned long long *d_x,
+                                              cu_wigner *d_wigner) {
     __shared__ float total[34];
     int e = blockIdx.x;
     float acc[34];
@@ -271,7 +277,7 @@ __global__ void gather_rotate_backward_kernel(const int *source, const int *targ
 }
 
 void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
-                               int C, const float *x, const float *dy, float *d_x,
+                               int C, const float *x, const float *dy, unsigned long long *d_x,
                                cu_wigner *d_wigner, cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
@@ -513,12 +519,13 @@ void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float
 
 /* ---------------------------------------------------------------------------------------------
  * rotate_back_scatter (core/edgewise.c rotate_back_scatter)
- * x_out[target[e]][j][c] += env[e] sum_i D[i][j] z^L[i][c] (atomic); z [n][9][C] M-order,
+ * x_out[target[e]][j][c] += env[e] sum_i D[i][j] z^L[i][c] (fixed point); z [n][9][C] M-order,
  * x_out [N][9][C]. One thread per (edge, channel), 9 atomics each.
  * ------------------------------------------------------------------------------------------- */
 
 HD void rotate_back_scatter_one(int e, int c, const int *target, const cu_wigner *wigner,
-                                const float *envelope, int C, const float *z, float *x_out) {
+                                const float *envelope, int C, const float *z,
+                                unsigned long long *x_out) {
     float W[34], zl[9], out[9];
     load_wigner(&wigner[e], W);
     const float *ze = z + (size_t)e * 9 * C;
@@ -527,21 +534,21 @@ HD void rotate_back_scatter_one(int e, int c, const int *target, const cu_wigner
         zl[m_to_l(p)] = ze[(size_t)p * C + c];
     rotate_transpose(W, zl, out);
     float env = envelope[e];
-    float *xo = x_out + (size_t)target[e] * 9 * C;
+    size_t row = (size_t)target[e] * 9 * C;
 #pragma unroll
     for (int j = 0; j < 9; j++)
-        accumulate(&xo[(size_t)j * C + c], env * out[j]);
+        accumulate(x_out, row + (size_t)j * C + c, env * out[j]);
 }
 
 __global__ void rotate_back_scatter_kernel(int n, const int *target, const cu_wigner *wigner,
                                            const float *envelope, int C, const float *z,
-                                           float *x_out) {
+                                           unsigned long long *x_out) {
     FLAT_LOOP(i, (size_t)n * C)
     rotate_back_scatter_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, z, x_out);
 }
 
 void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
-                            const float *envelope, int C, const float *z, float *x_out,
+                            const float *envelope, int C, const float *z, unsigned long long *x_out,
                             cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
@@ -621,36 +628,38 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
 /* ---------------------------------------------------------------------------------------------
  * edge_degree_forward (core/edgewise.c umas_edge_degree_forward)
  * x_out[target[e]] += (env / 5) rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]:
- * row 0 += a rho0, rows 1 + j += a D^1[1][j] rho1, rows 4 + j += a D^2[2][j] rho2 (atomic).
+ * row 0 += a rho0, rows 1 + j += a D^1[1][j] rho1, rows 4 + j += a D^2[2][j] rho2 (fixed
+ * point).
  * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
 HD void edge_degree_forward_one(int e, int c, const int *target, const cu_wigner *wigner,
-                                const float *envelope, int C, const float *radial, float *x_out) {
+                                const float *envelope, int C, const float *radial,
+                                unsigned long long *x_out) {
     const float *W = (const float *)&wigner[e];
     const float *rho = radial + (size_t)e * 3 * C;
     float a = envelope[e] / 5.0f; /* fairchem's rescale factor 5 */
     float r0 = rho[c], r1 = rho[C + c], r2 = rho[2 * C + c];
-    float *out = x_out + (size_t)target[e] * 9 * C;
-    accumulate(&out[c], a * r0);
+    size_t row = (size_t)target[e] * 9 * C;
+    accumulate(x_out, row + c, a * r0);
 #pragma unroll
     for (int j = 0; j < 3; j++)
-        accumulate(&out[(size_t)(1 + j) * C + c], a * W[W_L1_M0 + j] * r1);
+        accumulate(x_out, row + (size_t)(1 + j) * C + c, a * W[W_L1_M0 + j] * r1);
 #pragma unroll
     for (int j = 0; j < 5; j++)
-        accumulate(&out[(size_t)(4 + j) * C + c], a * W[W_L2_M0 + j] * r2);
+        accumulate(x_out, row + (size_t)(4 + j) * C + c, a * W[W_L2_M0 + j] * r2);
 }
 
 __global__ void edge_degree_forward_kernel(int n, const int *target, const cu_wigner *wigner,
                                            const float *envelope, int C, const float *radial,
-                                           float *x_out) {
+                                           unsigned long long *x_out) {
     FLAT_LOOP(i, (size_t)n * C)
     edge_degree_forward_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, radial, x_out);
 }
 
 void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
-                            const float *envelope, int C, const float *radial, float *x_out,
-                            cudaStream_t stream) {
+                            const float *envelope, int C, const float *radial,
+                            unsigned long long *x_out, cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
     edge_degree_forward_kernel<<<flat_blocks((size_t)n * C), FLAT_THREADS, 0, stream>>>(
@@ -740,4 +749,21 @@ void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
         return;
     edge_degree_backward_kernel<<<n, edge_threads(C), 0, stream>>>(
         target, wigner, envelope, C, radial, d_out, d_radial, d_wigner, d_envelope);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * fixed_add: x[i] += fixed[i] 2^-32, then fixed[i] = 0 (ready for the next sums).
+ * ------------------------------------------------------------------------------------------- */
+
+__global__ void fixed_add_kernel(size_t n, unsigned long long *fixed, float *x) {
+    FLAT_LOOP(i, n) {
+        x[i] += (float)((double)(long long)fixed[i] * CU_FIXED_UNIT);
+        fixed[i] = 0;
+    }
+}
+
+void cu_fixed_add(size_t n, unsigned long long *fixed, float *x, cudaStream_t stream) {
+    if (n == 0)
+        return;
+    fixed_add_kernel<<<flat_blocks(n), FLAT_THREADS, 0, stream>>>(n, fixed, x);
 }

@@ -13,6 +13,12 @@
 
 #include <string.h>
 
+/* Node sums of edge terms are taken in 64-bit fixed point: a value v is added as the integer
+ * round(v 2^32) (range +-2^31, resolution 2.3e-10). Integer sums do not depend on the order in
+ * which the edges add up, so forces are bitwise reproducible run to run. */
+#define CU_FIXED_ONE  4294967296.0f
+#define CU_FIXED_UNIT (1.0 / 4294967296.0)
+
 typedef struct cu_wigner {
     float l1[3][3];
     float l2[5][5];
@@ -67,10 +73,10 @@ void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_
  * for the target; x [N][9][C], y [n][9][2C]. */
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
                       const float *x, float *y, cudaStream_t stream);
-/* gather_rotate_backward: d_x (accumulate, atomic) += D^T dy^L per half; d_wigner[e]
- * (accumulate, no atomics needed: one edge per record) += <dy^L[i], [x_s | x_t][j]>. */
+/* gather_rotate_backward: d_x (fixed point [N][9][C], accumulate) += D^T dy^L per half;
+ * d_wigner[e] (accumulate, one edge per record) += <dy^L[i], [x_s | x_t][j]>. */
 void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
-                               int C, const float *x, const float *dy, float *d_x,
+                               int C, const float *x, const float *dy, unsigned long long *d_x,
                                cu_wigner *d_wigner, cudaStream_t stream);
 
 /* scale_by_radial: y[n][18C] *= radial[n][12C] at radial_slot(k). */
@@ -100,9 +106,10 @@ void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float 
 void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float *dg,
                       float *d_conv1_m0, cudaStream_t stream);
 
-/* rotate_back_scatter: x_out[target[e]] += env D^T z^L (atomic). z [n][9][C] M-order. */
+/* rotate_back_scatter: x_out[target[e]] += env D^T z^L (fixed point [N][9][C]). z [n][9][C]
+ * M-order. */
 void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
-                            const float *envelope, int C, const float *z, float *x_out,
+                            const float *envelope, int C, const float *z, unsigned long long *x_out,
                             cudaStream_t stream);
 /* rotate_back_backward: dz[e] = env (D a)[m_to_l[p]] with a = d_out[target[e]] (overwrite);
  * d_wigner[e] += env <z^L[i], a[j]>; d_envelope[e] += <z^L, D a>. */
@@ -112,10 +119,12 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
                              cudaStream_t stream);
 
 /* umas_edge_degree_forward / _backward (radial [n][3C]; d_radial overwrite; d_wigner,
- * d_envelope accumulate; x_out accumulate, atomic). */
+ * d_envelope accumulate; x_out accumulate, fixed point [N][9][C]). */
 void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
-                            const float *envelope, int C, const float *radial, float *x_out,
-                            cudaStream_t stream);
+                            const float *envelope, int C, const float *radial,
+                            unsigned long long *x_out, cudaStream_t stream);
+/* x[i] += fixed[i] 2^-32 and fixed[i] = 0, i < n: the fixed-point sums into float rows. */
+void cu_fixed_add(size_t n, unsigned long long *fixed, float *x, cudaStream_t stream);
 void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
                              const float *envelope, int C, const float *radial, const float *d_out,
                              float *d_radial, cu_wigner *d_wigner, float *d_envelope,
@@ -174,8 +183,8 @@ void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t sc
                      int *kept_source, int *kept_target, double *kept_vector, int *count,
                      cudaStream_t stream);
 /* core/context.c scatter_edge_gradients: forces [N][3] = -dE/dx, virial [6] and, when not null,
- * node_virial [N][6] from the E edges' gradient [E][3] (all double; zeroed first; atomicAdd, so
- * the order of the sums varies in the last bits between runs). */
+ * node_virial [N][6] from the E edges' gradient [E][3] (all double; zeroed first; summed in
+ * 64-bit fixed point of 2^-32 eV/A or eV, range +-2^31: the same bits in every run). */
 void cu_scatter_edge_gradients(int N, int E, const int *source, const int *target,
                                const double *vector, const double *gradient, double *forces,
                                double *virial, double *node_virial, cudaStream_t stream);

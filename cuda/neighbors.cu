@@ -1,12 +1,14 @@
 /* neighbors.cu - the neighbour-list route on the GPU (umas_compute_positions): edge vectors from
  * positions and periodic images, the stable selection of the edges within the cutoff, and the
- * scatter of dE/dr into forces and virials, so that per step only positions go up and forces
- * come down. */
+ * scatter of dE/dr into forces and virials (fixed-point sums: bitwise reproducible), so that per
+ * step only positions go up and forces come down. */
 #include "kernels.h"
 
 #include "common.cuh"
 
 #include <cub/device/device_scan.cuh>
+
+#include <cstring>
 
 enum { NEIGHBOR_THREADS = 256 };
 
@@ -82,8 +84,15 @@ void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t sc
         E, keep, slot, source, target, vector, kept, kept_source, kept_target, kept_vector, count);
 }
 
+/* v (eV/A or eV) in 2^-32 units, added atomically: integer sums, the same bits in any order. */
+__device__ void add_fixed(double *sum, double v) {
+    atomicAdd(reinterpret_cast<unsigned long long *>(sum),
+              (unsigned long long)__double2ll_rn(v * 4294967296.0));
+}
+
 /* F_source -= g, F_target += g; W_e = -sym(r (x) g) (xx yy zz xy xz yz) summed per block, then
- * added to virial[6]; half of W_e to each end's node_virial when given. */
+ * added to virial[6]; half of W_e to each end's node_virial when given. All sums in 64-bit fixed
+ * point held in the double arrays' bits (fixed_to_double turns them into doubles). */
 __global__ void scatter_gradients_kernel(int E, const int *source, const int *target,
                                          const double *vector, const double *gradient,
                                          double *forces, double *virial, double *node_virial) {
@@ -97,8 +106,8 @@ __global__ void scatter_gradients_kernel(int E, const int *source, const int *ta
         const double *r = vector + 3 * (size_t)e, *g = gradient + 3 * (size_t)e;
         size_t s = (size_t)source[e], t = (size_t)target[e];
         for (int k = 0; k < 3; k++) {
-            atomicAdd(forces + 3 * s + k, -g[k]);
-            atomicAdd(forces + 3 * t + k, g[k]);
+            add_fixed(forces + 3 * s + k, -g[k]);
+            add_fixed(forces + 3 * t + k, g[k]);
         }
         const double w[6] = {-r[0] * g[0],
                              -r[1] * g[1],
@@ -109,15 +118,31 @@ __global__ void scatter_gradients_kernel(int E, const int *source, const int *ta
         for (int k = 0; k < 6; k++) {
             w_sum[k] += w[k];
             if (node_virial) {
-                atomicAdd(node_virial + 6 * s + k, 0.5 * w[k]);
-                atomicAdd(node_virial + 6 * t + k, 0.5 * w[k]);
+                add_fixed(node_virial + 6 * s + k, 0.5 * w[k]);
+                add_fixed(node_virial + 6 * t + k, 0.5 * w[k]);
             }
         }
     }
-    block_sum<6>(w_sum);
+    block_sum<6>(w_sum); /* fixed order within the block */
     if (threadIdx.x == 0)
         for (int k = 0; k < 6; k++)
-            atomicAdd(virial + k, w_sum[k]);
+            add_fixed(virial + k, w_sum[k]);
+}
+
+/* In place: the fixed-point integer in each element's bits -> its double value. */
+__global__ void fixed_to_double_kernel(size_t n, double *x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        long long fixed;
+        memcpy(&fixed, &x[i], sizeof fixed);
+        x[i] = (double)fixed / 4294967296.0;
+    }
+}
+
+static void fixed_to_double(size_t n, double *x, cudaStream_t stream) {
+    if (n > 0)
+        fixed_to_double_kernel<<<grid_for(n, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0, stream>>>(n,
+                                                                                               x);
 }
 
 void cu_scatter_edge_gradients(int N, int E, const int *source, const int *target,
@@ -127,9 +152,12 @@ void cu_scatter_edge_gradients(int N, int E, const int *source, const int *targe
     cudaMemsetAsync(virial, 0, sizeof(double) * 6, stream);
     if (node_virial)
         cudaMemsetAsync(node_virial, 0, sizeof(double) * 6 * (size_t)N, stream);
-    if (E <= 0)
-        return;
-    scatter_gradients_kernel<<<grid_for((size_t)E, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0,
-                               stream>>>(E, source, target, vector, gradient, forces, virial,
-                                         node_virial);
+    if (E > 0)
+        scatter_gradients_kernel<<<grid_for((size_t)E, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0,
+                                   stream>>>(E, source, target, vector, gradient, forces, virial,
+                                             node_virial);
+    fixed_to_double(3 * (size_t)N, forces, stream);
+    fixed_to_double(6, virial, stream);
+    if (node_virial)
+        fixed_to_double(6 * (size_t)N, node_virial, stream);
 }

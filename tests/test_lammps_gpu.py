@@ -234,7 +234,6 @@ class GpuVersusCpu(GpuTest):
 
 class EnergyDrift(GpuTest):
     STEPS = int(os.environ.get("UMAS_TEST_NVE_STEPS", "200"))
-    SLOPE_FLOOR = 1e-5  # eV/atom/ps: below this two slopes over 0.2 ps are both noise
     NOISE = 2e-6  # relative float32 round-off of an energy (see GpuVersusCpu)
 
     @staticmethod
@@ -254,8 +253,10 @@ class EnergyDrift(GpuTest):
     def test_nve_drift(self):
         """examples/cu_fcc for 200 NVE steps (1 fs, 108 atoms from 300 K) with device cuda and
         with device cpu: total energy every 10 steps. The drift (least-squares slope of E/N)
-        on the GPU is within 2x the CPU's (or both below 1e-5 eV/atom/ps), and its fluctuation
-        max |E - E_0|/N within 3x the CPU's or the float32 round-off of E/N (2e-6 relative)."""
+        on the GPU is within 2x the CPU's, or below what float32 round-off of E/N (2e-6
+        relative) can fake over the run (2 x noise / duration); its fluctuation max |E - E_0|/N
+        within 3x the CPU's or that round-off. (The 10^5-step GPU run in
+        examples/long_nve measures the drift itself.)"""
         results = {}
         for device in (DEVICE, "cpu"):
             directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
@@ -273,7 +274,9 @@ class EnergyDrift(GpuTest):
         gpu, cpu = results[DEVICE], results["cpu"]
         measured("NVE drift device %s / cpu: slope %.2f, max %.2f" % (
             DEVICE, abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
-        self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), self.SLOPE_FLOOR))
+        duration_ps = self.STEPS * 1e-3
+        slope_floor = 2 * self.NOISE * energy_per_atom / duration_ps
+        self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), slope_floor))
         self.assertLessEqual(gpu[1], max(3 * cpu[1], self.NOISE * energy_per_atom))
 
 

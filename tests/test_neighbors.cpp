@@ -8,7 +8,8 @@
 //    per-atom virial, to float64 round-off (CPU) and to float32 round-off (GPU), also after the
 //    cell changed (NPT);
 //  * per-edge gradients come back over the whole list, exactly zero beyond the cutoff;
-//  * on the GPU it meets the CUDA bounds against fairchem's float64 truth on every case;
+//  * on the GPU it meets the CUDA bounds against fairchem's float64 truth on every case, and two
+//    runs give bitwise the same energy, forces and per-atom virials;
 //  * misuse and bad positions give an error naming the problem.
 #include "reference.hpp"
 
@@ -276,6 +277,10 @@ TEST_P(NeighborRouteCuda, MatchesFairchemAndTheGraphRoute) {
     // the list is built from positions moved away from the reference, which is then evaluated
     list.set(ev, c, rattled(c.positions, 0.2 * skin));
     Outputs fast = neighbor_route(ev, list, c, c.positions, c.cell);
+    Outputs again = neighbor_route(ev, list, c, c.positions, c.cell);
+    EXPECT_EQ(again.energy, fast.energy);
+    EXPECT_EQ(again.forces, fast.forces) << "forces differ between two runs";
+    EXPECT_EQ(again.node_virial, fast.node_virial);
 
     double energy_bound = std::max(1e-4, 1e-5 * c.num_atoms);
     std::vector<double> ref_forces = npy_load(c.file("forces_f64.npy")).values;
