@@ -131,8 +131,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     if (verbose)
-        fprintf(stderr, "umas_model_load: ok (%s, %d tasks)\n", umas_model_get_info(model)->model_id,
-                umas_model_get_info(model)->num_tasks);
+        fprintf(stderr, "umas_model_load: ok (%s, %d tasks)\n",
+                umas_model_get_info(model)->model_id, umas_model_get_info(model)->num_tasks);
     exercise_context(model);
     umas_model_free(model);
     return 0;
