@@ -2,11 +2,7 @@
 # On the device (after tools/device-prepare.sh here, carry [".devbin"]): the 10^5-step NVE run
 # of examples/long_nve/in.cu_gpu on the GPU with the serial launcher; log and drift under $OUT.
 set -uo pipefail
-OUT=${OUT:-/tmp/umas-out}
-mkdir -p "$OUT" /tmp/umas/bin /tmp/umas/models
-tar -C /tmp/umas/bin -xJf .devbin/binaries.tar.xz
-cublas=$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -n 1)
-export LD_LIBRARY_PATH="/tmp/umas/bin:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"):${LD_LIBRARY_PATH:-}"
+source tools/device-env.sh
 python3 tools/umas_convert.py tests/data/checkpoints/tiny.pt /tmp/umas/models/tiny.safetensors
 cd examples/long_nve
 timeout "${UMAS_LONG_SECONDS:-560}" /tmp/umas/bin/lmp_umas -in in.cu_gpu \

@@ -4,11 +4,7 @@
 # serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a part out.
 set -uo pipefail
-OUT=${OUT:-/tmp/umas-out}
-mkdir -p "$OUT" /tmp/umas/bin /tmp/umas/models
-tar -C /tmp/umas/bin -xJf .devbin/binaries.tar.xz
-cublas=$(find / -name 'libcublas.so.13' -not -path '*/proc/*' 2>/dev/null | head -n 1)
-export LD_LIBRARY_PATH="/tmp/umas/bin:$(dirname "${cublas:-/usr/local/cuda/lib64/x}"):${LD_LIBRARY_PATH:-}"
+source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # convert the reference checkpoints with the stdlib converter
 for pt in tests/data/checkpoints/tiny.pt tests/data/checkpoints/tiny_v12.pt; do
