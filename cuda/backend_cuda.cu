@@ -96,7 +96,6 @@ struct cuda_state {
      * block l's slice is overwritten by its adjoint once block l is done */
     buffer first;
     /* neighbour-list route: the list (umas_set_neighbors) and its per-step selection */
-    int list_nodes = 0, list_edges = 0;
     buffer list_source, list_target, list_image, list_vector, keep, slot, kept, select_scratch,
         flags, positions, cell, forces, virial, node_virial;
     size_t buffer_bytes = 0;
@@ -1033,8 +1032,6 @@ int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
         cudaMemcpy(s->list_target.ptr, nb->target, E * sizeof(int), cudaMemcpyHostToDevice);
         cudaMemcpy(s->list_image.ptr, nb->image, 3 * E * sizeof(int), cudaMemcpyHostToDevice);
     }
-    s->list_nodes = a;
-    s->list_edges = e;
     return check(cudaGetLastError(), "uploading the neighbour list", err);
 }
 
@@ -1042,7 +1039,7 @@ int cuda_compute_positions(umas_context *ctx, const double *positions, const dou
                            umas_result *result, int gradients, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_neighbor_state *nb = &ctx->neighbors;
-    int N = s->list_nodes, listed = s->list_edges;
+    int N = nb->num_nodes, listed = nb->num_edges;
     cudaSetDevice(s->device);
     cudaStream_t st = s->stream;
     if (N > 0)
