@@ -444,11 +444,8 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cudaStream_t st = s->stream;
     float *y = F(s->rotated), *o = F(s->gated), *z = F(s->messages);
     float *g = keep ? F(s->d_gated) : o;
-    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, y, st);
-    if (keep)
-        cudaMemcpyAsync(F(s->unscaled), y, sizeof(float) * (size_t)n * 18 * C,
-                        cudaMemcpyDeviceToDevice, st);
-    cu_scale_by_radial(n, C, F(s->radial), y, st);
+    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(s->radial),
+                     keep ? F(s->unscaled) : nullptr, y, st);
     linear_forward(s, b.conv1_m0, n, y, 18 * C, F(s->conv1_m0), 5 * H);
     cu_copy_rows(n, 3 * H, F(s->conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,

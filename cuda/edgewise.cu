@@ -71,6 +71,17 @@ HD void accumulate(unsigned long long *fixed, size_t i, float v) {
 #endif
 }
 
+/* The radial weight of position k in [0, 18C) of an edge's [9][2C] M-order features (radial
+ * [12C]): rows 0..2 by [0, 6C), rows 3, 4 and again 5, 6 by [6C, 10C), rows 7 and again 8 by
+ * [10C, 12C) (core/edgewise.c radial_slot). */
+HD int radial_slot(int k, int C) {
+    if (k < 6 * C)
+        return k;
+    if (k < 14 * C)
+        return 6 * C + (k - 6 * C) % (4 * C);
+    return 10 * C + (k - 14 * C) % (2 * C);
+}
+
 HD void load_wigner(const cu_wigner *w, float W[34]) {
     const float *f = (const float *)w;
 #pragma unroll
@@ -190,40 +201,53 @@ template <int K> __device__ void block_sum(float (&v)[K], float *total) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * gather_rotate (core/edgewise.c gather_rotate)
- * y[e][p][0:C] = (D x[source[e]])[m_to_l(p)], y[e][p][C:2C] likewise for target[e].
- * x [N][9][C], y [n][9][2C]. One thread per (edge, channel).
+ * gather_rotate (core/edgewise.c gather_rotate) with conv1's radial scaling fused in
+ * u[e][p][0:C] = (D x[source[e]])[m_to_l(p)], u[e][p][C:2C] likewise for target[e];
+ * y = u * radial at radial_slot (scale_by_radial), and u itself into `unscaled` when it is not
+ * null (the backward needs it). x [N][9][C], y and unscaled [n][9][2C], radial [n][12C].
+ * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
 HD void gather_rotate_one(int e, int c, const int *source, const int *target,
-                          const cu_wigner *wigner, int C, const float *x, float *y) {
+                          const cu_wigner *wigner, int C, const float *x, const float *radial,
+                          float *unscaled, float *y) {
     float W[34], xs[9], xt[9], ys[9], yt[9];
     load_wigner(&wigner[e], W);
     load_column(x + (size_t)source[e] * 9 * C, C, c, xs);
     load_column(x + (size_t)target[e] * 9 * C, C, c, xt);
     rotate(W, xs, ys);
     rotate(W, xt, yt);
-    float *ye = y + (size_t)e * 18 * C;
+    size_t row = (size_t)e * 18 * C;
+    const float *re = radial + (size_t)e * 12 * C;
 #pragma unroll
     for (int p = 0; p < 9; p++) {
-        ye[(size_t)p * 2 * C + c] = ys[m_to_l(p)];
-        ye[(size_t)p * 2 * C + C + c] = yt[m_to_l(p)];
+        int ks = p * 2 * C + c, kt = ks + C;
+        float us = ys[m_to_l(p)], ut = yt[m_to_l(p)];
+        y[row + ks] = us * re[radial_slot(ks, C)];
+        y[row + kt] = ut * re[radial_slot(kt, C)];
+        if (unscaled) {
+            unscaled[row + ks] = us;
+            unscaled[row + kt] = ut;
+        }
     }
 }
 
 __global__ void gather_rotate_kernel(int n, const int *source, const int *target,
-                                     const cu_wigner *wigner, int C, const float *x, float *y) {
+                                     const cu_wigner *wigner, int C, const float *x,
+                                     const float *radial, float *unscaled, float *y) {
     FLAT_LOOP(i, (size_t)n * C)
-    gather_rotate_one((int)(i / C), (int)(i % C), source, target, wigner, C, x, y);
+    gather_rotate_one((int)(i / C), (int)(i % C), source, target, wigner, C, x, radial, unscaled,
+                      y);
 }
 
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
-                      const float *x, float *y, cudaStream_t stream) {
+                      const float *x, const float *radial, float *unscaled, float *y,
+                      cudaStream_t stream) {
     size_t total = (size_t)n * C;
     if (n <= 0 || C <= 0)
         return;
-    gather_rotate_kernel<<<flat_blocks(total), FLAT_THREADS, 0, stream>>>(n, source, target, wigner,
-                                                                          C, x, y);
+    gather_rotate_kernel<<<flat_blocks(total), FLAT_THREADS, 0, stream>>>(
+        n, source, target, wigner, C, x, radial, unscaled, y);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -283,36 +307,6 @@ void cu_gather_rotate_backward(int n, const int *source, const int *target, cons
         return;
     gather_rotate_backward_kernel<<<n, edge_threads(C), 0, stream>>>(source, target, wigner, C, x,
                                                                      dy, d_x, d_wigner);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * scale_by_radial (core/edgewise.c scale_by_radial, radial_slot)
- * y [n][18C] (= [9][2C] M-order) *= radial [n][12C] at radial_slot(k): rows 0..2 by [0, 6C),
- * rows 3, 4 and again 5, 6 by [6C, 10C), rows 7 and again 8 by [10C, 12C).
- * ------------------------------------------------------------------------------------------- */
-
-HD int radial_slot(int k, int C) {
-    if (k < 6 * C)
-        return k;
-    if (k < 14 * C)
-        return 6 * C + (k - 6 * C) % (4 * C);
-    return 10 * C + (k - 14 * C) % (2 * C);
-}
-
-__global__ void scale_by_radial_kernel(int n, int C, const float *radial, float *y) {
-    size_t width = (size_t)18 * C;
-    FLAT_LOOP(i, (size_t)n * width) {
-        size_t e = i / width;
-        int k = (int)(i % width);
-        y[i] *= radial[e * 12 * C + radial_slot(k, C)];
-    }
-}
-
-void cu_scale_by_radial(int n, int C, const float *radial, float *y, cudaStream_t stream) {
-    if (n <= 0 || C <= 0)
-        return;
-    scale_by_radial_kernel<<<flat_blocks((size_t)n * 18 * C), FLAT_THREADS, 0, stream>>>(n, C,
-                                                                                         radial, y);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -69,18 +69,19 @@ void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_
  * edgewise.cu: the message pipeline pieces (core/edgewise.c), forward and backward
  * ------------------------------------------------------------------------------------------- */
 
-/* gather_rotate for n edges: y[e][p][0:C] = (D x[source])[m_to_l[p]], y[e][p][C:2C] likewise
- * for the target; x [N][9][C], y [n][9][2C]. */
+/* gather_rotate for n edges with conv1's radial scaling fused in: u[e][p][0:C] =
+ * (D x[source])[m_to_l[p]], u[e][p][C:2C] likewise for the target; y = u * radial[e] at
+ * radial_slot (core/edgewise.c scale_by_radial), u also into `unscaled` unless it is null.
+ * x [N][9][C], y and unscaled [n][9][2C], radial [n][12C]. */
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
-                      const float *x, float *y, cudaStream_t stream);
+                      const float *x, const float *radial, float *unscaled, float *y,
+                      cudaStream_t stream);
 /* gather_rotate_backward: d_x (fixed point [N][9][C], accumulate) += D^T dy^L per half;
  * d_wigner[e] (accumulate, one edge per record) += <dy^L[i], [x_s | x_t][j]>. */
 void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
                                int C, const float *x, const float *dy, unsigned long long *d_x,
                                cu_wigner *d_wigner, cudaStream_t stream);
 
-/* scale_by_radial: y[n][18C] *= radial[n][12C] at radial_slot(k). */
-void cu_scale_by_radial(int n, int C, const float *radial, float *y, cudaStream_t stream);
 /* scale_by_radial_backward: d_radial[n][12C] = sum over uses of dy * unscaled (overwrite);
  * dy *= radial. */
 void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,
