@@ -10,6 +10,7 @@
 //    float32 precision (so a mismatch is located);
 //  * per-atom energies sum to the energy; two runs give bitwise the same energy, forces and
 //    virial (fixed-point node sums, no float atomics).
+#include "intermediates.hpp"
 #include "reference.hpp"
 
 extern "C" {
@@ -102,12 +103,8 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     double force_error = max_abs_diff(out.forces.data(), ref_forces.data(), ref_forces.size());
     double stress_error = 0;
     if (c.pbc[0]) {
-        double V = cell_volume(c.cell);
-        const double *W = out.virial;
-        std::vector<double> stress = {-W[0] / V, -W[3] / V, -W[4] / V, -W[3] / V, -W[1] / V,
-                                      -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
-        std::vector<double> ref = npy_load(c.file("stress_f64.npy")).values;
-        stress_error = max_abs_diff(stress.data(), ref.data(), 9);
+        std::vector<double> stress = stress_from_virial(out.virial, cell_volume(c.cell));
+        stress_error = max_abs_diff(stress, npy_load(c.file("stress_f64.npy")).values);
     }
     double sum = 0;
     for (double e : out.per_atom)
@@ -139,18 +136,10 @@ TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
     ReferenceCase c = load_case("tiny", name);
     Evaluation ev;
     ev.setup(model_path("tiny"), c, backend.c_str(), "cuda");
-    ev.ctx->keep_trace = 1;
-    ev.energy(c.atomic_numbers, nullptr);
     std::vector<std::string> stages = intermediate_stages(ev.ctx->weights.num_layers);
-    size_t size = (size_t)c.num_atoms * 9 * ev.ctx->weights.C;
-    for (size_t s = 0; s < stages.size(); s++) {
-        NpyArray ref = npy_load(c.file("intermediates/" + stages[s] + ".npy"));
-        double error =
-            max_abs_diff(ev.ctx->trace + s * size, ref.values.data(), size) / max_abs(ref.values);
-        std::printf("[ measured ] cuda %s tiny/%s %s: relative max error %.2e\n", backend.c_str(),
-                    name.c_str(), stages[s].c_str(), error);
-        EXPECT_LE(error, 1e-4) << "first mismatch at stage " << stages[s];
-    }
+    std::vector<double> errors = intermediate_errors(ev, c, "cuda " + backend + " tiny/" + name);
+    for (size_t s = 0; s < errors.size(); s++)
+        EXPECT_LE(errors[s], 1e-4) << "first mismatch at stage " << stages[s];
 }
 
 INSTANTIATE_TEST_SUITE_P(
