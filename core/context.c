@@ -3,6 +3,7 @@
 
 #include "error.h"
 #include "mole.h"
+#include "virial.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -299,13 +300,8 @@ static void scatter_edge_gradients(const umas_graph *g, const double *gradient,
                 result->forces[3 * src + k] -= dr[k];
                 result->forces[3 * tgt + k] += dr[k];
             }
-        /* LAMMPS order xx yy zz xy xz yz */
-        const double W[6] = {-r[0] * dr[0],
-                             -r[1] * dr[1],
-                             -r[2] * dr[2],
-                             -0.5 * (r[0] * dr[1] + r[1] * dr[0]),
-                             -0.5 * (r[0] * dr[2] + r[2] * dr[0]),
-                             -0.5 * (r[1] * dr[2] + r[2] * dr[1])};
+        double W[6];
+        umas_edge_virial(r, dr, W);
         for (int k = 0; k < 6; k++) {
             virial[k] += W[k];
             if (result->node_virial) {

@@ -5,6 +5,7 @@
 #include "kernels.h"
 
 #include "common.cuh"
+#include "virial.h"
 
 #include <cub/device/device_scan.cuh>
 
@@ -109,12 +110,8 @@ __global__ void scatter_gradients_kernel(int E, const int *source, const int *ta
             add_fixed(forces + 3 * s + k, -g[k]);
             add_fixed(forces + 3 * t + k, g[k]);
         }
-        const double w[6] = {-r[0] * g[0],
-                             -r[1] * g[1],
-                             -r[2] * g[2],
-                             -0.5 * (r[0] * g[1] + r[1] * g[0]),
-                             -0.5 * (r[0] * g[2] + r[2] * g[0]),
-                             -0.5 * (r[1] * g[2] + r[2] * g[1])};
+        double w[6];
+        umas_edge_virial(r, g, w);
         for (int k = 0; k < 6; k++) {
             w_sum[k] += w[k];
             if (node_virial) {
