@@ -410,6 +410,14 @@ int umas_set_neighbors(umas_context *ctx, const umas_neighbors *nbr, umas_error 
     return 0;
 }
 
+void umas_list_edge_gradient(const umas_context *ctx, int kept, double *list_gradient) {
+    const umas_neighbor_state *nb = &ctx->neighbors;
+    memset(list_gradient, 0, sizeof(double) * 3 * (size_t)nb->num_edges);
+    for (int k = 0; k < kept; k++)
+        memcpy(list_gradient + 3 * (size_t)nb->kept[k], ctx->edge_gradient + 3 * (size_t)k,
+               3 * sizeof(double));
+}
+
 /* Host route: the edges within the cutoff as a graph (list order). */
 static int kept_graph(umas_context *ctx, const double *positions, const double cell[9],
                       umas_graph *graph, umas_error *err) {
@@ -479,11 +487,7 @@ int umas_compute_positions(umas_context *ctx, const double *positions, const dou
     result->edge_gradient = NULL; /* per list edge, filled below */
     scatter_edge_gradients(&graph, ctx->edge_gradient, result);
     result->edge_gradient = list_gradient;
-    if (list_gradient) {
-        memset(list_gradient, 0, sizeof(double) * 3 * (size_t)nb->num_edges);
-        for (int k = 0; k < graph.num_edges; k++)
-            memcpy(list_gradient + 3 * (size_t)nb->kept[k], ctx->edge_gradient + 3 * (size_t)k,
-                   3 * sizeof(double));
-    }
+    if (list_gradient)
+        umas_list_edge_gradient(ctx, graph.num_edges, list_gradient);
     return 0;
 }

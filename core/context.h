@@ -81,4 +81,9 @@ struct umas_context {
     int trace_nodes;
 };
 
+/* The neighbour route's dE/dr over the whole list [E][3]: the gradients of the `kept` edges
+ * (ctx->edge_gradient, in the order of ctx->neighbors.kept) at their list positions, 0 for the
+ * edges beyond the cutoff. */
+void umas_list_edge_gradient(const umas_context *ctx, int kept, double *list_gradient);
+
 #endif

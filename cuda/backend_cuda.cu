@@ -1035,7 +1035,7 @@ int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
 int cuda_compute_positions(umas_context *ctx, const double *positions, const double cell[9],
                            umas_result *result, int gradients, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
-    const umas_neighbor_state *nb = &ctx->neighbors;
+    umas_neighbor_state *nb = &ctx->neighbors;
     int N = nb->num_nodes, listed = nb->num_edges;
     cudaSetDevice(s->device);
     cudaStream_t st = s->stream;
@@ -1089,22 +1089,16 @@ int cuda_compute_positions(umas_context *ctx, const double *positions, const dou
         cudaMemcpyAsync(result->node_virial, node_virial, sizeof(double) * 6 * N,
                         cudaMemcpyDeviceToHost, st);
     cudaMemcpyAsync(result->virial, s->virial.ptr, sizeof(double) * 6, cudaMemcpyDeviceToHost, st);
-    std::vector<int> kept;
-    if (result->edge_gradient && g.E > 0) {
-        kept.resize(g.E);
-        cudaMemcpyAsync(kept.data(), s->kept.ptr, sizeof(int) * g.E, cudaMemcpyDeviceToHost, st);
+    if (result->edge_gradient && g.E > 0) { /* only when asked for: O(edges) */
+        cudaMemcpyAsync(nb->kept, s->kept.ptr, sizeof(int) * g.E, cudaMemcpyDeviceToHost, st);
         cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * g.E,
                         cudaMemcpyDeviceToHost, st);
     }
     if (check(cudaStreamSynchronize(st), "the forces", err) ||
         check(cudaGetLastError(), "the forces", err))
         return -1;
-    if (result->edge_gradient) {
-        memset(result->edge_gradient, 0, sizeof(double) * 3 * (size_t)listed);
-        for (int k = 0; k < g.E; k++)
-            memcpy(result->edge_gradient + 3 * (size_t)kept[k], ctx->edge_gradient + 3 * (size_t)k,
-                   3 * sizeof(double));
-    }
+    if (result->edge_gradient)
+        umas_list_edge_gradient(ctx, g.E, result->edge_gradient);
     result->seconds_backward += seconds_now() - start;
     return 0;
 }
