@@ -784,8 +784,9 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->rotated, n * 18 * C * f, "edge features"},
         {&s->conv1_m0, n * 5 * H * f, "edge features"},
         {&s->gated, n * 9 * H * f, "edge features"},
-        {&s->product_r, n * wide * f, "edge features"},
-        {&s->product_i, n * wide * f, "edge features"},
+        /* general's real/imag products; umas_fast's block-form GEMMs need none */
+        {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
+        {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->messages, n * 9 * C * f, "edge features"},
         {&s->d_rotated, n * 18 * C * f, "edge adjoints"},
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
