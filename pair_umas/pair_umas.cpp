@@ -382,6 +382,25 @@ static bool lattice_image(const Domain *domain, const double d[3], int image[3])
     return std::fabs(r[0]) + std::fabs(r[1]) + std::fabs(r[2]) < 1e-6;
 }
 
+/* Drops the edges longer than `cutoff` in place, keeping the order of the rest. */
+static void keep_within(umas_edge_list &edges, double cutoff) {
+    int kept = 0;
+    for (int e = 0; e < edges.num_edges; e++) {
+        const double *v = edges.vector + 3 * (size_t)e;
+        if (v[0] * v[0] + v[1] * v[1] + v[2] * v[2] > cutoff * cutoff)
+            continue;
+        edges.source[kept] = edges.source[e];
+        edges.target[kept] = edges.target[e];
+        for (int k = 0; k < 3; k++) {
+            if (edges.cell_shift)
+                edges.cell_shift[3 * (size_t)kept + k] = edges.cell_shift[3 * (size_t)e + k];
+            edges.vector[3 * (size_t)kept + k] = v[k];
+        }
+        kept++;
+    }
+    edges.num_edges = kept;
+}
+
 /* Neighbour list of the model atoms, handed to the context (umas_set_neighbors). Edges reach
  * cutoff + skin, so that the list stays complete until LAMMPS rebuilds (atoms move less than
  * skin / 2); the core drops the edges beyond the cutoff every step. When an atom may have more
@@ -411,9 +430,7 @@ void PairUMAS::build_list() {
     int most = model_atoms ? *std::max_element(incoming.begin(), incoming.end()) : 0;
     every_step = info->max_neighbors > 0 && most > info->max_neighbors;
     if (every_step) {
-        umas_edge_list_free(&all);
-        if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff, &all, &err))
-            fail_with_atom_ids(err.message);
+        keep_within(all, info->cutoff);
         int cut = umas_limit_neighbors(&all, model_atoms, info->max_neighbors);
         if (cut > 0 && !warned_max_neighbors) {
             warned_max_neighbors = true;

@@ -709,6 +709,43 @@ run 30
         self.assertEqual(differing, 0)
 
 
+class MaxNeighbors(unittest.TestCase):
+    def test_dense_cell_follows_fairchems_rule(self):
+        """Cu FCC compressed to a = 2.3 A (rattled, 32 atoms, about 370 neighbours within 6 A,
+        more than the model's max_neighbors = 300): the style switches to an exact list every
+        step with fairchem's rule, as umas-eval applies it; `run 0` energy and forces equal
+        umas-eval's to 1e-10, and 3 MD steps run on that path."""
+        if not ARGS.eval:
+            self.skipTest("no --eval (umas-eval) given")
+        positions, length = cu_cell(seed=11, cells=2, rattle=0.02, lattice=2.3)
+        directory = tempfile.mkdtemp(prefix="case-", dir=TMP.name)
+        box = {"xlo": 0, "xhi": length, "ylo": 0, "yhi": length, "zlo": 0, "zhi": length}
+        write_data(os.path.join(directory, "cu.data"), positions, [1] * len(positions), 1, box)
+        with open(os.path.join(directory, "cu.extxyz"), "w") as f:
+            f.write("%d\nLattice=\"%r 0 0 0 %r 0 0 0 %r\" Properties=species:S:1:pos:R:3 "
+                    "pbc=\"T T T\"\n" % (len(positions), length, length, length))
+            for r in positions:
+                f.write("Cu %r %r %r\n" % tuple(r))
+        ev = subprocess.run([ARGS.eval, "--model", ARGS.model, "--task", "omat",
+                             os.path.join(directory, "cu.extxyz")], capture_output=True,
+                            text=True, timeout=300)
+        self.assertEqual(ev.returncode, 0, ev.stderr)
+        reference = json.loads(ev.stdout)
+        run = lammps(cu_script() + MEASURE, directory=directory)
+        self.assertEqual(run.returncode, 0, run.output[-3000:])
+        self.assertIn("exceed max_neighbors", run.output)
+        values = measure(run)
+        energy = abs(values["pe"] - reference["energy"]) / abs(reference["energy"])
+        force = max_abs_diff(forces_of(values["atoms"]), reference["forces"])
+        md = lammps(cu_script() + "velocity all create 300 5\nfix 1 all nve\nrun 3\n",
+                    directory=directory)
+        self.assertEqual(md.returncode, 0, md.output[-3000:])
+        measured("dense Cu (a = 2.3 A), LAMMPS vs umas-eval: |dE|/|E| %.2e, max |dF| %.2e eV/A"
+                 % (energy, force))
+        self.assertLessEqual(energy, 1e-10)
+        self.assertLessEqual(force, 1e-10)
+
+
 class LammpsFeatures(unittest.TestCase):
     def test_minimize(self):
         """`minimize 1e-6 1e-8 20 200` on the rattled periodic 32-atom Cu cell runs to the end
@@ -882,6 +919,7 @@ if __name__ == "__main__":
     parser.add_argument("--mpirun", default="", help="mpirun (empty: skip multi-rank tests)")
     parser.add_argument("--model", required=True, help="tiny.safetensors")
     parser.add_argument("--data", required=True, help="tests/data")
+    parser.add_argument("--eval", default="", help="umas-eval (empty: skip the tests using it)")
     ARGS, rest = parser.parse_known_args()
     ARGS.lmp = os.path.abspath(ARGS.lmp)
     ARGS.model = os.path.abspath(ARGS.model)
