@@ -12,11 +12,9 @@
 #include <string.h>
 
 static const umas_backend *const backends[] = {
-    &umas_backend_general_cpu,
-    &umas_backend_fast_cpu,
+    &umas_backend_general_cpu,  &umas_backend_fast_cpu,
 #ifdef UMAS_HAVE_CUDA
-    &umas_backend_general_cuda,
-    &umas_backend_fast_cuda,
+    &umas_backend_general_cuda, &umas_backend_fast_cuda, &umas_backend_fast_gpu_cuda,
 #endif
 };
 
@@ -38,16 +36,22 @@ static const umas_backend *find_backend(const char *name, const char *device, um
     if (known_name)
         umas_fail(err,
                   "backend '%s' is not available on device '%s' (this build: general and "
-                  "umas_fast on %s)",
+                  "umas_fast on %s%s)",
                   name, device,
 #ifdef UMAS_HAVE_CUDA
-                  "cpu and cuda"
+                  "cpu and cuda", ", umas_fast_gpu on cuda"
 #else
-                  "cpu"
+                  "cpu", ""
 #endif
         );
     else
-        umas_fail(err, "unknown backend '%s' (this build has: general, umas_fast)", name);
+        umas_fail(err, "unknown backend '%s' (this build has: general, umas_fast%s)", name,
+#ifdef UMAS_HAVE_CUDA
+                  ", umas_fast_gpu"
+#else
+                  ""
+#endif
+        );
     return NULL;
 }
 

@@ -49,6 +49,7 @@ extern const umas_backend umas_backend_fast_cpu;
 #ifdef UMAS_HAVE_CUDA
 extern const umas_backend umas_backend_general_cuda;
 extern const umas_backend umas_backend_fast_cuda;
+extern const umas_backend umas_backend_fast_gpu_cuda;
 #endif
 
 /* Arithmetic of the matrix products (umas_options.precision). */

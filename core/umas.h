@@ -96,8 +96,11 @@ typedef struct umas_system {
 } umas_system;
 
 typedef struct umas_options {
-    const char
-        *backend;       /* "general" (default when NULL), "umas_fast" (alias "umas_fast_pytorch") */
+    /* "general" (default when NULL), "umas_fast" (alias "umas_fast_pytorch") or, on cuda only,
+     * "umas_fast_gpu" (umas_fast that keeps each block's edge activations for the backward when
+     * they fit in GPU memory instead of recomputing them; set UMAS_CUDA_RECOMPUTE=1 to force
+     * the recompute path) */
+    const char *backend;
     const char *device; /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
     /* Arithmetic of the matrix products. NULL: the device's exact default, "fp64" on the CPU,
      * "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split into

@@ -58,6 +58,21 @@ struct buffer {
     size_t bytes = 0;
 };
 
+/* A chunk's edge activations that a block's backward reads (rows = the chunk's edges). */
+struct edge_tape {
+    buffer pre_norm1, pre_norm2; /* [n][Ce] radial MLP LayerNorm inputs */
+    buffer radial;               /* [n][12C] radial MLP output (conv1's per-m weights) */
+    buffer conv1_m0;             /* [n][5H] conv1 m = 0 output: gate inputs, then 3 rows */
+    buffer gated;                /* [n][9][H] conv1 output before the gate, M-order */
+    buffer messages;             /* [n][9][C] conv2 output, M-order */
+};
+const int tape_buffers = 6;
+buffer *tape_buffer(edge_tape &t, int i) {
+    buffer *all[tape_buffers] = {&t.pre_norm1, &t.pre_norm2, &t.radial,
+                                 &t.conv1_m0,  &t.gated,     &t.messages};
+    return all[i];
+}
+
 struct cuda_state {
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
@@ -78,7 +93,11 @@ struct cuda_state {
     dev_linear unified_fc1; /* umas_fast: every block's first radial layer, [L Ce][F] */
     float *head_w3_dev = nullptr;
 
-    int chunk = 0;
+    /* Edges per chunk of this call: all of them when `store`, else recompute_chunk. */
+    int chunk = 0, recompute_chunk = 0;
+    /* umas_fast_gpu: keep each block's edge activations from the forward for the backward when
+     * they fit in device memory (`store`), instead of recomputing them chunk by chunk */
+    bool fused = false, store = false, force_recompute = false;
     /* per edge */
     buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
     /* per node */
@@ -87,9 +106,11 @@ struct cuda_state {
     buffer z, h, u, ffn_out, ffn_pre, ffn_hidden, head_hidden, node_output, saved, dh, du, d_tmp,
         ffn_d_pre, ffn_d_r;
     /* per chunk */
-    buffer radial_input, pre_norm1, pre_norm2, hidden, radial, d_radial, d_gauss, radial_work,
-        rotated, conv1_m0, gated, product_r, product_i, messages, d_rotated, d_gated, d_conv1_m0,
-        d_messages, unscaled;
+    buffer radial_input, hidden, d_radial, d_gauss, radial_work, rotated, product_r, product_i,
+        d_rotated, d_gated, d_conv1_m0, d_messages, unscaled;
+    /* The activations the backward of a chunk needs: one tape shared by all blocks (recompute),
+     * or one per block over all edges (store). tapes[0] also serves the edge-degree MLP. */
+    std::vector<edge_tape> tapes;
     /* 3xtf32: the TF32 parts of a product's activation operand */
     buffer split_hi, split_lo;
     /* umas_fast, per edge: every block's first radial layer output [E][L Ce]; in the backward
@@ -313,66 +334,78 @@ struct graph_view {
     int N, E, energy_nodes;
 };
 
-/* The radial MLP after its first layer: s->pre_norm1 [n][Ce] -> s->radial. */
-void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n) {
-    int ce = m.fc1.out;
-    cu_layer_norm_silu(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, F(s->hidden),
-                       s->stream);
-    linear_forward(s, m.fc2, n, F(s->hidden), ce, F(s->pre_norm2), ce);
-    cu_layer_norm_silu(n, ce, F(s->pre_norm2), m.norm2.weight, m.norm2.bias, F(s->hidden),
-                       s->stream);
-    linear_forward(s, m.fc3, n, F(s->hidden), ce, F(s->radial), m.fc3.out);
+/* The tape of block l (l = -1: the edge-degree MLP), see cuda_state::tapes. */
+edge_tape &tape(cuda_state *s, int l) {
+    return s->tapes[s->store && l > 0 ? l : 0];
 }
 
-void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n) {
-    linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(s->pre_norm1), m.fc1.out);
-    radial_mlp_rest(s, m, n);
+/* The radial MLP after its first layer: t.pre_norm1 [n][Ce] -> t.radial [n][out]. */
+void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
+    int ce = m.fc1.out;
+    cu_layer_norm_silu(n, ce, F(t.pre_norm1), m.norm1.weight, m.norm1.bias, F(s->hidden),
+                       s->stream);
+    linear_forward(s, m.fc2, n, F(s->hidden), ce, F(t.pre_norm2), ce);
+    cu_layer_norm_silu(n, ce, F(t.pre_norm2), m.norm2.weight, m.norm2.bias, F(s->hidden),
+                       s->stream);
+    linear_forward(s, m.fc3, n, F(s->hidden), ce, F(t.radial), m.fc3.out);
+}
+
+void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
+    linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(t.pre_norm1), m.fc1.out);
+    radial_mlp_rest(s, m, n, t);
 }
 
 /* d_radial -> dE/d(first layer output) [n][Ce], returned (in s->radial_work) */
-float *radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n) {
+float *radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
     int ce = m.fc1.out;
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
-    cu_layer_norm_silu_backward(n, ce, F(s->pre_norm2), m.norm2.weight, m.norm2.bias, d_hidden,
+    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), m.norm2.weight, m.norm2.bias, d_hidden,
                                 d_hidden, s->stream);
     linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
-    cu_layer_norm_silu_backward(n, ce, F(s->pre_norm1), m.norm1.weight, m.norm1.bias, scratch,
+    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm1), m.norm1.weight, m.norm1.bias, scratch,
                                 scratch, s->stream);
     return scratch;
 }
 
 /* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
-void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B) {
-    float *scratch = radial_mlp_rest_backward(s, m, n);
+void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B,
+                         edge_tape &t) {
+    float *scratch = radial_mlp_rest_backward(s, m, n, t);
     linear_backward(s, m.fc1, n, scratch, m.fc1.out, F(s->d_gauss), B, B, 0);
     cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, B, F(s->d_gauss), B,
                          F(s->d_distance) + first, s->stream);
 }
 
-/* edges [first, first + n) and their radial MLP output in s->radial */
+/* the number of edges in the chunk that starts at edge `first` */
+int chunk_size(const cuda_state *s, const graph_view &g, int first) {
+    return g.E - first < s->chunk ? g.E - first : s->chunk;
+}
+
+/* edges [first, first + n) and their radial MLP output in t.radial */
 int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m, const graph_view &g,
-                 int first) {
-    int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+                 int first, edge_tape &t) {
+    int n = chunk_size(s, g, first);
     cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
                     s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
                     F(s->radial_input), s->stream);
-    radial_mlp_forward(s, m, n);
+    radial_mlp_forward(s, m, n, t);
     return n;
 }
 
-/* umas_fast: block l's radial MLP output for edges [first, first + n) from its slice of the
- * unified first layer (s->first) */
+/* Block l's radial MLP output for edges [first, first + n) into its tape; umas_fast from its
+ * slice of the unified first layer (s->first) */
 int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g,
                        int first) {
     const dev_radial &m = s->blocks[l].radial;
+    edge_tape &t = tape(s, l);
     if (!s->fast)
-        return radial_chunk(s, w, m, g, first);
-    int n = g.E - first < s->chunk ? g.E - first : s->chunk, ce = w->Ce;
+        return radial_chunk(s, w, m, g, first, t);
+    int n = chunk_size(s, g, first), ce = w->Ce;
     size_t ld = (size_t)w->num_layers * ce;
-    cu_copy_rows(n, ce, F(s->first) + first * ld + (size_t)l * ce, (int)ld, F(s->pre_norm1), ce,
+    cu_copy_rows(n, ce, F(s->first) + first * ld + (size_t)l * ce, (int)ld, F(t.pre_norm1), ce,
                  s->stream);
-    radial_mlp_rest(s, m, n);
+    radial_mlp_rest(s, m, n, t);
     return n;
 }
 
@@ -380,11 +413,11 @@ int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_
 void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, int first) {
     const dev_radial &m = s->blocks[l].radial;
     if (!s->fast) {
-        radial_mlp_backward(s, m, n, first, w->B);
+        radial_mlp_backward(s, m, n, first, w->B, tape(s, l));
         return;
     }
     size_t ld = (size_t)w->num_layers * w->Ce;
-    float *d_first = radial_mlp_rest_backward(s, m, n);
+    float *d_first = radial_mlp_rest_backward(s, m, n, tape(s, l));
     cu_copy_rows(n, w->Ce, d_first, w->Ce, F(s->first) + first * ld + (size_t)l * w->Ce, (int)ld,
                  s->stream);
 }
@@ -393,7 +426,7 @@ void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, i
 void unified_radial_forward(cuda_state *s, const umas_weights *w, const graph_view &g) {
     size_t ld = (size_t)w->num_layers * w->Ce;
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+        int n = chunk_size(s, g, first);
         cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
                         s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
                         F(s->radial_input), s->stream);
@@ -407,7 +440,7 @@ void unified_radial_forward(cuda_state *s, const umas_weights *w, const graph_vi
 void unified_radial_backward(cuda_state *s, const umas_weights *w, const graph_view &g) {
     size_t ld = (size_t)w->num_layers * w->Ce;
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = g.E - first < s->chunk ? g.E - first : s->chunk;
+        int n = chunk_size(s, g, first);
         linear_backward(s, s->unified_fc1, n, F(s->first) + first * ld, (int)ld, F(s->d_gauss),
                         w->B, w->B, 0);
         cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, w->B, F(s->d_gauss),
@@ -436,23 +469,24 @@ void so2_forward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, i
     cu_so2_combine(n, Wl.out / 2, F(s->product_r), F(s->product_i), out_r, out_i, ldo, s->stream);
 }
 
-/* The chunk's messages into s->messages (core/edgewise.c edgewise_messages). With `keep` (the
- * backward recomputes the chunk) also the unscaled rotated features and the conv1 output
- * before the gate; the forward alone gates in place. */
+/* The chunk's messages into t.messages (core/edgewise.c edgewise_messages), from the radial
+ * weights in t.radial. With `keep_gate_input` (the backward will read this chunk's tape) the
+ * conv1 output stays in t.gated and the gate writes to scratch; else it gates in place. The
+ * unscaled rotated features go to `unscaled` unless it is null. */
 void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
-                       const float *x, bool keep) {
+                       const float *x, edge_tape &t, float *unscaled, bool keep_gate_input) {
     cudaStream_t st = s->stream;
-    float *y = F(s->rotated), *o = F(s->gated), *z = F(s->messages);
-    float *g = keep ? F(s->d_gated) : o;
-    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(s->radial),
-                     keep ? F(s->unscaled) : nullptr, y, st);
-    linear_forward(s, b.conv1_m0, n, y, 18 * C, F(s->conv1_m0), 5 * H);
-    cu_copy_rows(n, 3 * H, F(s->conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
+    float *y = F(s->rotated), *o = F(t.gated), *z = F(t.messages);
+    float *g = keep_gate_input ? F(s->d_gated) : o;
+    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
+                     unscaled, y, st);
+    linear_forward(s, b.conv1_m0, n, y, 18 * C, F(t.conv1_m0), 5 * H);
+    cu_copy_rows(n, 3 * H, F(t.conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
                 o + 8 * H, 9 * H);
-    cu_gate_forward(n, H, F(s->conv1_m0), o, g, st);
+    cu_gate_forward(n, H, F(t.conv1_m0), o, g, st);
     linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
     so2_forward(s, b.conv2_m1, b.block_conv2_m1, n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
                 z + 5 * C, 9 * C);
@@ -473,26 +507,32 @@ void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, 
     linear_backward(s, Wl, n, F(s->product_i), Wl.out, dx_i, ldx, Wl.in, 0);
 }
 
-/* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. */
+/* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. The chunk's tape is
+ * recomputed from x first unless the forward kept it (s->store); the unscaled rotated features
+ * are recomputed either way (a gather, cheaper than keeping [n][18C] per block). */
 void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
-                       const float *x, const float *d_out) {
+                       const float *x, const float *d_out, edge_tape &t) {
     cudaStream_t st = s->stream;
-    edgewise_messages(s, b, C, H, n, first, x, true);
+    if (s->store)
+        cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
+                         F(s->unscaled), nullptr, st);
+    else
+        edgewise_messages(s, b, C, H, n, first, x, t, F(s->unscaled), true);
     float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                            F(s->messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
+                            F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
     linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
     so2_backward(s, b.conv2_m1, b.block_conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H,
                  dg + 5 * H, 9 * H);
     so2_backward(s, b.conv2_m2, b.block_conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H,
                  dg + 8 * H, 9 * H);
-    cu_gate_backward(n, H, F(s->conv1_m0), F(s->gated), dg, F(s->d_conv1_m0), st);
+    cu_gate_backward(n, H, F(t.conv1_m0), F(t.gated), dg, F(s->d_conv1_m0), st);
     linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
     so2_backward(s, b.conv1_m1, b.block_conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
                  dy + 10 * C, 18 * C);
     so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
                  dy + 16 * C, 18 * C);
-    cu_scale_by_radial_backward(n, C, F(s->radial), F(s->unscaled), dy, F(s->d_radial), st);
+    cu_scale_by_radial_backward(n, C, F(t.radial), F(s->unscaled), dy, F(s->d_radial), st);
     cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy,
                               U(s->node_sums), dW(s, first), st);
 }
@@ -558,70 +598,25 @@ void cuda_destroy(umas_context *ctx) {
         return;
     for (void *p : s->weight_memory)
         cudaFree(p);
-    buffer *all[] = {&s->vec,
-                     &s->src,
-                     &s->tgt,
-                     &s->distance,
-                     &s->envelope,
-                     &s->wigner,
-                     &s->d_wigner,
-                     &s->d_envelope,
-                     &s->d_distance,
-                     &s->gradient,
-                     &s->z,
-                     &s->h,
-                     &s->u,
-                     &s->ffn_out,
-                     &s->ffn_pre,
-                     &s->ffn_hidden,
-                     &s->head_hidden,
-                     &s->node_output,
-                     &s->saved,
-                     &s->dh,
-                     &s->du,
-                     &s->d_tmp,
-                     &s->ffn_d_pre,
-                     &s->ffn_d_r,
-                     &s->radial_input,
-                     &s->pre_norm1,
-                     &s->pre_norm2,
-                     &s->hidden,
-                     &s->radial,
-                     &s->d_radial,
-                     &s->d_gauss,
-                     &s->radial_work,
-                     &s->rotated,
-                     &s->conv1_m0,
-                     &s->gated,
-                     &s->product_r,
-                     &s->product_i,
-                     &s->messages,
-                     &s->d_rotated,
-                     &s->d_gated,
-                     &s->d_conv1_m0,
-                     &s->d_messages,
-                     &s->unscaled,
-                     &s->list_source,
-                     &s->list_target,
-                     &s->list_image,
-                     &s->list_vector,
-                     &s->keep,
-                     &s->slot,
-                     &s->kept,
-                     &s->select_scratch,
-                     &s->flags,
-                     &s->positions,
-                     &s->cell,
-                     &s->forces,
-                     &s->virial,
-                     &s->node_virial,
-                     &s->first,
-                     &s->split_hi,
-                     &s->split_lo,
-                     &s->node_sums};
+    buffer *all[] = {
+        &s->vec,         &s->src,         &s->tgt,         &s->distance,    &s->envelope,
+        &s->wigner,      &s->d_wigner,    &s->d_envelope,  &s->d_distance,  &s->gradient,
+        &s->z,           &s->h,           &s->u,           &s->ffn_out,     &s->ffn_pre,
+        &s->ffn_hidden,  &s->head_hidden, &s->node_output, &s->saved,       &s->dh,
+        &s->du,          &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,     &s->radial_input,
+        &s->hidden,      &s->d_radial,    &s->d_gauss,     &s->radial_work, &s->rotated,
+        &s->product_r,   &s->product_i,   &s->d_rotated,   &s->d_gated,     &s->d_conv1_m0,
+        &s->d_messages,  &s->unscaled,    &s->list_source, &s->list_target, &s->list_image,
+        &s->list_vector, &s->keep,        &s->slot,        &s->kept,        &s->select_scratch,
+        &s->flags,       &s->positions,   &s->cell,        &s->forces,      &s->virial,
+        &s->node_virial, &s->first,       &s->split_hi,    &s->split_lo,    &s->node_sums};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
+    for (edge_tape &t : s->tapes)
+        for (int i = 0; i < tape_buffers; i++)
+            if (tape_buffer(t, i)->ptr)
+                cudaFree(tape_buffer(t, i)->ptr);
     if (s->blas)
         cublasDestroy(s->blas);
     if (s->stream)
@@ -630,13 +625,21 @@ void cuda_destroy(umas_context *ctx) {
     ctx->backend_state = nullptr;
 }
 
-size_t chunk_floats_per_edge(const umas_weights *w) {
+/* Floats per edge of one edge_tape, and of the per-chunk scratch besides the tape. */
+size_t tape_floats_per_edge(const umas_weights *w) {
+    size_t C = w->C, H = w->H;
+    return 2 * (size_t)w->Ce + 12 * C + 5 * H + 9 * H + 9 * C;
+}
+size_t scratch_floats_per_edge(const umas_weights *w) {
     size_t C = w->C, H = w->H, wide = 4 * (C > H ? C : H);
-    return (size_t)w->F + 3 * (size_t)w->Ce + 24 * C + (size_t)w->B + 2 * (size_t)w->Ce +
-           18 * C * 3 + 5 * H * 2 + 9 * H * 2 + 2 * wide + 9 * C * 2;
+    return (size_t)w->F + (size_t)w->Ce + 12 * C + (size_t)w->B + 2 * (size_t)w->Ce + 18 * C * 3 +
+           5 * H + 9 * H + 2 * wide + 9 * C;
+}
+size_t chunk_floats_per_edge(const umas_weights *w) {
+    return tape_floats_per_edge(w) + scratch_floats_per_edge(w);
 }
 
-int create(umas_context *ctx, bool fast, umas_error *err) {
+int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     const umas_weights *w = &ctx->weights;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -650,6 +653,10 @@ int create(umas_context *ctx, bool fast, umas_error *err) {
     cuda_state *s = new cuda_state();
     ctx->backend_state = s;
     s->fast = fast;
+    s->fused = fused;
+    const char *recompute = getenv("UMAS_CUDA_RECOMPUTE");
+    s->force_recompute = recompute && strcmp(recompute, "1") == 0;
+    s->tapes.resize(fused ? w->num_layers : 1);
     s->precision = ctx->precision;
     cudaGetDevice(&s->device);
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
@@ -718,16 +725,21 @@ int create(umas_context *ctx, bool fast, umas_error *err) {
     /* chunk: about 1 GB of per-edge work space */
     size_t per_edge = chunk_floats_per_edge(w) * sizeof(float);
     size_t chunk = ((size_t)1 << 30) / per_edge;
-    s->chunk = (int)(chunk < 1024 ? 1024 : chunk > (1 << 20) ? (1 << 20) : chunk);
+    s->recompute_chunk = (int)(chunk < 1024 ? 1024 : chunk > (1 << 20) ? (1 << 20) : chunk);
+    s->chunk = s->recompute_chunk;
     return 0;
 }
 
 int cuda_create(umas_context *ctx, umas_error *err) {
-    return create(ctx, false, err);
+    return create(ctx, false, false, err);
 }
 
 int cuda_create_fast(umas_context *ctx, umas_error *err) {
-    return create(ctx, true, err);
+    return create(ctx, true, false, err);
+}
+
+int cuda_create_fast_gpu(umas_context *ctx, umas_error *err) {
+    return create(ctx, true, true, err);
 }
 
 size_t cuda_bytes(const umas_context *ctx) {
@@ -735,7 +747,8 @@ size_t cuda_bytes(const umas_context *ctx) {
     return s->weight_bytes + s->buffer_bytes;
 }
 
-int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
+/* Every buffer for the graph g, with edges in chunks of s->chunk (already chosen). */
+int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
     size_t E = g.E, N = g.N, C = w->C, H = w->H, L = w->num_layers;
@@ -774,20 +787,14 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->ffn_d_pre, N * 2 * H * f, "feed-forward adjoints"},
         {&s->ffn_d_r, N * 9 * H * f, "feed-forward adjoints"},
         {&s->radial_input, n * w->F * f, "radial inputs"},
-        {&s->pre_norm1, n * w->Ce * f, "radial MLP"},
-        {&s->pre_norm2, n * w->Ce * f, "radial MLP"},
         {&s->hidden, n * w->Ce * f, "radial MLP"},
-        {&s->radial, n * 12 * C * f, "radial MLP"},
         {&s->d_radial, n * 12 * C * f, "radial adjoints"},
         {&s->d_gauss, n * w->B * f, "radial adjoints"},
         {&s->radial_work, n * 2 * w->Ce * f, "radial adjoints"},
         {&s->rotated, n * 18 * C * f, "edge features"},
-        {&s->conv1_m0, n * 5 * H * f, "edge features"},
-        {&s->gated, n * 9 * H * f, "edge features"},
         /* general's real/imag products; umas_fast's block-form GEMMs need none */
         {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
-        {&s->messages, n * 9 * C * f, "edge features"},
         {&s->d_rotated, n * 18 * C * f, "edge adjoints"},
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
         {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
@@ -800,7 +807,52 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
             return -1;
+    size_t tape_bytes[tape_buffers] = {n * w->Ce * f, n * w->Ce * f, n * 12 * C * f,
+                                       n * 5 * H * f, n * 9 * H * f, n * 9 * C * f};
+    for (size_t l = 0; l < (s->store ? L : 1); l++)
+        for (int i = 0; i < tape_buffers; i++)
+            if (reserve(s, *tape_buffer(s->tapes[l], i), tape_bytes[i], "saved edge activations", a,
+                        e, err))
+                return -1;
     return 0;
+}
+
+void release(cuda_state *s, buffer &b) {
+    if (b.ptr) {
+        cudaFree(b.ptr);
+        s->buffer_bytes -= b.bytes;
+    }
+    b = buffer();
+}
+
+/* umas_fast_gpu keeps every block's edge activations (s->store, one chunk of all edges) when
+ * they take at most 80 % of the device memory that is free or already ours; otherwise, or when
+ * that fails, it recomputes them in the backward chunk by chunk, like umas_fast. */
+int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    const umas_weights *w = &ctx->weights;
+    size_t L = w->num_layers, E = g.E > 0 ? g.E : 1;
+    s->store = false;
+    s->chunk = s->recompute_chunk;
+    if (s->fused && !s->force_recompute) {
+        size_t free_bytes = 0, total = 0;
+        cudaMemGetInfo(&free_bytes, &total);
+        size_t per_edge =
+            (L * tape_floats_per_edge(w) + scratch_floats_per_edge(w)) * sizeof(float);
+        if ((double)E * per_edge <= 0.8 * (double)(free_bytes + s->buffer_bytes)) {
+            s->store = true;
+            s->chunk = (int)E;
+            if (reserve_buffers(ctx, g, err) == 0)
+                return 0;
+            cudaGetLastError();
+            for (size_t l = 1; l < L; l++) /* give the kept activations back, then recompute */
+                for (int i = 0; i < tape_buffers; i++)
+                    release(s, *tape_buffer(s->tapes[l], i));
+            s->store = false;
+            s->chunk = s->recompute_chunk;
+        }
+    }
+    return reserve_buffers(ctx, g, err);
 }
 
 void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g, float *save) {
@@ -811,11 +863,12 @@ void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
     if (save)
         cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
     message_input(s, b, N, C, F(s->h), F(s->u));
+    edge_tape &t = tape(s, l);
     for (int first = 0; first < g.E; first += s->chunk) {
         int n = block_radial_chunk(s, w, l, g, first);
-        edgewise_messages(s, b, C, H, n, first, F(s->u), false);
+        edgewise_messages(s, b, C, H, n, first, F(s->u), t, nullptr, s->store);
         cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(s->messages), U(s->node_sums), s->stream);
+                               F(t.messages), U(s->node_sums), s->stream);
     }
     cu_fixed_add((size_t)N * 9 * C, U(s->node_sums), F(s->h), s->stream);
     if (save)
@@ -840,8 +893,8 @@ void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g
     message_input(s, b, N, C, h_in, F(s->u));
     cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = block_radial_chunk(s, w, l, g, first);
-        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh));
+        int n = s->store ? chunk_size(s, g, first) : block_radial_chunk(s, w, l, g, first);
+        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), tape(s, l));
         block_radial_backward(s, w, l, n, first);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->du), s->stream);
@@ -897,9 +950,9 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
     record_trace(ctx, s, 0, F(s->h), N);
     for (int first = 0; first < E; first += s->chunk) {
-        int n = radial_chunk(s, w, s->degree, g, first);
+        int n = radial_chunk(s, w, s->degree, g, first, tape(s, -1));
         cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(s->radial), U(s->node_sums), st);
+                               F(tape(s, -1).radial), U(s->node_sums), st);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->h), st);
     record_trace(ctx, s, 1, F(s->h), N);
@@ -943,11 +996,12 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     if (s->fast)
         unified_radial_backward(s, w, g);
     for (int first = 0; first < E; first += s->chunk) {
-        int n = radial_chunk(s, w, s->degree, g, first);
+        edge_tape &t = tape(s, -1);
+        int n = radial_chunk(s, w, s->degree, g, first, t);
         cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                                F(s->radial), F(s->dh), F(s->d_radial), dW(s, first),
+                                F(t.radial), F(s->dh), F(s->d_radial), dW(s, first),
                                 F(s->d_envelope) + first, st);
-        radial_mlp_backward(s, s->degree, n, first, w->B);
+        radial_mlp_backward(s, s->degree, n, first, w->B, t);
     }
     cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff, dW(s, 0),
                      F(s->d_envelope), F(s->d_distance), w->energy_rmsd,
@@ -1114,6 +1168,11 @@ extern "C" const umas_backend umas_backend_general_cuda = {
 extern "C" const umas_backend umas_backend_fast_cuda = {
     "umas_fast",  "cuda",     cuda_create_fast,   cuda_compute,
     cuda_destroy, cuda_bytes, cuda_set_neighbors, cuda_compute_positions,
+};
+
+extern "C" const umas_backend umas_backend_fast_gpu_cuda = {
+    "umas_fast_gpu", "cuda",     cuda_create_fast_gpu, cuda_compute,
+    cuda_destroy,    cuda_bytes, cuda_set_neighbors,   cuda_compute_positions,
 };
 
 extern "C" int umas_cuda_device_count(void) {

@@ -203,9 +203,9 @@ template <int K> __device__ void block_sum(float (&v)[K], float *total) {
 /* ---------------------------------------------------------------------------------------------
  * gather_rotate (core/edgewise.c gather_rotate) with conv1's radial scaling fused in
  * u[e][p][0:C] = (D x[source[e]])[m_to_l(p)], u[e][p][C:2C] likewise for target[e];
- * y = u * radial at radial_slot (scale_by_radial), and u itself into `unscaled` when it is not
- * null (the backward needs it). x [N][9][C], y and unscaled [n][9][2C], radial [n][12C].
- * One thread per (edge, channel).
+ * y = u * radial at radial_slot (scale_by_radial) unless y is null, and u itself into
+ * `unscaled` when it is not null (the backward needs it). x [N][9][C], y and unscaled [n][9][2C],
+ * radial [n][12C]. One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
 HD void gather_rotate_one(int e, int c, const int *source, const int *target,
@@ -223,8 +223,10 @@ HD void gather_rotate_one(int e, int c, const int *source, const int *target,
     for (int p = 0; p < 9; p++) {
         int ks = p * 2 * C + c, kt = ks + C;
         float us = ys[m_to_l(p)], ut = yt[m_to_l(p)];
-        y[row + ks] = us * re[radial_slot(ks, C)];
-        y[row + kt] = ut * re[radial_slot(kt, C)];
+        if (y) {
+            y[row + ks] = us * re[radial_slot(ks, C)];
+            y[row + kt] = ut * re[radial_slot(kt, C)];
+        }
         if (unscaled) {
             unscaled[row + ks] = us;
             unscaled[row + kt] = ut;

@@ -71,7 +71,8 @@ void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_
 
 /* gather_rotate for n edges with conv1's radial scaling fused in: u[e][p][0:C] =
  * (D x[source])[m_to_l[p]], u[e][p][C:2C] likewise for the target; y = u * radial[e] at
- * radial_slot (core/edgewise.c scale_by_radial), u also into `unscaled` unless it is null.
+ * radial_slot (core/edgewise.c scale_by_radial) unless y is null, u also into `unscaled`
+ * unless it is null.
  * x [N][9][C], y and unscaled [n][9][2C], radial [n][12C]. */
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
                       const float *x, const float *radial, float *unscaled, float *y,

@@ -1,4 +1,5 @@
-// test_cuda.cpp - the `general` and `umas_fast` backends on the GPU (device cuda, float32) against
+// test_cuda.cpp - the `general`, `umas_fast` and `umas_fast_gpu` backends on the GPU (device cuda,
+// float32; umas_fast_gpu both keeping its edge activations and recomputing them) against
 // fairchem's float64 truth. Needs a GPU: without one the GPU tests skip, and only the error a user
 // gets without a GPU is checked.
 //
@@ -34,32 +35,51 @@ bool have_gpu() {
     return umas_cuda_device_count() > 0;
 }
 
-// A reference case on one of the GPU backends, in one precision ("" = exact fp32).
+// A reference case on one of the GPU backends, in one precision ("" = exact fp32); `recompute`
+// forces umas_fast_gpu to recompute its edge activations in the backward (UMAS_CUDA_RECOMPUTE=1),
+// the path it takes when keeping them does not fit in GPU memory.
 struct CudaCase {
     CaseId id;
     std::string backend, precision;
+    bool recompute;
 };
 
 std::vector<CudaCase> cuda_cases() {
     std::vector<CudaCase> cases;
-    const char *modes[][2] = {
-        {"general", ""}, {"umas_fast", ""}, {"umas_fast", "3xtf32"}, {"umas_fast", "tf32"}};
-    for (const auto &mode : modes)
+    struct mode {
+        const char *backend, *precision;
+        bool recompute;
+    } modes[] = {{"general", "", false},          {"umas_fast", "", false},
+                 {"umas_fast", "3xtf32", false},  {"umas_fast", "tf32", false},
+                 {"umas_fast_gpu", "", false},    {"umas_fast_gpu", "", true},
+                 {"umas_fast_gpu", "tf32", false}};
+    for (const mode &m : modes)
         for (const CaseId &id : all_cases())
-            cases.push_back({id, mode[0], mode[1]});
+            cases.push_back({id, m.backend, m.precision, m.recompute});
     return cases;
 }
 
 std::string cuda_case_label(const ::testing::TestParamInfo<CudaCase> &info) {
     const CudaCase &c = info.param;
-    return c.backend + (c.precision.empty() ? "" : "_" + c.precision) + "_" + c.id.model + "_" +
-           c.id.name;
+    return c.backend + (c.recompute ? "_recompute" : "") +
+           (c.precision.empty() ? "" : "_" + c.precision) + "_" + c.id.model + "_" + c.id.name;
 }
 
 void PrintTo(const CudaCase &c, std::ostream *os) {
-    *os << c.backend << " " << (c.precision.empty() ? "fp32" : c.precision) << " " << c.id.model
-        << "/" << c.id.name;
+    *os << c.backend << (c.recompute ? " (recompute)" : "") << " "
+        << (c.precision.empty() ? "fp32" : c.precision) << " " << c.id.model << "/" << c.id.name;
 }
+
+// Sets an environment variable for the life of a scope.
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const char *n, const char *value) : name(n) {
+        setenv(n, value, 1);
+    }
+    ~ScopedEnv() {
+        unsetenv(name.c_str());
+    }
+};
 
 /* What each precision promises against fairchem's float64 truth.
  *  fp32 (exact, the default): the CUDA issue's bounds.
@@ -91,6 +111,7 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     if (!file_exists(model_path(id.model)))
         GTEST_SKIP() << "model " << model_path(id.model) << " not converted (optional)";
     ReferenceCase c = load_case(id.model, id.name);
+    ScopedEnv recompute("UMAS_CUDA_RECOMPUTE", GetParam().recompute ? "1" : "0");
     Evaluation ev;
     ev.setup(model_path(id.model), c, backend, "cuda",
              precision.empty() ? nullptr : precision.c_str());
@@ -144,7 +165,7 @@ TEST_P(CudaIntermediates, NodeFeaturesAfterEveryStage) {
 
 INSTANTIATE_TEST_SUITE_P(
     Tiny, CudaIntermediates,
-    ::testing::Combine(::testing::Values("general", "umas_fast"),
+    ::testing::Combine(::testing::Values("general", "umas_fast", "umas_fast_gpu"),
                        ::testing::Values("a_cu_fcc_108", "b_triclinic_perovskite_60",
                                          "c_molecule_q1_s2", "e_si_primitive_2")));
 
@@ -164,6 +185,25 @@ TEST(CudaDevice, WithoutAGpuTheContextSaysSo) {
                  message.find("not available on device 'cuda'") != std::string::npos;
     EXPECT_TRUE(clear) << message;
     umas_context_free(ctx);
+    umas_model_free(model);
+}
+
+TEST(CudaDevice, UmasFastGpuIsAGpuBackend) {
+    umas_error err;
+    umas_model *model = umas_model_load(model_path("tiny").c_str(), &err);
+    ASSERT_NE(model, nullptr) << err.message;
+    int z[1] = {29};
+    umas_system sys = {"omat", 0, 0, 1, z, nullptr};
+    umas_options on_cpu = {"umas_fast_gpu", "cpu", nullptr};
+    EXPECT_EQ(umas_context_create(model, &sys, &on_cpu, &err), nullptr);
+    std::string message = err.message;
+#ifdef UMAS_HAVE_CUDA
+    EXPECT_NE(message.find("backend 'umas_fast_gpu' is not available on device 'cpu'"),
+              std::string::npos)
+        << message;
+#else
+    EXPECT_NE(message.find("unknown backend 'umas_fast_gpu'"), std::string::npos) << message;
+#endif
     umas_model_free(model);
 }
 
