@@ -73,6 +73,14 @@ buffer *tape_buffer(edge_tape &t, int i) {
     return all[i];
 }
 
+/* One captured step (forward, backward, forces) and what it was captured for. */
+struct step_graph {
+    int N = 0, E = 0, energy_nodes = 0;
+    bool node_virial = false, store = false;
+    unsigned long generation = 0;
+    cudaGraphExec_t exec = nullptr;
+};
+
 struct cuda_state {
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
@@ -120,6 +128,13 @@ struct cuda_state {
     buffer list_source, list_target, list_image, list_vector, keep, slot, kept, select_scratch,
         flags, positions, cell, forces, virial, node_virial;
     size_t buffer_bytes = 0;
+    /* bumped whenever a buffer moves: a captured graph holds buffer addresses */
+    unsigned long generation = 0;
+
+    /* umas_fast_gpu, neighbour route: the step's device work as CUDA graphs (step_graph) */
+    std::vector<step_graph> graphs;
+    bool graphs_failed = false; /* capture refused once: run without graphs from then on */
+    void *blas_workspace = nullptr;
 
     std::vector<float> host_output;   /* [N] */
     std::vector<float> host_features; /* trace */
@@ -160,6 +175,7 @@ int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms,
     }
     b.bytes = ask;
     s->buffer_bytes += ask;
+    s->generation++;
     return 0;
 }
 
@@ -617,8 +633,12 @@ void cuda_destroy(umas_context *ctx) {
         for (int i = 0; i < tape_buffers; i++)
             if (tape_buffer(t, i)->ptr)
                 cudaFree(tape_buffer(t, i)->ptr);
+    for (step_graph &sg : s->graphs)
+        cudaGraphExecDestroy(sg.exec);
     if (s->blas)
         cublasDestroy(s->blas);
+    if (s->blas_workspace)
+        cudaFree(s->blas_workspace);
     if (s->stream)
         cudaStreamDestroy(s->stream);
     delete s;
@@ -664,6 +684,12 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     if (cublasCreate(&s->blas) != CUBLAS_STATUS_SUCCESS)
         return umas_fail(err, "device cuda: cuBLAS could not be initialised");
     cublasSetStream(s->blas, s->stream);
+    if (fused) { /* cuBLAS must not allocate while a graph is being captured */
+        const size_t workspace = (size_t)32 << 20;
+        if (check(cudaMalloc(&s->blas_workspace, workspace), "the cuBLAS workspace", err))
+            return -1;
+        cublasSetWorkspace(s->blas, s->blas_workspace, workspace);
+    }
     /* the arithmetic of each product is set per call (gemm) */
 
     int Z = w->num_elements, C = w->C;
@@ -821,6 +847,7 @@ void release(cuda_state *s, buffer &b) {
     if (b.ptr) {
         cudaFree(b.ptr);
         s->buffer_bytes -= b.bytes;
+        s->generation++;
     }
     b = buffer();
 }
@@ -928,20 +955,11 @@ void head_backward(cuda_state *s, const umas_weights *w, int N, int energy_nodes
     linear_backward(s, s->head[0], N, a1, H, F(s->du), 9 * C, C, 0);
 }
 
-/* The model on the graph whose edges (s->vec, s->src, s->tgt) and atomic numbers (s->z) are on
- * the device, buffers reserved: node outputs to ctx->node_output; with gradients dE/dr per edge
- * (double [E][3]) in s->gradient, on the device. */
-int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradients,
-              umas_result *result, umas_error *err) {
+/* The forward pass on s->stream, no host synchronisation (unless tracing): node outputs into
+ * s->node_output; with gradients the block inputs are saved for the backward. */
+void enqueue_forward(umas_context *ctx, cuda_state *s, const graph_view &g, int gradients) {
     const umas_weights *w = &ctx->weights;
     int N = g.N, E = g.E, C = w->C, L = w->num_layers;
-    if (ctx->keep_trace) {
-        free(ctx->trace);
-        ctx->trace = (double *)malloc(sizeof(double) * (size_t)(L + 3) * N * 9 * C + 1);
-        if (!ctx->trace)
-            return umas_fail(err, "out of memory for the trace");
-    }
-    double start = seconds_now();
     cudaStream_t st = s->stream;
     size_t size = (size_t)N * 9 * C;
     cu_edge_geometry(E, static_cast<const double *>(s->vec.ptr), w->cutoff, F(s->distance),
@@ -968,23 +986,15 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     cu_rms_norm_forward(N, C, s->final_norm.scale, s->final_norm.bias, F(s->h), F(s->u), st);
     record_trace(ctx, s, 2 + L, F(s->u), N);
     head_forward(s, w, N, F(s->u));
-    s->host_output.resize(N > 0 ? N : 1);
-    if (N > 0)
-        cudaMemcpyAsync(s->host_output.data(), s->node_output.ptr, sizeof(float) * N,
-                        cudaMemcpyDeviceToHost, st);
-    if (check(cudaStreamSynchronize(st), "the forward pass", err) ||
-        check(cudaGetLastError(), "the forward pass", err))
-        return -1;
+}
 
-    for (int n = 0; n < N; n++)
-        ctx->node_output[n] = s->host_output[n];
-    double middle = seconds_now();
-    result->seconds_forward = middle - start;
-    result->seconds_backward = 0;
-    if (!gradients)
-        return 0;
-
-    /* backward */
+/* The backward pass on s->stream after enqueue_forward: dE/dr per edge (double [E][3]) into
+ * s->gradient. */
+void enqueue_backward(umas_context *ctx, cuda_state *s, const graph_view &g) {
+    const umas_weights *w = &ctx->weights;
+    int N = g.N, E = g.E, C = w->C, L = w->num_layers;
+    cudaStream_t st = s->stream;
+    size_t size = (size_t)N * 9 * C;
     cudaMemsetAsync(s->d_wigner.ptr, 0, sizeof(cu_wigner) * (size_t)E, st);
     cudaMemsetAsync(s->d_envelope.ptr, 0, sizeof(float) * (size_t)E, st);
     cudaMemsetAsync(s->d_distance.ptr, 0, sizeof(float) * (size_t)E, st);
@@ -1006,7 +1016,49 @@ int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradien
     cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff, dW(s, 0),
                      F(s->d_envelope), F(s->d_distance), w->energy_rmsd,
                      static_cast<double *>(s->gradient.ptr), st);
-    if (check(cudaStreamSynchronize(st), "the backward pass", err) ||
+}
+
+/* Node outputs from the device into ctx->node_output (waits for the stream). */
+int download_node_output(umas_context *ctx, cuda_state *s, int N, const char *what,
+                         umas_error *err) {
+    s->host_output.resize(N > 0 ? N : 1);
+    if (N > 0)
+        cudaMemcpyAsync(s->host_output.data(), s->node_output.ptr, sizeof(float) * N,
+                        cudaMemcpyDeviceToHost, s->stream);
+    if (check(cudaStreamSynchronize(s->stream), what, err) || check(cudaGetLastError(), what, err))
+        return -1;
+    for (int n = 0; n < N; n++)
+        ctx->node_output[n] = s->host_output[n];
+    return 0;
+}
+
+int allocate_trace(umas_context *ctx, int N, umas_error *err) {
+    if (!ctx->keep_trace)
+        return 0;
+    free(ctx->trace);
+    ctx->trace = (double *)malloc(
+        sizeof(double) * (size_t)(ctx->weights.num_layers + 3) * N * 9 * ctx->weights.C + 1);
+    return ctx->trace ? 0 : umas_fail(err, "out of memory for the trace");
+}
+
+/* The model on the graph whose edges (s->vec, s->src, s->tgt) and atomic numbers (s->z) are on
+ * the device, buffers reserved: node outputs to ctx->node_output; with gradients dE/dr per edge
+ * (double [E][3]) in s->gradient, on the device. */
+int run_model(umas_context *ctx, cuda_state *s, const graph_view &g, int gradients,
+              umas_result *result, umas_error *err) {
+    if (allocate_trace(ctx, g.N, err))
+        return -1;
+    double start = seconds_now();
+    enqueue_forward(ctx, s, g, gradients);
+    if (download_node_output(ctx, s, g.N, "the forward pass", err))
+        return -1;
+    double middle = seconds_now();
+    result->seconds_forward = middle - start;
+    result->seconds_backward = 0;
+    if (!gradients)
+        return 0;
+    enqueue_backward(ctx, s, g);
+    if (check(cudaStreamSynchronize(s->stream), "the backward pass", err) ||
         check(cudaGetLastError(), "the backward pass", err))
         return -1;
     result->seconds_backward = seconds_now() - middle;
@@ -1047,10 +1099,25 @@ int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
  * positions go up, the kept edges are selected on the device, forces and virials come down.
  * ------------------------------------------------------------------------------------------- */
 
+/* umas_fast_gpu: the number of edges a step runs with, E rounded up to a multiple of a power of
+ * two of about E / 64 (at least 256), so that one captured graph serves the steps of a
+ * neighbour list while the count within the cutoff wanders. The padding edges are inert
+ * (cu_pad_edges): at most 1/64 + 256 / E more edge work. */
+int padded_edges(int E) {
+    if (E <= 0)
+        return 0;
+    long long grain = 256;
+    while (grain * 128 <= E)
+        grain *= 2;
+    return (int)((E + grain - 1) / grain * grain);
+}
+
 int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_neighbor_state *nb = &ctx->neighbors;
-    size_t E = (size_t)nb->num_edges, N = (size_t)nb->num_nodes;
+    size_t N = (size_t)nb->num_nodes;
+    size_t E = (size_t)(s->fused ? padded_edges(nb->num_edges) : nb->num_edges);
+    size_t listed = (size_t)nb->num_edges;
     int a = nb->num_nodes, e = nb->num_edges;
     cudaSetDevice(s->device);
     struct item {
@@ -1058,20 +1125,20 @@ int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
         size_t bytes;
         const char *what;
     } items[] = {
-        {&s->list_source, E * sizeof(int), "the neighbour list"},
-        {&s->list_target, E * sizeof(int), "the neighbour list"},
-        {&s->list_image, 3 * E * sizeof(int), "the neighbour list"},
-        {&s->list_vector, 3 * E * sizeof(double), "the neighbour list"},
-        {&s->keep, E * sizeof(int), "the neighbour list"},
-        {&s->slot, E * sizeof(int), "the neighbour list"},
-        {&s->kept, E * sizeof(int), "the neighbour list"},
+        {&s->list_source, listed * sizeof(int), "the neighbour list"},
+        {&s->list_target, listed * sizeof(int), "the neighbour list"},
+        {&s->list_image, 3 * listed * sizeof(int), "the neighbour list"},
+        {&s->list_vector, 3 * listed * sizeof(double), "the neighbour list"},
+        {&s->keep, listed * sizeof(int), "the neighbour list"},
+        {&s->slot, listed * sizeof(int), "the neighbour list"},
+        {&s->kept, listed * sizeof(int), "the neighbour list"},
         {&s->select_scratch, cu_select_scratch_bytes(e), "the neighbour list"},
         {&s->flags, 2 * sizeof(int), "the neighbour list"},
         {&s->positions, 3 * N * sizeof(double), "positions"},
         {&s->cell, 9 * sizeof(double), "positions"},
         {&s->forces, 3 * N * sizeof(double), "forces"},
         {&s->virial, 6 * sizeof(double), "forces"},
-        /* the kept edges go straight into the graph's edge arrays */
+        /* the kept edges go straight into the graph's edge arrays (with room for padding) */
         {&s->vec, 3 * E * sizeof(double), "edge vectors"},
         {&s->src, E * sizeof(int), "edges"},
         {&s->tgt, E * sizeof(int), "edges"},
@@ -1079,12 +1146,69 @@ int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
             return -1;
-    if (E > 0) {
-        cudaMemcpy(s->list_source.ptr, nb->source, E * sizeof(int), cudaMemcpyHostToDevice);
-        cudaMemcpy(s->list_target.ptr, nb->target, E * sizeof(int), cudaMemcpyHostToDevice);
-        cudaMemcpy(s->list_image.ptr, nb->image, 3 * E * sizeof(int), cudaMemcpyHostToDevice);
+    if (listed > 0) {
+        cudaMemcpy(s->list_source.ptr, nb->source, listed * sizeof(int), cudaMemcpyHostToDevice);
+        cudaMemcpy(s->list_target.ptr, nb->target, listed * sizeof(int), cudaMemcpyHostToDevice);
+        cudaMemcpy(s->list_image.ptr, nb->image, 3 * listed * sizeof(int), cudaMemcpyHostToDevice);
     }
     return check(cudaGetLastError(), "uploading the neighbour list", err);
+}
+
+/* Forces [N][3], the virial and (when node_virial is not null) per-atom virials from
+ * s->gradient, on the device. */
+void enqueue_forces(cuda_state *s, const graph_view &g, double *node_virial) {
+    cu_scatter_edge_gradients(
+        g.N, g.E, I(s->src), I(s->tgt), static_cast<const double *>(s->vec.ptr),
+        static_cast<const double *>(s->gradient.ptr), static_cast<double *>(s->forces.ptr),
+        static_cast<double *>(s->virial.ptr), node_virial, s->stream);
+}
+
+void enqueue_step(umas_context *ctx, cuda_state *s, const graph_view &g, double *node_virial) {
+    enqueue_forward(ctx, s, g, 1);
+    enqueue_backward(ctx, s, g);
+    enqueue_forces(s, g, node_virial);
+}
+
+/* umas_fast_gpu: the step's device work (forward, backward, forces) on s->stream as a CUDA
+ * graph: captured the first time a shape is met (atoms, padded edges, buffers), replayed after
+ * that; the last four shapes are kept (the padded edge count can flip between neighbours). If
+ * the driver refuses a capture, the step runs directly and graphs stay off. */
+int launch_step_graph(umas_context *ctx, cuda_state *s, const graph_view &g, double *node_virial,
+                      umas_error *err) {
+    cudaStream_t st = s->stream;
+    for (const step_graph &sg : s->graphs)
+        if (sg.N == g.N && sg.E == g.E && sg.energy_nodes == g.energy_nodes &&
+            sg.node_virial == (node_virial != nullptr) && sg.store == s->store &&
+            sg.generation == s->generation)
+            return check(cudaGraphLaunch(sg.exec, st), "launching the step graph", err);
+    step_graph sg;
+    sg.N = g.N;
+    sg.E = g.E;
+    sg.energy_nodes = g.energy_nodes;
+    sg.node_virial = node_virial != nullptr;
+    sg.store = s->store;
+    sg.generation = s->generation;
+    cudaGraph_t graph = nullptr;
+    bool captured = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    if (captured) {
+        enqueue_step(ctx, s, g, node_virial);
+        captured = cudaStreamEndCapture(st, &graph) == cudaSuccess && graph &&
+                   cudaGraphInstantiate(&sg.exec, graph, 0) == cudaSuccess;
+    }
+    if (graph)
+        cudaGraphDestroy(graph);
+    if (!captured) {
+        cudaGetLastError();
+        s->graphs_failed = true;
+        enqueue_step(ctx, s, g, node_virial);
+        return check(cudaGetLastError(), "the step", err);
+    }
+    if (s->graphs.size() == 4) {
+        cudaGraphExecDestroy(s->graphs.front().exec);
+        s->graphs.erase(s->graphs.begin());
+    }
+    s->graphs.push_back(sg);
+    return check(cudaGraphLaunch(sg.exec, st), "launching the step graph", err);
 }
 
 int cuda_compute_positions(umas_context *ctx, const double *positions, const double cell[9],
@@ -1120,40 +1244,56 @@ int cuda_compute_positions(umas_context *ctx, const double *positions, const dou
         return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)", e,
                          nb->source[e], nb->target[e]);
     }
-    graph_view g = {N, host_flags[0], nb->num_energy_nodes};
+    /* umas_fast_gpu replays a captured graph of the step; its edge count is padded (inert
+     * edges) so that the graph serves many steps */
+    int kept = host_flags[0];
+    bool graphed =
+        s->fused && gradients && !ctx->keep_trace && !s->graphs_failed && N > 0 && kept > 0;
+    graph_view g = {N, graphed ? padded_edges(kept) : kept, nb->num_energy_nodes};
+    if (g.E > kept)
+        cu_pad_edges(kept, g.E - kept, N, 2.0 * ctx->weights.cutoff, I(s->src), I(s->tgt),
+                     static_cast<double *>(s->vec.ptr), st);
     if (reserve_all(ctx, g, err))
         return -1;
-    if (N > 0)
-        cudaMemcpyAsync(s->z.ptr, nb->atomic_numbers, sizeof(int) * N, cudaMemcpyHostToDevice, st);
-    if (run_model(ctx, s, g, gradients, result, err))
-        return -1;
-    if (!gradients)
-        return 0;
-    double start = seconds_now();
-    if (result->node_virial &&
+    if (gradients && result->node_virial &&
         reserve(s, s->node_virial, 6 * (size_t)N * sizeof(double), "per-atom virials", N, g.E, err))
         return -1;
-    double *forces = static_cast<double *>(s->forces.ptr);
     double *node_virial = result->node_virial ? static_cast<double *>(s->node_virial.ptr) : nullptr;
-    cu_scatter_edge_gradients(N, g.E, I(s->src), I(s->tgt), static_cast<const double *>(s->vec.ptr),
-                              static_cast<const double *>(s->gradient.ptr), forces,
-                              static_cast<double *>(s->virial.ptr), node_virial, st);
+    if (N > 0)
+        cudaMemcpyAsync(s->z.ptr, nb->atomic_numbers, sizeof(int) * N, cudaMemcpyHostToDevice, st);
+    double start = seconds_now();
+    if (graphed) {
+        if (launch_step_graph(ctx, s, g, node_virial, err) ||
+            download_node_output(ctx, s, N, "the step", err))
+            return -1;
+        result->seconds_forward = seconds_now() - start; /* one launch: all counted here */
+        result->seconds_backward = 0;
+        start = seconds_now();
+    } else {
+        if (run_model(ctx, s, g, gradients, result, err))
+            return -1;
+        if (!gradients)
+            return 0;
+        start = seconds_now();
+        enqueue_forces(s, g, node_virial);
+    }
+    double *forces = static_cast<double *>(s->forces.ptr);
     if (result->forces && N > 0)
         cudaMemcpyAsync(result->forces, forces, sizeof(double) * 3 * N, cudaMemcpyDeviceToHost, st);
     if (node_virial && N > 0)
         cudaMemcpyAsync(result->node_virial, node_virial, sizeof(double) * 6 * N,
                         cudaMemcpyDeviceToHost, st);
     cudaMemcpyAsync(result->virial, s->virial.ptr, sizeof(double) * 6, cudaMemcpyDeviceToHost, st);
-    if (result->edge_gradient && g.E > 0) { /* only when asked for: O(edges) */
-        cudaMemcpyAsync(nb->kept, s->kept.ptr, sizeof(int) * g.E, cudaMemcpyDeviceToHost, st);
-        cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * g.E,
+    if (result->edge_gradient && kept > 0) { /* only when asked for: O(edges) */
+        cudaMemcpyAsync(nb->kept, s->kept.ptr, sizeof(int) * kept, cudaMemcpyDeviceToHost, st);
+        cudaMemcpyAsync(ctx->edge_gradient, s->gradient.ptr, sizeof(double) * 3 * kept,
                         cudaMemcpyDeviceToHost, st);
     }
     if (check(cudaStreamSynchronize(st), "the forces", err) ||
         check(cudaGetLastError(), "the forces", err))
         return -1;
     if (result->edge_gradient)
-        umas_list_edge_gradient(ctx, g.E, result->edge_gradient);
+        umas_list_edge_gradient(ctx, kept, result->edge_gradient);
     result->seconds_backward += seconds_now() - start;
     return 0;
 }

@@ -184,6 +184,10 @@ void cu_select_edges(int E, const int *keep, int *slot, void *scratch, size_t sc
                      const int *source, const int *target, const double *vector, int *kept,
                      int *kept_source, int *kept_target, double *kept_vector, int *count,
                      cudaStream_t stream);
+/* Edges [first, first + count) of source/target/vector made inert for padding (umas_fast_gpu's
+ * CUDA graphs): e % N to itself at distance `length` > cutoff, contributing exactly zero. */
+void cu_pad_edges(int first, int count, int N, double length, int *source, int *target,
+                  double *vector, cudaStream_t stream);
 /* core/context.c scatter_edge_gradients: forces [N][3] = -dE/dx, virial [6] and, when not null,
  * node_virial [N][6] from the E edges' gradient [E][3] (all double; zeroed first; summed in
  * 64-bit fixed point of 2^-32 eV/A or eV, range +-2^31: the same bits in every run). */

@@ -158,3 +158,24 @@ void cu_scatter_edge_gradients(int N, int E, const int *source, const int *targe
     if (node_virial)
         fixed_to_double(6 * (size_t)N, node_virial, stream);
 }
+
+/* Edges [first, first + count) made inert: atom e % N to itself at distance `length` (beyond the
+ * cutoff) along a generic direction, so the envelope, its slope and every term of these edges
+ * are exactly zero. */
+__global__ void pad_edges_kernel(int first, int count, int N, double length, int *source,
+                                 int *target, double *vector) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < count; k += gridDim.x * blockDim.x) {
+        int e = first + k;
+        source[e] = target[e] = e % N;
+        vector[3 * (size_t)e + 0] = 0.60 * length;
+        vector[3 * (size_t)e + 1] = 0.64 * length;
+        vector[3 * (size_t)e + 2] = 0.48 * length;
+    }
+}
+
+void cu_pad_edges(int first, int count, int N, double length, int *source, int *target,
+                  double *vector, cudaStream_t stream) {
+    if (count > 0 && N > 0)
+        pad_edges_kernel<<<grid_for((size_t)count, NEIGHBOR_THREADS), NEIGHBOR_THREADS, 0,
+                           stream>>>(first, count, N, length, source, target, vector);
+}

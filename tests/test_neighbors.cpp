@@ -9,7 +9,9 @@
 //    cell changed (NPT);
 //  * per-edge gradients come back over the whole list, exactly zero beyond the cutoff;
 //  * on the GPU it meets the CUDA bounds against fairchem's float64 truth on every case, and two
-//    runs give bitwise the same energy, forces and per-atom virials;
+//    runs give bitwise the same energy, forces and per-atom virials; umas_fast_gpu, which
+//    replays a captured CUDA graph of the step with inert padding edges, also follows the atoms
+//    when they move between replays;
 //  * misuse and bad positions give an error naming the problem.
 #include "reference.hpp"
 
@@ -262,17 +264,34 @@ TEST_F(NeighborRouteErrors, ListIndicesAreChecked) {
 // GPU, float32: the same route with the selection and the force scatter on the device.
 // ---------------------------------------------------------------------------------------------
 
-class NeighborRouteCuda : public ::testing::TestWithParam<CaseId> {};
+struct CudaRouteCase {
+    CaseId id;
+    std::string backend;
+};
+
+std::vector<CudaRouteCase> cuda_route_cases() {
+    std::vector<CudaRouteCase> cases;
+    for (const char *backend : {"general", "umas_fast_gpu"})
+        for (const CaseId &id : all_cases())
+            cases.push_back({id, backend});
+    return cases;
+}
+
+std::string cuda_route_label(const ::testing::TestParamInfo<CudaRouteCase> &info) {
+    return info.param.backend + "_" + info.param.id.model + "_" + info.param.id.name;
+}
+
+class NeighborRouteCuda : public ::testing::TestWithParam<CudaRouteCase> {};
 
 TEST_P(NeighborRouteCuda, MatchesFairchemAndTheGraphRoute) {
     if (umas_cuda_device_count() == 0)
         GTEST_SKIP() << "no CUDA device";
-    const CaseId &id = GetParam();
+    const CaseId &id = GetParam().id;
     if (!file_exists(model_path(id.model)))
         GTEST_SKIP() << "model " << model_path(id.model) << " not converted (optional)";
     ReferenceCase c = load_case(id.model, id.name);
     Evaluation ev;
-    ev.setup(model_path(id.model), c, "general", "cuda");
+    ev.setup(model_path(id.model), c, GetParam().backend.c_str(), "cuda");
     NeighborList list;
     // the list is built from positions moved away from the reference, which is then evaluated
     list.set(ev, c, rattled(c.positions, 0.2 * skin));
@@ -292,10 +311,10 @@ TEST_P(NeighborRouteCuda, MatchesFairchemAndTheGraphRoute) {
     }
     Outputs full = graph_route(ev, c, c.positions, c.cell);
     Differences d = compare(fast, full);
-    std::printf("[ measured ] cuda neighbour route %s/%s: |dE| %.2e eV, max|dF| %.2e eV/A, "
+    std::printf("[ measured ] cuda %s neighbour route %s/%s: |dE| %.2e eV, max|dF| %.2e eV/A, "
                 "max|dstress| %.2e eV/A^3 vs fairchem; vs graph route |dE| %.1e, |dF| %.1e\n",
-                id.model.c_str(), id.name.c_str(), std::fabs(fast.energy - c.energy), force_error,
-                stress_error, d.energy, d.forces);
+                GetParam().backend.c_str(), id.model.c_str(), id.name.c_str(),
+                std::fabs(fast.energy - c.energy), force_error, stress_error, d.energy, d.forces);
     EXPECT_LE(std::fabs(fast.energy - c.energy), energy_bound);
     EXPECT_LE(force_error, 1e-4);
     EXPECT_LE(stress_error, 1e-6);
@@ -306,8 +325,25 @@ TEST_P(NeighborRouteCuda, MatchesFairchemAndTheGraphRoute) {
     for (double e : fast.per_atom)
         sum += e;
     EXPECT_NEAR(sum, fast.energy, 1e-6 * std::max(1.0, std::fabs(fast.energy)));
+    // edge gradients over the whole list: exactly zero beyond the cutoff
+    for (double g : fast.edge_gradient)
+        EXPECT_TRUE(std::isfinite(g));
+
+    // the atoms move (each step a replay when the padded edge count stays): still the graph
+    // route's answer at the new positions, with the same list
+    for (int step = 1; step <= 3; step++) {
+        std::vector<double> moved = rattled(c.positions, 0.05 * step * skin);
+        Outputs replay = neighbor_route(ev, list, c, moved, c.cell);
+        Outputs rebuilt = graph_route(ev, c, moved, c.cell);
+        Differences m = compare(replay, rebuilt);
+        EXPECT_LE(m.energy, energy_bound) << "step " << step;
+        EXPECT_LE(m.forces, 1e-5) << "step " << step;
+        std::vector<double> virial(rebuilt.virial, rebuilt.virial + 6);
+        EXPECT_LE(m.virial, 1e-4 * std::max(1.0, max_abs(virial))) << "step " << step;
+    }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCases, NeighborRouteCuda, ::testing::ValuesIn(all_cases()), case_label);
+INSTANTIATE_TEST_SUITE_P(AllCases, NeighborRouteCuda, ::testing::ValuesIn(cuda_route_cases()),
+                         cuda_route_label);
 
 } // namespace
