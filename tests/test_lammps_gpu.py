@@ -92,11 +92,11 @@ def tearDownModule():
         base.TMP.cleanup()
 
 
-def with_device(script, device=None):
-    """Adds `device D` to every `pair_style umas` line of a script."""
+def with_device(script, device=None, backend=None):
+    """Adds `device D` (and `backend B` when given) to every `pair_style umas` line."""
     device = device or DEVICE
-    return re.sub(r"^(pair_style\s+umas\s.*?)\s*$", r"\1 device %s" % device, script,
-                  flags=re.M)
+    extra = " device %s" % device + (" backend %s" % backend if backend else "")
+    return re.sub(r"^(pair_style\s+umas\s.*?)\s*$", r"\1" + extra, script, flags=re.M)
 
 
 class GpuTest(unittest.TestCase):
@@ -174,7 +174,7 @@ class ReferenceParity(GpuTest):
 
 
 # ------------------------------------------------------------------------------------------
-def cu_fcc_script(device, steps, thermo=10, dump=None):
+def cu_fcc_script(device, steps, thermo=10, dump=None, backend=None):
     """examples/cu_fcc/in.cu_fcc (108 Cu atoms, 300 K, NVE, 1 fs) with the tiny model, the
     given device, %.17g thermo output and optionally a final dump of positions and forces."""
     with open(os.path.join(HERE, "..", "examples", "cu_fcc", "in.cu_fcc")) as f:
@@ -186,7 +186,7 @@ def cu_fcc_script(device, steps, thermo=10, dump=None):
                   text, flags=re.M)
     text = re.sub(r"^thermo_modify\s.*$", "thermo_modify format float %.17g", text, flags=re.M)
     text = re.sub(r"^thermo\s.*$", "thermo %d" % thermo, text, flags=re.M)
-    text = with_device(text, device)
+    text = with_device(text, device, backend)
     if dump:
         text = text.replace("run ", "dump d all custom %d %s id x y z fx fy fz\n"
                             "dump_modify d sort id format float %%.17g\nrun " % (steps, dump), 1)
@@ -257,23 +257,33 @@ class EnergyDrift(GpuTest):
         relative) can fake over the run (2 x noise / duration); its fluctuation max |E - E_0|/N
         within 3x the CPU's or that round-off. (The 10^5-step GPU run in
         examples/long_nve measures the drift itself.)"""
+        self.check_drift(None)
+
+    def test_nve_drift_umas_fast_gpu(self):
+        """The same with `backend umas_fast_gpu` on the GPU (kept activations, CUDA graph of
+        the step replayed between list rebuilds) against the CPU's general backend."""
+        self.check_drift("umas_fast_gpu")
+
+    def check_drift(self, backend):
         results = {}
         for device in (DEVICE, "cpu"):
             directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
-            run = self.run_ok(cu_fcc_script(device, self.STEPS), directory=directory)
+            script = cu_fcc_script(device, self.STEPS, backend=backend if device != "cpu" else None)
+            run = self.run_ok(script, directory=directory)
             table = run.thermo()[-1]
             self.assertEqual(len(table), self.STEPS // 10 + 1)
             self.assertTrue(all(math.isfinite(x) for row in table for x in row))
             temperatures = [row[1] for row in table]
             results[device] = self.drift(table, 108)
             energy_per_atom = abs(table[0][4]) / 108
+            label = device + (" backend %s" % backend if backend and device != "cpu" else "")
             measured("NVE cu_fcc %d steps device %s: %.1f s (%.4f s/step), |E_end - E_0|/N "
                      "%.2e eV/atom, max |E - E_0|/N %.2e eV/atom, slope %.2e eV/atom/ps, T "
-                     "%.0f..%.0f K" % (self.STEPS, device, run.seconds, run.seconds / self.STEPS,
+                     "%.0f..%.0f K" % (self.STEPS, label, run.seconds, run.seconds / self.STEPS,
                                        *results[device], min(temperatures), max(temperatures)))
         gpu, cpu = results[DEVICE], results["cpu"]
-        measured("NVE drift device %s / cpu: slope %.2f, max %.2f" % (
-            DEVICE, abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
+        measured("NVE drift device %s%s / cpu: slope %.2f, max %.2f" % (
+            DEVICE, " backend %s" % backend if backend else "", abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
         duration_ps = self.STEPS * 1e-3
         slope_floor = 2 * self.NOISE * energy_per_atom / duration_ps
         self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), slope_floor))

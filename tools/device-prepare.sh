@@ -11,10 +11,17 @@ cd "$(dirname "$0")/.."
 ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
       -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-cmake --build build-cuda -j2 --target test_cuda test_neighbors umas-bench umas-eval lmp_umas
+targets="test_cuda test_neighbors umas-bench umas-eval lmp_umas"
+for optional in test_kernels umas-gemm-check; do # GPU-only programs, when this tree has them
+    if cmake --build build-cuda --target help | grep -q "\.\.\. $optional\$"; then
+        targets="$targets $optional"
+    fi
+done
+cmake --build build-cuda -j"${UMAS_BUILD_JOBS:-2}" --target $targets
 rm -rf .devbin && mkdir -p .devbin/stage
-cp build-cuda/tests/test_cuda build-cuda/tests/test_neighbors build-cuda/umas-bench build-cuda/umas-eval build-cuda/lmp_umas \
-   .devbin/stage/
+for target in $targets; do
+    cp "$(find build-cuda -type f -name "$target" -perm -u+x | head -n 1)" .devbin/stage/
+done
 strip .devbin/stage/lmp_umas
 # the launcher must need no MPI and no liblammps; its non-system libraries are carried below
 # (libcublas/libcublasLt come from the device's CUDA)

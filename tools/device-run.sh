@@ -2,7 +2,8 @@
 # On the device machine (repository root, .devbin/ carried; see tools/device-prepare.sh):
 # GPU tests (test_cuda), LAMMPS with `device cuda` (tests/test_lammps_gpu.py with the carried
 # serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
-# under $OUT. UMAS_TEST_CUDA=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a part out.
+# under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
+# part out; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision.
 set -uo pipefail
 source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -16,11 +17,18 @@ if [ -f .devbin/umas.pt.xz ]; then
 fi
 export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
 if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
-    for test in test_cuda test_neighbors; do
+    tests="test_cuda test_neighbors"
+    [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
+    for test in $tests; do
         /tmp/umas/bin/$test 2>&1 | tee "$OUT/$test.log" |
             grep -E "measured|FAIL|SKIPPED|Failure|error" | grep -v "no CUDA device"
     done
-    echo "== test summary"; grep -E "^\[  (PASSED|FAILED) " "$OUT"/test_cuda.log "$OUT"/test_neighbors.log
+    echo "== test summary"; for test in $tests; do grep -E "^\[  (PASSED|FAILED) " "$OUT/$test.log"; done
+fi
+if [ "${UMAS_GEMM_CHECK:-1}" = 1 ] && [ -x /tmp/umas/bin/umas-gemm-check ]; then
+    echo "== split-precision tensor-core GEMM vs cuBLAS (umas-gemm-check)"
+    timeout 300 /tmp/umas/bin/umas-gemm-check 2>&1 | tee "$OUT/gemm-check.txt"
+    echo "== gemm check exit ${PIPESTATUS[0]}"
 fi
 if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
     echo "== LAMMPS, pair_style umas device cuda (tests/test_lammps_gpu.py)"
@@ -36,8 +44,8 @@ if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
 fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
-    for variant in "general,umas_fast fp32" "umas_fast 3xtf32" "umas_fast tf32"; do
-        set -- $variant
+    for variant in ${UMAS_BENCH_VARIANTS:-general,umas_fast,umas_fast_gpu:fp32 umas_fast_gpu:tf32}; do
+        set -- ${variant/:/ }
         echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU"
         /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
             --backend "$1" --precision "$2" --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" \
@@ -46,8 +54,8 @@ if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
 fi
 if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     # per-kernel time of one MD step at 2000 atoms (Nsight Compute, one metric: one replay)
-    for variant in "umas_fast fp32" "umas_fast 3xtf32"; do
-        set -- $variant
+    for variant in ${UMAS_PROFILE_VARIANTS:-umas_fast_gpu:fp32}; do
+        set -- ${variant/:/ }
         echo "== kernel breakdown, 2000 atoms, backend $1, precision $2 (one step)"
         ncu --metrics gpu__time_duration.sum --csv /tmp/umas/bin/umas-bench \
             --model /tmp/umas/models/umas.safetensors --device cuda --backend "$1" \
