@@ -1,0 +1,717 @@
+// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu), one at a time, against the CPU
+// float64 functions they mirror (core/edgewise.c), on random graphs with real Wigner rotations.
+//
+// Specification (docs/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
+//  * producer: cu_gather_rotate equals umas_gather_rotate followed by conv1's radial scaling, both
+//    the scaled output and the unscaled copy, within 1e-5 x max(1, max |reference|) per l-block;
+//    leaving out the unscaled copy (null) gives the same scaled bits;
+//  * consumer: cu_rotate_back_scatter equals umas_rotate_back_scatter summed into the targets
+//    within 1e-5 x max(1, max |reference|) per l-block; cu_fixed_add turns its fixed-point sums
+//    into exactly the floats they encode and clears them;
+//  * backward: cu_gather_rotate_backward (grad to node features through both ends, grad to the
+//    Wigner blocks), cu_rotate_back_backward (grad to messages, Wigner blocks, envelope) and
+//    cu_edge_degree_backward equal umas_gather_rotate_backward, umas_rotate_back_backward and
+//    umas_edge_degree_backward PER l-BLOCK (features: l = 0, 1, 2; Wigner: D^1 3x3, D^2 5x5)
+//    within 1e-3 absolute for the sums over channels or edges (the seed's floor), and within the
+//    forward's 1e-5 x max(1, max |reference|) for the elementwise outputs (grad to messages,
+//    cu_scale_by_radial_backward's grad to radial weights and rescaled adjoint); every error
+//    found is printed ("[ measured ]") and recorded as a test property;
+//  * edge degree: cu_edge_degree_forward equals umas_edge_degree_forward within 1e-5 x
+//    max(1, max |reference|) per l-block;
+//  * reproducibility: two runs of each kernel that sums in 64-bit fixed point give bitwise the
+//    same sums, and the per-edge sums of the backward kernels are bitwise the same too.
+// Sizes: the seed's N = 100, E = 3000, C = 128; N = 5, E = 10; C = 256; plus C = 7 (a partial
+// warp) and C = 320 (more channels than threads in the one-block-per-edge kernels).
+// Inputs: random edges (source != target, pairs may repeat), the Wigner blocks of random unit
+// vectors (plus the six axis directions) from core/wigner.c, envelopes in (0, 1], features and
+// radial weights in [-1, 1], all from std::mt19937 with a fixed seed. The CPU reads the very
+// float32 values the GPU gets, widened to double, so only the kernels' float32 arithmetic shows.
+// Without a GPU every test skips.
+#include "kernels.h" // cuda/: C++ linkage (compiled by nvcc as C++)
+
+extern "C" {
+#include "edgewise.h"
+#include "wigner.h"
+}
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+const double forward_tolerance = 1e-5;  // x max(1, max |reference|) of the block
+const double backward_tolerance = 1e-3; // absolute, sums over channels or edges
+
+bool have_gpu() {
+    static const bool present = [] {
+        int count = 0;
+        if (cudaGetDeviceCount(&count) != cudaSuccess) {
+            cudaGetLastError(); // clear the error of "no driver / no device"
+            return false;
+        }
+        return count > 0;
+    }();
+    return present;
+}
+
+// ---------------------------------------------------------------------------------------------
+// device memory
+// ---------------------------------------------------------------------------------------------
+
+void check_cuda(cudaError_t status, const char *what) {
+    if (status != cudaSuccess)
+        throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
+}
+
+// After a launch: its launch error, then its execution error.
+void finish(const char *kernel) {
+    check_cuda(cudaGetLastError(), kernel);
+    check_cuda(cudaDeviceSynchronize(), kernel);
+}
+
+// A device array of `count` T, freed with the object.
+template <class T> class DeviceArray {
+  public:
+    explicit DeviceArray(size_t count) : count_(count) {
+        check_cuda(cudaMalloc(&data_, bytes()), "cudaMalloc");
+    }
+    explicit DeviceArray(const std::vector<T> &host) : DeviceArray(host.size()) {
+        upload(host);
+    }
+    ~DeviceArray() {
+        cudaFree(data_);
+    }
+    DeviceArray(const DeviceArray &) = delete;
+    DeviceArray &operator=(const DeviceArray &) = delete;
+
+    void upload(const std::vector<T> &host) {
+        if (host.size() != count_)
+            throw std::runtime_error("DeviceArray::upload: size mismatch");
+        check_cuda(cudaMemcpy(data_, host.data(), sizeof(T) * count_, cudaMemcpyHostToDevice),
+                   "upload");
+    }
+    std::vector<T> download() const {
+        std::vector<T> host(count_);
+        check_cuda(cudaMemcpy(host.data(), data_, sizeof(T) * count_, cudaMemcpyDeviceToHost),
+                   "download");
+        return host;
+    }
+    // Every byte = `byte`: 0 for sums, 0xff (float NaN) for outputs that must be overwritten.
+    void fill_bytes(int byte) {
+        check_cuda(cudaMemset(data_, byte, bytes()), "cudaMemset");
+    }
+    T *get() {
+        return data_;
+    }
+
+  private:
+    size_t bytes() const {
+        return sizeof(T) * std::max<size_t>(count_, 1);
+    }
+    T *data_ = nullptr;
+    size_t count_;
+};
+
+const int nan_bytes = 0xff;
+
+template <class T> bool same_bits(const std::vector<T> &a, const std::vector<T> &b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(T) * a.size()) == 0;
+}
+
+// Fixed-point node sums (cuda/kernels.h: value v stored as round(v 2^32)) as doubles.
+std::vector<double> from_fixed(const std::vector<unsigned long long> &fixed) {
+    std::vector<double> v(fixed.size());
+    for (size_t i = 0; i < fixed.size(); i++)
+        v[i] = (double)(long long)fixed[i] * CU_FIXED_UNIT;
+    return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// random inputs
+// ---------------------------------------------------------------------------------------------
+
+std::vector<float> random_values(std::mt19937 &rng, size_t count, float lo = -1.0f,
+                                 float hi = 1.0f) {
+    std::uniform_real_distribution<float> uniform(lo, hi);
+    std::vector<float> v(count);
+    for (float &x : v)
+        x = uniform(rng);
+    return v;
+}
+
+std::vector<double> widen(const std::vector<float> &v) {
+    return std::vector<double>(v.begin(), v.end());
+}
+
+cu_wigner to_float(const umas_wigner &D) {
+    cu_wigner w;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            w.l1[a][b] = (float)D.l1[a][b];
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 5; b++)
+            w.l2[a][b] = (float)D.l2[a][b];
+    return w;
+}
+
+umas_wigner widen(const cu_wigner &w) {
+    umas_wigner D;
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            D.l1[a][b] = w.l1[a][b];
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 5; b++)
+            D.l2[a][b] = w.l2[a][b];
+    return D;
+}
+
+// Random cu_wigner records (for the accumulated adjoints' starting values).
+std::vector<cu_wigner> random_wigner_records(std::mt19937 &rng, int count) {
+    std::vector<float> v = random_values(rng, 34 * (size_t)count);
+    std::vector<cu_wigner> w(count);
+    std::memcpy(w.data(), v.data(), sizeof(float) * v.size());
+    return w;
+}
+
+std::vector<umas_wigner> widen(const std::vector<cu_wigner> &w) {
+    std::vector<umas_wigner> D(w.size());
+    for (size_t e = 0; e < w.size(); e++)
+        D[e] = widen(w[e]);
+    return D;
+}
+
+// max over i, j of |sum_k M[i][k] M[j][k] - delta_ij| for an n x n row-major M.
+double orthogonality_error(const double *M, int n) {
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double dot = 0;
+            for (int k = 0; k < n; k++)
+                dot += M[i * n + k] * M[j * n + k];
+            worst = std::max(worst, std::fabs(dot - (i == j ? 1.0 : 0.0)));
+        }
+    return worst;
+}
+
+struct Size {
+    int N, E, C;
+};
+
+std::string size_label(const ::testing::TestParamInfo<Size> &info) {
+    const Size &s = info.param;
+    return "N" + std::to_string(s.N) + "_E" + std::to_string(s.E) + "_C" + std::to_string(s.C);
+}
+
+void PrintTo(const Size &s, std::ostream *os) {
+    *os << "N=" << s.N << " E=" << s.E << " C=" << s.C;
+}
+
+// A random graph with its edge geometry: float32 values for the GPU, the same values widened to
+// double for the CPU.
+struct Graph {
+    int N = 0, E = 0, C = 0;
+    std::vector<int> source, target;    // [E], source != target
+    std::vector<cu_wigner> wigner;      // [E] D^1 [3][3], D^2 [5][5] of the edge direction
+    std::vector<umas_wigner> wigner64;  // [E] the same entries in double
+    std::vector<float> envelope;        // [E] in (0, 1]
+    std::vector<double> envelope64;     // [E]
+    double max_orthogonality_error = 0; // of the double D^1, D^2 (they are rotations)
+
+    umas_edge_chunk chunk() const {
+        umas_edge_chunk c;
+        c.count = E;
+        c.source = source.data();
+        c.target = target.data();
+        c.wigner = wigner64.data();
+        c.envelope = envelope64.data();
+        return c;
+    }
+};
+
+Graph random_graph(const Size &size, std::mt19937 &rng) {
+    Graph g;
+    g.N = size.N, g.E = size.E, g.C = size.C;
+    std::uniform_int_distribution<int> node(0, g.N - 1);
+    std::uniform_real_distribution<double> cube(-1.0, 1.0);
+    const double axes[6][3] = {{1, 0, 0}, {-1, 0, 0}, {0, 1, 0}, {0, -1, 0}, {0, 0, 1}, {0, 0, -1}};
+    for (int e = 0; e < g.E; e++) {
+        int s = node(rng), t = node(rng);
+        while (t == s)
+            t = node(rng);
+        g.source.push_back(s);
+        g.target.push_back(t);
+
+        double u[3], norm = 0;
+        if (e < 6) { // the coordinate axes, where the edge frame's choice of axis switches
+            for (int k = 0; k < 3; k++)
+                u[k] = axes[e][k];
+            norm = 1;
+        } else {
+            do { // uniform in the unit ball, away from 0
+                for (double &c : u)
+                    c = cube(rng);
+                norm = std::sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
+            } while (norm < 0.1 || norm > 1.0);
+        }
+        for (double &c : u)
+            c /= norm;
+        umas_wigner D;
+        umas_wigner_from_unit_vector(u, &D);
+        g.max_orthogonality_error =
+            std::max({g.max_orthogonality_error, orthogonality_error(&D.l1[0][0], 3),
+                      orthogonality_error(&D.l2[0][0], 5)});
+        g.wigner.push_back(to_float(D));
+        g.wigner64.push_back(widen(g.wigner.back()));
+    }
+    g.envelope = random_values(rng, g.E, 0.0f, 1.0f);
+    for (float &v : g.envelope)
+        v = 1.0f - v; // [0, 1) -> (0, 1]
+    g.envelope64 = widen(g.envelope);
+    return g;
+}
+
+// The graph's per-edge arrays on the device.
+struct DeviceGraph {
+    DeviceArray<int> source, target;
+    DeviceArray<cu_wigner> wigner;
+    DeviceArray<float> envelope;
+    explicit DeviceGraph(const Graph &g)
+        : source(g.source), target(g.target), wigner(g.wigner), envelope(g.envelope) {}
+};
+
+// ---------------------------------------------------------------------------------------------
+// CPU references (float64, core/edgewise.c)
+// ---------------------------------------------------------------------------------------------
+
+// umas_gather_rotate per edge: u [E][9][2C] M-order, u[e][p][0:C] = (D x[source])[m_to_l[p]],
+// u[e][p][C:2C] = (D x[target])[m_to_l[p]]; x [N][9][C] L-order.
+std::vector<double> cpu_gather_rotate(const Graph &g, const std::vector<double> &x) {
+    const int C = g.C;
+    std::vector<double> u((size_t)g.E * 18 * C);
+    for (int e = 0; e < g.E; e++)
+        umas_gather_rotate(&g.wigner64[e], x.data() + (size_t)g.source[e] * 9 * C,
+                           x.data() + (size_t)g.target[e] * 9 * C, C,
+                           u.data() + (size_t)e * 18 * C);
+    return u;
+}
+
+// conv1's radial scaling (core/edgewise.c scale_by_radial, static there, so written here from its
+// documented layout): the radial entry [0, 12C) that scales row p, column q of an edge's [9][2C]
+// M-order features. Rows 0..2 by [0, 6C); rows 3, 4 and again 5, 6 (the m = 1 real and imaginary
+// parts) by [6C, 10C); rows 7 and again 8 (m = 2) by [10C, 12C).
+size_t radial_index(int p, int q, int C) {
+    if (p < 3)
+        return (size_t)p * 2 * C + q;
+    if (p < 7)
+        return 6 * (size_t)C + (size_t)((p - 3) % 2) * 2 * C + q;
+    return 10 * (size_t)C + q;
+}
+
+// y [E][9][2C] = u * radial at radial_index; radial [E][12C].
+std::vector<double> cpu_scale_by_radial(int E, int C, const std::vector<double> &radial,
+                                        const std::vector<double> &u) {
+    std::vector<double> y(u.size());
+    for (int e = 0; e < E; e++)
+        for (int p = 0; p < 9; p++)
+            for (int q = 0; q < 2 * C; q++) {
+                size_t k = (size_t)e * 18 * C + (size_t)p * 2 * C + q;
+                y[k] = u[k] * radial[(size_t)e * 12 * C + radial_index(p, q, C)];
+            }
+    return y;
+}
+
+// Adjoint of cpu_scale_by_radial: d_radial [E][12C] = sum over the uses of each entry of
+// dy * unscaled (overwrite); dy [E][9][2C] *= radial (in place).
+std::vector<double> cpu_scale_by_radial_backward(int E, int C, const std::vector<double> &radial,
+                                                 const std::vector<double> &unscaled,
+                                                 std::vector<double> &dy) {
+    std::vector<double> d_radial((size_t)E * 12 * C, 0.0);
+    for (int e = 0; e < E; e++)
+        for (int p = 0; p < 9; p++)
+            for (int q = 0; q < 2 * C; q++) {
+                size_t k = (size_t)e * 18 * C + (size_t)p * 2 * C + q;
+                size_t r = (size_t)e * 12 * C + radial_index(p, q, C);
+                d_radial[r] += dy[k] * unscaled[k];
+                dy[k] *= radial[r];
+            }
+    return d_radial;
+}
+
+// umas_rotate_back_scatter per edge: x_out [N][9][C] (from 0) += env D^T z^L, z [E][9][C] M-order.
+std::vector<double> cpu_rotate_back_scatter(const Graph &g, const std::vector<double> &z) {
+    const int C = g.C;
+    std::vector<double> x_out((size_t)g.N * 9 * C, 0.0);
+    for (int e = 0; e < g.E; e++)
+        umas_rotate_back_scatter(&g.wigner64[e], g.envelope64[e], z.data() + (size_t)e * 9 * C, C,
+                                 x_out.data() + (size_t)g.target[e] * 9 * C);
+    return x_out;
+}
+
+// umas_gather_rotate_backward per edge: d_x [N][9][C] (from 0) += D^T dy^L through both ends;
+// d_wigner [E] += <dy^L[i], [x_source | x_target][j]>. dy [E][9][2C] M-order.
+std::vector<double> cpu_gather_rotate_backward(const Graph &g, const std::vector<double> &x,
+                                               const std::vector<double> &dy,
+                                               std::vector<umas_wigner> &d_wigner) {
+    const int C = g.C;
+    std::vector<double> d_x((size_t)g.N * 9 * C, 0.0);
+    for (int e = 0; e < g.E; e++) {
+        size_t s = (size_t)g.source[e] * 9 * C, t = (size_t)g.target[e] * 9 * C;
+        umas_gather_rotate_backward(&g.wigner64[e], x.data() + s, x.data() + t,
+                                    dy.data() + (size_t)e * 18 * C, C, d_x.data() + s,
+                                    d_x.data() + t, &d_wigner[e]);
+    }
+    return d_x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// comparison, per l-block
+// ---------------------------------------------------------------------------------------------
+
+// Largest |reference - value| (NaN if any value is NaN) and largest |reference| over a set.
+struct Deviation {
+    double error = 0, scale = 0;
+    bool nan = false;
+    void add(double reference, double value) {
+        double d = std::fabs(reference - value);
+        if (std::isnan(d))
+            nan = true;
+        else
+            error = std::max(error, d);
+        scale = std::max(scale, std::fabs(reference));
+    }
+    double max_error() const {
+        return nan ? std::numeric_limits<double>::quiet_NaN() : error;
+    }
+};
+
+using ByDegree = std::array<Deviation, 3>; // l = 0, 1, 2
+
+// Degree l of each of the 9 rows: L-order (node features) and M-order (edge features).
+const int degree_of_l[9] = {0, 1, 1, 1, 2, 2, 2, 2, 2};
+const int degree_of_m[9] = {0, 1, 2, 1, 2, 1, 2, 2, 2};
+// Degree of each [2C] block of conv1's radial weights [12C] (the M-order rows 0, 1, 2, 3, 4, 7).
+const int degree_of_radial[6] = {0, 1, 2, 1, 2, 2};
+// Degree of each [C] row of the edge-degree radial weights [3C].
+const int degree_of_degree_radial[3] = {0, 1, 2};
+
+// Deviation per degree of a tensor [items][rows][width], the degree of row r being degree[r].
+template <class T>
+ByDegree by_degree(const std::vector<double> &reference, const std::vector<T> &value, int rows,
+                   size_t width, const int *degree) {
+    ByDegree d;
+    EXPECT_EQ(reference.size(), value.size());
+    for (size_t k = 0; k < std::min(reference.size(), value.size()); k++)
+        d[degree[k / width % rows]].add(reference[k], (double)value[k]);
+    return d;
+}
+
+// Deviation per Wigner block: [0] D^1 (3x3), [1] D^2 (5x5).
+std::array<Deviation, 2> by_wigner_block(const std::vector<umas_wigner> &reference,
+                                         const std::vector<cu_wigner> &value) {
+    std::array<Deviation, 2> d;
+    EXPECT_EQ(reference.size(), value.size());
+    for (size_t e = 0; e < std::min(reference.size(), value.size()); e++) {
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++)
+                d[0].add(reference[e].l1[a][b], value[e].l1[a][b]);
+        for (int a = 0; a < 5; a++)
+            for (int b = 0; b < 5; b++)
+                d[1].add(reference[e].l2[a][b], value[e].l2[a][b]);
+    }
+    return d;
+}
+
+template <class T>
+Deviation overall(const std::vector<double> &reference, const std::vector<T> &value) {
+    Deviation d;
+    EXPECT_EQ(reference.size(), value.size());
+    for (size_t k = 0; k < std::min(reference.size(), value.size()); k++)
+        d.add(reference[k], (double)value[k]);
+    return d;
+}
+
+enum class Bound {
+    relative, // forward_tolerance x max(1, max |reference|): elementwise outputs
+    absolute, // backward_tolerance: sums over channels or edges
+};
+
+// Prints and records the error of one block, and expects it within the bound.
+void check(const std::string &label, const Deviation &d, Bound bound) {
+    double limit =
+        bound == Bound::relative ? forward_tolerance * std::max(1.0, d.scale) : backward_tolerance;
+    std::printf("[ measured ] %-32s max |err| %.3e  max |ref| %.3e  (bound %.1e)\n", label.c_str(),
+                d.max_error(), d.scale, limit);
+    char text[32];
+    std::snprintf(text, sizeof text, "%.3e", d.max_error());
+    ::testing::Test::RecordProperty(label, text);
+    EXPECT_LE(d.max_error(), limit) << label << " (max |reference| " << d.scale << ")";
+}
+
+void check_degrees(const std::string &label, const ByDegree &d, Bound bound) {
+    for (int l = 0; l < 3; l++)
+        check(label + "_l" + std::to_string(l), d[l], bound);
+}
+
+void check_wigner(const std::string &label, const std::array<Deviation, 2> &d) {
+    check(label + "_D1", d[0], Bound::absolute);
+    check(label + "_D2", d[1], Bound::absolute);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the tests
+// ---------------------------------------------------------------------------------------------
+
+class EdgeKernels : public ::testing::TestWithParam<Size> {
+  protected:
+    void SetUp() override {
+        if (!have_gpu())
+            GTEST_SKIP() << "no CUDA device";
+        g = random_graph(GetParam(), rng);
+        ASSERT_LT(g.max_orthogonality_error, 1e-12) << "Wigner blocks are not rotations";
+        dg = std::make_unique<DeviceGraph>(g);
+    }
+    size_t node_size() const { // [N][9][C]
+        return (size_t)g.N * 9 * g.C;
+    }
+    std::mt19937 rng{20240611};
+    Graph g;
+    std::unique_ptr<DeviceGraph> dg;
+};
+
+TEST_P(EdgeKernels, GatherRotateEqualsCpuGatherRotateAndRadialScaling) {
+    const int E = g.E, C = g.C;
+    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
+    std::vector<double> u_ref = cpu_gather_rotate(g, widen(x));         // [E][9][2C]
+    std::vector<double> y_ref = cpu_scale_by_radial(E, C, widen(radial), u_ref);
+
+    DeviceArray<float> dx(x), dradial(radial);
+    DeviceArray<float> unscaled((size_t)E * 18 * C), y((size_t)E * 18 * C); // [E][9][2C]
+    unscaled.fill_bytes(nan_bytes);
+    y.fill_bytes(nan_bytes);
+    cu_gather_rotate(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                     dradial.get(), unscaled.get(), y.get(), 0);
+    finish("cu_gather_rotate");
+    std::vector<float> y_gpu = y.download();
+    check_degrees("gather_rotate_y", by_degree(y_ref, y_gpu, 9, 2 * C, degree_of_m),
+                  Bound::relative);
+    check_degrees("gather_rotate_unscaled",
+                  by_degree(u_ref, unscaled.download(), 9, 2 * C, degree_of_m), Bound::relative);
+
+    // without the unscaled copy: the same scaled output
+    y.fill_bytes(nan_bytes);
+    cu_gather_rotate(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                     dradial.get(), nullptr, y.get(), 0);
+    finish("cu_gather_rotate (unscaled = null)");
+    EXPECT_TRUE(same_bits(y_gpu, y.download()));
+}
+
+TEST_P(EdgeKernels, RotateBackScatterEqualsCpuRotateBackSummedIntoTargets) {
+    const int E = g.E, C = g.C;
+    std::vector<float> z = random_values(rng, (size_t)E * 9 * C);     // [E][9][C] M-order
+    std::vector<double> x_ref = cpu_rotate_back_scatter(g, widen(z)); // [N][9][C]
+
+    DeviceArray<float> dz(z);
+    std::vector<unsigned long long> runs[2];
+    for (auto &run : runs) {
+        DeviceArray<unsigned long long> x_out(node_size()); // fixed point [N][9][C]
+        x_out.fill_bytes(0);
+        cu_rotate_back_scatter(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                               dz.get(), x_out.get(), 0);
+        finish("cu_rotate_back_scatter");
+        run = x_out.download();
+    }
+    check_degrees("rotate_back_scatter", by_degree(x_ref, from_fixed(runs[0]), 9, C, degree_of_l),
+                  Bound::relative);
+    EXPECT_TRUE(same_bits(runs[0], runs[1])) << "fixed-point sums differ between two runs";
+
+    // cu_fixed_add: x += the encoded value (here x = 0, so exactly the float of it), fixed = 0
+    DeviceArray<unsigned long long> fixed(runs[0]);
+    DeviceArray<float> x(node_size());
+    x.fill_bytes(0);
+    cu_fixed_add(node_size(), fixed.get(), x.get(), 0);
+    finish("cu_fixed_add");
+    std::vector<double> expected = from_fixed(runs[0]);
+    std::vector<float> x_gpu = x.download();
+    size_t mismatches = 0;
+    for (size_t i = 0; i < x_gpu.size(); i++)
+        mismatches += x_gpu[i] != (float)expected[i];
+    EXPECT_EQ(mismatches, 0u) << "cu_fixed_add differs from the encoded values";
+    EXPECT_TRUE(same_bits(fixed.download(), std::vector<unsigned long long>(node_size(), 0)))
+        << "cu_fixed_add leaves the fixed-point sums non-zero";
+}
+
+TEST_P(EdgeKernels, GatherRotateBackwardEqualsCpuPerLBlock) {
+    const int E = g.E, C = g.C;
+    std::vector<float> x = random_values(rng, node_size());           // [N][9][C]
+    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);   // [E][9][2C] M-order
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E); // accumulated into
+    std::vector<umas_wigner> d_wigner_ref = widen(d_wigner0);
+    std::vector<double> d_x_ref = cpu_gather_rotate_backward(g, widen(x), widen(dy), d_wigner_ref);
+
+    DeviceArray<float> dx(x), ddy(dy);
+    std::vector<unsigned long long> d_x_runs[2];
+    std::vector<cu_wigner> d_wigner_runs[2];
+    for (int run = 0; run < 2; run++) {
+        DeviceArray<unsigned long long> d_x(node_size()); // fixed point [N][9][C]
+        d_x.fill_bytes(0);
+        DeviceArray<cu_wigner> d_wigner(d_wigner0);
+        cu_gather_rotate_backward(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C,
+                                  dx.get(), ddy.get(), d_x.get(), d_wigner.get(), 0);
+        finish("cu_gather_rotate_backward");
+        d_x_runs[run] = d_x.download();
+        d_wigner_runs[run] = d_wigner.download();
+    }
+    check_degrees("gather_rotate_backward_dx",
+                  by_degree(d_x_ref, from_fixed(d_x_runs[0]), 9, C, degree_of_l), Bound::absolute);
+    check_wigner("gather_rotate_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_runs[0]));
+    EXPECT_TRUE(same_bits(d_x_runs[0], d_x_runs[1])) << "fixed-point sums differ between two runs";
+    EXPECT_TRUE(same_bits(d_wigner_runs[0], d_wigner_runs[1]))
+        << "d_wigner differs between two runs";
+}
+
+TEST_P(EdgeKernels, ScaleByRadialBackwardEqualsCpu) {
+    const int E = g.E, C = g.C;
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C);   // [E][12C]
+    std::vector<float> unscaled = random_values(rng, (size_t)E * 18 * C); // [E][9][2C]
+    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);       // [E][9][2C]
+    std::vector<double> dy_ref = widen(dy);
+    std::vector<double> d_radial_ref =
+        cpu_scale_by_radial_backward(E, C, widen(radial), widen(unscaled), dy_ref);
+
+    DeviceArray<float> dradial(radial), dunscaled(unscaled), ddy(dy);
+    DeviceArray<float> d_radial((size_t)E * 12 * C); // [E][12C], overwritten
+    d_radial.fill_bytes(nan_bytes);
+    cu_scale_by_radial_backward(E, C, dradial.get(), dunscaled.get(), ddy.get(), d_radial.get(), 0);
+    finish("cu_scale_by_radial_backward");
+    check_degrees("scale_by_radial_backward_dradial",
+                  by_degree(d_radial_ref, d_radial.download(), 6, 2 * C, degree_of_radial),
+                  Bound::relative);
+    check_degrees("scale_by_radial_backward_dy",
+                  by_degree(dy_ref, ddy.download(), 9, 2 * C, degree_of_m), Bound::relative);
+}
+
+TEST_P(EdgeKernels, RotateBackBackwardEqualsCpuPerLBlock) {
+    const int E = g.E, C = g.C;
+    std::vector<float> z = random_values(rng, (size_t)E * 9 * C);     // [E][9][C] M-order
+    std::vector<float> d_out = random_values(rng, node_size());       // [N][9][C] L-order
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E); // accumulated into
+    std::vector<float> d_envelope0 = random_values(rng, E);           // accumulated into
+    std::vector<umas_wigner> d_wigner_ref = widen(d_wigner0);
+    std::vector<double> d_envelope_ref = widen(d_envelope0);
+    std::vector<double> dz_ref((size_t)E * 9 * C); // [E][9][C] M-order
+    std::vector<double> z64 = widen(z), d_out64 = widen(d_out);
+    umas_edge_chunk chunk = g.chunk();
+    umas_rotate_back_chunk_backward(&chunk, z64.data(), d_out64.data(), C, dz_ref.data(),
+                                    d_wigner_ref.data(), d_envelope_ref.data());
+
+    DeviceArray<float> dz_in(z), dd_out(d_out);
+    std::vector<float> dz_runs[2], d_envelope_runs[2];
+    std::vector<cu_wigner> d_wigner_runs[2];
+    for (int run = 0; run < 2; run++) {
+        DeviceArray<float> dz((size_t)E * 9 * C); // overwritten
+        dz.fill_bytes(nan_bytes);
+        DeviceArray<cu_wigner> d_wigner(d_wigner0);
+        DeviceArray<float> d_envelope(d_envelope0);
+        cu_rotate_back_backward(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                                dz_in.get(), dd_out.get(), dz.get(), d_wigner.get(),
+                                d_envelope.get(), 0);
+        finish("cu_rotate_back_backward");
+        dz_runs[run] = dz.download();
+        d_wigner_runs[run] = d_wigner.download();
+        d_envelope_runs[run] = d_envelope.download();
+    }
+    check_degrees("rotate_back_backward_dz", by_degree(dz_ref, dz_runs[0], 9, C, degree_of_m),
+                  Bound::relative);
+    check_wigner("rotate_back_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_runs[0]));
+    check("rotate_back_backward_denv", overall(d_envelope_ref, d_envelope_runs[0]),
+          Bound::absolute);
+    EXPECT_TRUE(same_bits(d_wigner_runs[0], d_wigner_runs[1])) << "d_wigner differs between runs";
+    EXPECT_TRUE(same_bits(d_envelope_runs[0], d_envelope_runs[1]))
+        << "d_envelope differs between runs";
+}
+
+TEST_P(EdgeKernels, EdgeDegreeForwardEqualsCpu) {
+    const int E = g.E, C = g.C;
+    std::vector<float> radial = random_values(rng, (size_t)E * 3 * C); // [E][3C]: l = 0, 1, 2
+    std::vector<double> radial64 = widen(radial);
+    std::vector<double> x_ref(node_size(), 0.0); // [N][9][C]
+    umas_edge_chunk chunk = g.chunk();
+    umas_edge_degree_forward(C, &chunk, radial64.data(), x_ref.data());
+
+    DeviceArray<float> dradial(radial);
+    std::vector<unsigned long long> runs[2];
+    for (auto &run : runs) {
+        DeviceArray<unsigned long long> x_out(node_size()); // fixed point [N][9][C]
+        x_out.fill_bytes(0);
+        cu_edge_degree_forward(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                               dradial.get(), x_out.get(), 0);
+        finish("cu_edge_degree_forward");
+        run = x_out.download();
+    }
+    check_degrees("edge_degree_forward", by_degree(x_ref, from_fixed(runs[0]), 9, C, degree_of_l),
+                  Bound::relative);
+    EXPECT_TRUE(same_bits(runs[0], runs[1])) << "fixed-point sums differ between two runs";
+}
+
+TEST_P(EdgeKernels, EdgeDegreeBackwardEqualsCpuPerLBlock) {
+    const int E = g.E, C = g.C;
+    std::vector<float> radial = random_values(rng, (size_t)E * 3 * C); // [E][3C]
+    std::vector<float> d_out = random_values(rng, node_size());        // [N][9][C]
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E);  // accumulated into
+    std::vector<float> d_envelope0 = random_values(rng, E);            // accumulated into
+    std::vector<umas_wigner> d_wigner_ref = widen(d_wigner0);
+    std::vector<double> d_envelope_ref = widen(d_envelope0);
+    std::vector<double> d_radial_ref((size_t)E * 3 * C); // [E][3C]
+    std::vector<double> radial64 = widen(radial), d_out64 = widen(d_out);
+    umas_edge_chunk chunk = g.chunk();
+    umas_edge_degree_backward(C, &chunk, radial64.data(), d_out64.data(), d_radial_ref.data(),
+                              d_wigner_ref.data(), d_envelope_ref.data());
+
+    DeviceArray<float> dradial(radial), dd_out(d_out);
+    std::vector<float> d_radial_runs[2], d_envelope_runs[2];
+    std::vector<cu_wigner> d_wigner_runs[2];
+    for (int run = 0; run < 2; run++) {
+        DeviceArray<float> d_radial((size_t)E * 3 * C); // overwritten
+        d_radial.fill_bytes(nan_bytes);
+        DeviceArray<cu_wigner> d_wigner(d_wigner0);
+        DeviceArray<float> d_envelope(d_envelope0);
+        cu_edge_degree_backward(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                                dradial.get(), dd_out.get(), d_radial.get(), d_wigner.get(),
+                                d_envelope.get(), 0);
+        finish("cu_edge_degree_backward");
+        d_radial_runs[run] = d_radial.download();
+        d_wigner_runs[run] = d_wigner.download();
+        d_envelope_runs[run] = d_envelope.download();
+    }
+    check_degrees("edge_degree_backward_dradial",
+                  by_degree(d_radial_ref, d_radial_runs[0], 3, C, degree_of_degree_radial),
+                  Bound::relative);
+    check_wigner("edge_degree_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_runs[0]));
+    check("edge_degree_backward_denv", overall(d_envelope_ref, d_envelope_runs[0]),
+          Bound::absolute);
+    EXPECT_TRUE(same_bits(d_wigner_runs[0], d_wigner_runs[1])) << "d_wigner differs between runs";
+    EXPECT_TRUE(same_bits(d_envelope_runs[0], d_envelope_runs[1]))
+        << "d_envelope differs between runs";
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, EdgeKernels,
+                         ::testing::Values(Size{100, 3000, 128}, // the seed's size
+                                           Size{5, 10, 128},     // tiny graph
+                                           Size{100, 3000, 256}, // wide features
+                                           Size{5, 10, 7},       // a partial warp
+                                           Size{50, 500, 320}),  // C > threads per edge block
+                         size_label);
+
+} // namespace
