@@ -264,12 +264,20 @@ class EnergyDrift(GpuTest):
         the step replayed between list rebuilds) against the CPU's general backend."""
         self.check_drift("umas_fast_gpu")
 
+    cpu_run = None  # the CPU reference run, shared by both tests (minutes on the device)
+
     def check_drift(self, backend):
         results = {}
         for device in (DEVICE, "cpu"):
-            directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
-            script = cu_fcc_script(device, self.STEPS, backend=backend if device != "cpu" else None)
-            run = self.run_ok(script, directory=directory)
+            if device == "cpu" and EnergyDrift.cpu_run is not None:
+                run = EnergyDrift.cpu_run
+            else:
+                directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
+                script = cu_fcc_script(device, self.STEPS,
+                                       backend=backend if device != "cpu" else None)
+                run = self.run_ok(script, directory=directory)
+                if device == "cpu":
+                    EnergyDrift.cpu_run = run
             table = run.thermo()[-1]
             self.assertEqual(len(table), self.STEPS // 10 + 1)
             self.assertTrue(all(math.isfinite(x) for row in table for x in row))

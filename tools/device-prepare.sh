@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
       -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 targets="test_cuda test_neighbors umas-bench umas-eval lmp_umas"
+known_targets="$(cmake --build build-cuda --target help)"
 for optional in test_kernels umas-gemm-check; do # GPU-only programs, when this tree has them
-    if cmake --build build-cuda --target help | grep -q "\.\.\. $optional\$"; then
+    if grep -q "\.\.\. $optional\$" <<< "$known_targets"; then
         targets="$targets $optional"
     fi
 done
