@@ -524,16 +524,15 @@ void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, 
 }
 
 /* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. The chunk's tape is
- * recomputed from x first unless the forward kept it (s->store); the unscaled rotated features
- * are recomputed either way (a gather, cheaper than keeping [n][18C] per block). */
+ * recomputed from x first unless the forward kept it (s->store, umas_fast_gpu only).
+ * umas_fast_gpu runs the producer's backward as one pass that re-gathers and rotates x itself
+ * (cu_producer_backward); general and umas_fast keep the unscaled rotated features of the
+ * recompute for it. */
 void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
                        const float *x, const float *d_out, edge_tape &t) {
     cudaStream_t st = s->stream;
-    if (s->store)
-        cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
-                         F(s->unscaled), nullptr, st);
-    else
-        edgewise_messages(s, b, C, H, n, first, x, t, F(s->unscaled), true);
+    if (!s->store)
+        edgewise_messages(s, b, C, H, n, first, x, t, s->fused ? nullptr : F(s->unscaled), true);
     float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                             F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
@@ -548,6 +547,11 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
                  dy + 10 * C, 18 * C);
     so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
                  dy + 16 * C, 18 * C);
+    if (s->fused) {
+        cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
+                             F(t.radial), dy, F(s->d_radial), U(s->node_sums), dW(s, first), st);
+        return;
+    }
     cu_scale_by_radial_backward(n, C, F(t.radial), F(s->unscaled), dy, F(s->d_radial), st);
     cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy,
                               U(s->node_sums), dW(s, first), st);
@@ -825,7 +829,8 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
         {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
         {&s->d_messages, n * 9 * C * f, "edge adjoints"},
-        {&s->unscaled, n * 18 * C * f, "edge features"},
+        /* umas_fast_gpu's producer backward recomputes these in registers */
+        {&s->unscaled, s->fused ? 0 : n * 18 * C * f, "edge features"},
         {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
         {&s->split_hi, split * f, "3xtf32 operands"},
         {&s->split_lo, split * f, "3xtf32 operands"},

@@ -312,6 +312,88 @@ void cu_gather_rotate_backward(int n, const int *source, const int *target, cons
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * umas_fast_gpu: the backward of the whole producer (gather, rotate, radial scaling) in one pass.
+ * Equals gather_rotate (unscaled u), scale_by_radial_backward and gather_rotate_backward in a
+ * row, but u and the scaled adjoint live in registers only: per (edge, channel) it re-gathers
+ * x[source], x[target], rotates them (u), reads dy (the adjoint of the scaled y, M-order
+ * [n][9][2C], not modified), writes d_radial [n][12C] (overwrite; the uses of a slot summed in
+ * the same order as scale_by_radial_backward) and scatters D^T (dy * radial) into d_x (fixed
+ * point), with d_wigner[e] += <(dy * radial)^L, x>. One block per edge, threads over channels.
+ * ------------------------------------------------------------------------------------------- */
+
+/* The radial row (slot / C) that position k = q C + c of a [9][2C] row is scaled by
+ * (radial_slot with the channel taken out). */
+HD constexpr int radial_row(int q) {
+    return q < 6 ? q : q < 14 ? 6 + (q - 6) % 4 : 10 + (q - 14) % 2;
+}
+
+HD void producer_backward_one(int e, int c, const int *source, const int *target,
+                              const cu_wigner *wigner, int C, const float *x, const float *radial,
+                              const float *dy, float *d_radial, unsigned long long *d_x,
+                              float acc[34]) {
+    float W[34], xs[9], xt[9], us[9], ut[9], dys[9], dyt[9], ds[9], dt[9], dr[12];
+    load_wigner(&wigner[e], W);
+    size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
+    load_column(x + s, C, c, xs);
+    load_column(x + t, C, c, xt);
+    rotate(W, xs, us);
+    rotate(W, xt, ut);
+    const float *dye = dy + (size_t)e * 18 * C, *re = radial + (size_t)e * 12 * C;
+#pragma unroll
+    for (int j = 0; j < 12; j++)
+        dr[j] = 0.0f;
+#pragma unroll
+    for (int p = 0; p < 9; p++) { /* M -> L, positions q = 2p (source) and 2p + 1 (target) */
+        int i = m_to_l(p);
+        float gs = dye[(size_t)(2 * p) * C + c], gt = dye[(size_t)(2 * p + 1) * C + c];
+        dr[radial_row(2 * p)] += gs * us[i];
+        dr[radial_row(2 * p + 1)] += gt * ut[i];
+        dys[i] = gs * re[(size_t)radial_row(2 * p) * C + c];
+        dyt[i] = gt * re[(size_t)radial_row(2 * p + 1) * C + c];
+    }
+    float *dre = d_radial + (size_t)e * 12 * C;
+#pragma unroll
+    for (int j = 0; j < 12; j++)
+        dre[(size_t)j * C + c] = dr[j];
+    rotate_transpose(W, dys, ds);
+    rotate_transpose(W, dyt, dt);
+#pragma unroll
+    for (int j = 0; j < 9; j++) {
+        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
+        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
+    }
+    outer_accumulate(dys, xs, acc);
+    outer_accumulate(dyt, xt, acc);
+}
+
+__global__ void producer_backward_kernel(const int *source, const int *target,
+                                         const cu_wigner *wigner, int C, const float *x,
+                                         const float *radial, const float *dy, float *d_radial,
+                                         unsigned long long *d_x, cu_wigner *d_wigner) {
+    __shared__ float total[34];
+    int e = blockIdx.x;
+    float acc[34];
+#pragma unroll
+    for (int k = 0; k < 34; k++)
+        acc[k] = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        producer_backward_one(e, c, source, target, wigner, C, x, radial, dy, d_radial, d_x, acc);
+    block_sum<34>(acc, total);
+    if (threadIdx.x < 34)
+        ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
+}
+
+void cu_producer_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
+                          int C, const float *x, const float *radial, const float *dy,
+                          float *d_radial, unsigned long long *d_x, cu_wigner *d_wigner,
+                          cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    producer_backward_kernel<<<n, edge_threads(C), 0, stream>>>(
+        source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * scale_by_radial_backward (core/edgewise.c scale_by_radial_backward)
  * d_radial[e][s] = sum over the positions k with radial_slot(k) = s of dy[e][k] unscaled[e][k]
  * (overwrite); dy[e][k] *= radial[e][s]. One thread per slot (e, s): slot s < 6C has the one

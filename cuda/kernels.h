@@ -83,6 +83,15 @@ void cu_gather_rotate_backward(int n, const int *source, const int *target, cons
                                int C, const float *x, const float *dy, unsigned long long *d_x,
                                cu_wigner *d_wigner, cudaStream_t stream);
 
+/* umas_fast_gpu: cu_gather_rotate's backward in one pass, equal to cu_gather_rotate (unscaled u)
+ * + cu_scale_by_radial_backward + cu_gather_rotate_backward without u or the scaled adjoint in
+ * memory: d_radial[n][12C] (overwrite) from dy (adjoint of the scaled y, [n][9][2C], read only)
+ * and u recomputed from x; d_x (fixed point, accumulate) += D^T (dy * radial)^L per half;
+ * d_wigner[e] (accumulate) += <(dy * radial)^L, [x_s | x_t]>. */
+void cu_producer_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
+                          int C, const float *x, const float *radial, const float *dy,
+                          float *d_radial, unsigned long long *d_x, cu_wigner *d_wigner,
+                          cudaStream_t stream);
 /* scale_by_radial_backward: d_radial[n][12C] = sum over uses of dy * unscaled (overwrite);
  * dy *= radial. */
 void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,

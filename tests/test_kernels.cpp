@@ -581,6 +581,58 @@ TEST_P(EdgeKernels, GatherRotateBackwardEqualsCpuPerLBlock) {
         << "d_wigner differs between two runs";
 }
 
+// umas_fast_gpu's one-pass producer backward equals the three kernels it replaces, bit for bit
+// (same products and sums, only without u and the scaled adjoint in memory), and so the CPU.
+TEST_P(EdgeKernels, ProducerBackwardEqualsGatherScaleAndGatherBackwardBitForBit) {
+    const int E = g.E, C = g.C;
+    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
+    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);     // [E][9][2C] M-order
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E);   // accumulated into
+
+    // the CPU: scale_by_radial_backward on u = gather_rotate(x), then gather_rotate_backward
+    std::vector<double> dy_ref = widen(dy);
+    std::vector<double> d_radial_ref =
+        cpu_scale_by_radial_backward(E, C, widen(radial), cpu_gather_rotate(g, widen(x)), dy_ref);
+    std::vector<umas_wigner> d_wigner_ref = widen(d_wigner0);
+    std::vector<double> d_x_ref = cpu_gather_rotate_backward(g, widen(x), dy_ref, d_wigner_ref);
+
+    DeviceArray<float> dx(x), dradial(radial);
+    // three kernels
+    DeviceArray<float> unscaled((size_t)E * 18 * C), dy_three(dy),
+        d_radial_three((size_t)E * 12 * C);
+    DeviceArray<unsigned long long> d_x_three(node_size());
+    d_x_three.fill_bytes(0);
+    DeviceArray<cu_wigner> d_wigner_three(d_wigner0);
+    cu_gather_rotate(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                     dradial.get(), unscaled.get(), nullptr, 0);
+    cu_scale_by_radial_backward(E, C, dradial.get(), unscaled.get(), dy_three.get(),
+                                d_radial_three.get(), 0);
+    cu_gather_rotate_backward(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                              dy_three.get(), d_x_three.get(), d_wigner_three.get(), 0);
+    finish("gather_rotate + scale_by_radial_backward + gather_rotate_backward");
+    // one pass
+    DeviceArray<float> dy_one(dy), d_radial_one((size_t)E * 12 * C);
+    DeviceArray<unsigned long long> d_x_one(node_size());
+    d_x_one.fill_bytes(0);
+    DeviceArray<cu_wigner> d_wigner_one(d_wigner0);
+    cu_producer_backward(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                         dradial.get(), dy_one.get(), d_radial_one.get(), d_x_one.get(),
+                         d_wigner_one.get(), 0);
+    finish("cu_producer_backward");
+
+    EXPECT_TRUE(same_bits(d_radial_one.download(), d_radial_three.download()));
+    EXPECT_TRUE(same_bits(d_x_one.download(), d_x_three.download()));
+    EXPECT_TRUE(same_bits(d_wigner_one.download(), d_wigner_three.download()));
+    EXPECT_TRUE(same_bits(dy_one.download(), dy)) << "dy must be left as it was";
+    check("producer_backward_d_radial", overall(d_radial_ref, d_radial_one.download()),
+          Bound::relative);
+    check_degrees("producer_backward_dx",
+                  by_degree(d_x_ref, from_fixed(d_x_one.download()), 9, C, degree_of_l),
+                  Bound::absolute);
+    check_wigner("producer_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_one.download()));
+}
+
 TEST_P(EdgeKernels, ScaleByRadialBackwardEqualsCpu) {
     const int E = g.E, C = g.C;
     std::vector<float> radial = random_values(rng, (size_t)E * 12 * C);   // [E][12C]
