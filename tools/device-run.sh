@@ -20,10 +20,12 @@ if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
     tests="test_cuda test_neighbors"
     [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
     for test in $tests; do
-        /tmp/umas/bin/$test 2>&1 | tee "$OUT/$test.log" |
-            grep -E "measured|FAIL|SKIPPED|Failure|error" | grep -v "no CUDA device"
+        stdbuf -oL /tmp/umas/bin/$test > "$OUT/$test.log" 2>&1
+        echo "$test exit $?" >> "$OUT/$test.log"
+        grep -E "measured|FAIL|SKIPPED|Failure|error|exit" "$OUT/$test.log" | grep -v "no CUDA device"
     done
-    echo "== test summary"; for test in $tests; do grep -E "^\[  (PASSED|FAILED) " "$OUT/$test.log"; done
+    echo "== test summary"
+    for test in $tests; do grep -HE "^\[  (PASSED|FAILED) |exit [0-9]+$" "$OUT/$test.log"; done
 fi
 if [ "${UMAS_GEMM_CHECK:-1}" = 1 ] && [ -x /tmp/umas/bin/umas-gemm-check ]; then
     echo "== split-precision tensor-core GEMM vs cuBLAS (umas-gemm-check)"
