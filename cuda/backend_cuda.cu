@@ -106,6 +106,7 @@ struct cuda_state {
     /* umas_fast_gpu: keep each block's edge activations from the forward for the backward when
      * they fit in device memory (`store`), instead of recomputing them chunk by chunk */
     bool fused = false, store = false, force_recompute = false;
+    size_t stored_edges = 0; /* edges the kept activations have room for (0: none) */
     /* per edge */
     buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
     /* per node */
@@ -867,15 +868,22 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     s->store = false;
     s->chunk = s->recompute_chunk;
     if (s->fused && !s->force_recompute) {
-        size_t free_bytes = 0, total = 0;
-        cudaMemGetInfo(&free_bytes, &total);
-        size_t per_edge =
-            (L * tape_floats_per_edge(w) + scratch_floats_per_edge(w)) * sizeof(float);
-        if ((double)E * per_edge <= 0.8 * (double)(free_bytes + s->buffer_bytes)) {
+        bool fits = E <= s->stored_edges; /* the steps of one list: decided already */
+        if (!fits) {
+            size_t free_bytes = 0, total = 0;
+            cudaMemGetInfo(&free_bytes, &total);
+            size_t per_edge =
+                (L * tape_floats_per_edge(w) + scratch_floats_per_edge(w)) * sizeof(float);
+            fits = (double)E * per_edge <= 0.8 * (double)(free_bytes + s->buffer_bytes);
+        }
+        if (fits) {
             s->store = true;
             s->chunk = (int)E;
-            if (reserve_buffers(ctx, g, err) == 0)
+            if (reserve_buffers(ctx, g, err) == 0) {
+                s->stored_edges = std::max(s->stored_edges, E);
                 return 0;
+            }
+            s->stored_edges = 0;
             cudaGetLastError();
             for (size_t l = 1; l < L; l++) /* give the kept activations back, then recompute */
                 for (int i = 0; i < tape_buffers; i++)

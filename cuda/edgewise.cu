@@ -259,11 +259,29 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
  * One block per edge, threads over the channels.
  * ------------------------------------------------------------------------------------------- */
 
+/* Channel c's part of a gather's adjoint, given the L-order adjoints dys, dyt of the rotated
+ * source and target columns xs, xt (rows s, t of x): d_x[s] += D^T dys, d_x[t] += D^T dyt
+ * (fixed point), acc (the 34 Wigner entries) += dys xs^T + dyt xt^T. */
+HD void scatter_gather_adjoint(const float W[34], const float dys[9], const float dyt[9],
+                               const float xs[9], const float xt[9], size_t s, size_t t, int C,
+                               int c, unsigned long long *d_x, float acc[34]) {
+    float ds[9], dt[9];
+    rotate_transpose(W, dys, ds);
+    rotate_transpose(W, dyt, dt);
+#pragma unroll
+    for (int j = 0; j < 9; j++) {
+        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
+        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
+    }
+    outer_accumulate(dys, xs, acc);
+    outer_accumulate(dyt, xt, acc);
+}
+
 /* Channel c of edge e: scatters d_x, adds the 34 dot-product terms into acc. */
 HD void gather_rotate_backward_one(int e, int c, const int *source, const int *target,
                                    const cu_wigner *wigner, int C, const float *x, const float *dy,
                                    unsigned long long *d_x, float acc[34]) {
-    float W[34], xs[9], xt[9], dys[9], dyt[9], ds[9], dt[9];
+    float W[34], xs[9], xt[9], dys[9], dyt[9];
     load_wigner(&wigner[e], W);
     size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
     load_column(x + s, C, c, xs);
@@ -274,15 +292,7 @@ HD void gather_rotate_backward_one(int e, int c, const int *source, const int *t
         dys[m_to_l(p)] = dye[(size_t)p * 2 * C + c];
         dyt[m_to_l(p)] = dye[(size_t)p * 2 * C + C + c];
     }
-    rotate_transpose(W, dys, ds);
-    rotate_transpose(W, dyt, dt);
-#pragma unroll
-    for (int j = 0; j < 9; j++) {
-        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
-        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
-    }
-    outer_accumulate(dys, xs, acc);
-    outer_accumulate(dyt, xt, acc);
+    scatter_gather_adjoint(W, dys, dyt, xs, xt, s, t, C, c, d_x, acc);
 }
 
 __global__ void gather_rotate_backward_kernel(const int *source, const int *target,
@@ -331,7 +341,7 @@ HD void producer_backward_one(int e, int c, const int *source, const int *target
                               const cu_wigner *wigner, int C, const float *x, const float *radial,
                               const float *dy, float *d_radial, unsigned long long *d_x,
                               float acc[34]) {
-    float W[34], xs[9], xt[9], us[9], ut[9], dys[9], dyt[9], ds[9], dt[9], dr[12];
+    float W[34], xs[9], xt[9], us[9], ut[9], dys[9], dyt[9], dr[12];
     load_wigner(&wigner[e], W);
     size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
     load_column(x + s, C, c, xs);
@@ -355,15 +365,7 @@ HD void producer_backward_one(int e, int c, const int *source, const int *target
 #pragma unroll
     for (int j = 0; j < 12; j++)
         dre[(size_t)j * C + c] = dr[j];
-    rotate_transpose(W, dys, ds);
-    rotate_transpose(W, dyt, dt);
-#pragma unroll
-    for (int j = 0; j < 9; j++) {
-        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
-        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
-    }
-    outer_accumulate(dys, xs, acc);
-    outer_accumulate(dyt, xt, acc);
+    scatter_gather_adjoint(W, dys, dyt, xs, xt, s, t, C, c, d_x, acc);
 }
 
 __global__ void producer_backward_kernel(const int *source, const int *target,
