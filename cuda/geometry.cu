@@ -12,7 +12,8 @@
  * Helpers
  * ------------------------------------------------------------------------------------------- */
 
-enum { ELEMENTWISE_THREADS = 256, ROW_THREADS = 128, EDGE_THREADS = 128 };
+/* ROW_THREADS: the LayerNorm+SiLU kernels, one warp per row, ROW_THREADS / 32 rows per block. */
+enum { ELEMENTWISE_THREADS = 256, ROW_THREADS = 256, EDGE_THREADS = 128 };
 
 #include "common.cuh"
 #include "wigner_math.h"
@@ -96,72 +97,99 @@ void cu_radial_input(int n, const int *source, const int *target, const int *ato
         target_embedding, Ce, out);
 }
 
+/* Sums v[0..K) over the 32 lanes of a warp (all lanes active); every lane gets the sums. The
+ * butterfly's additions are commutative, so all lanes hold bitwise the same sums; the order is
+ * fixed (deterministic). */
+template <int K> static __device__ void warp_sum(double (&v)[K]) {
+    for (int k = 0; k < K; k++)
+        for (int offset = 16; offset > 0; offset >>= 1)
+            v[k] += __shfl_xor_sync(0xffffffffu, v[k], offset);
+}
+
 /* Mean and 1/sqrt(var + 1e-5) of one row of n floats (core/nn.c row_statistics), two-pass in
- * double. Called by the whole block. */
-__device__ static void row_statistics(const float *row, int n, double *mean, double *inv_std) {
+ * double. Called by the whole warp of the row; lane = threadIdx.x & 31 sums the elements
+ * lane, lane + 32, ...; every lane gets the same mean and inv_std. */
+__device__ static void row_statistics(const float *row, int n, int lane, double *mean,
+                                      double *inv_std) {
     double s[1] = {0.0};
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    for (int i = lane; i < n; i += 32)
         s[0] += (double)row[i];
-    block_sum<1>(s);
+    warp_sum<1>(s);
     const double m = s[0] / n;
     double v[1] = {0.0};
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int i = lane; i < n; i += 32) {
         const double x = (double)row[i] - m;
         v[0] += x * x;
     }
-    block_sum<1>(v);
+    warp_sum<1>(v);
     *mean = m;
     *inv_std = 1.0 / sqrt(v[0] / n + 1e-5);
 }
 
-/* core/nn.c norm_silu: out[rows][n] = SiLU(LayerNorm(in)). One block per row. */
-static __global__ void layer_norm_silu_kernel(int n, const float *__restrict__ in,
+/* core/nn.c norm_silu: out[rows][n] = SiLU(LayerNorm(in)); weight, bias [n]. One warp per row
+ * (ROW_THREADS / 32 rows per block, grid-stride over the rows); lane handles the elements
+ * lane, lane + 32, ... of its row (consecutive lanes read consecutive floats). */
+static __global__ void layer_norm_silu_kernel(int rows, int n, const float *__restrict__ in,
                                               const float *__restrict__ weight,
                                               const float *__restrict__ bias,
                                               float *__restrict__ out) {
-    const float *x = in + (size_t)blockIdx.x * n;
-    float *y = out + (size_t)blockIdx.x * n;
-    double mean, inv_std;
-    row_statistics(x, n, &mean, &inv_std);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        y[i] = siluf_((float)(((double)x[i] - mean) * inv_std * weight[i] + bias[i]));
+    const int lane = threadIdx.x & 31;
+    const size_t warps_per_block = blockDim.x >> 5;
+    for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
+         row += gridDim.x * warps_per_block) { /* the same for all lanes of a warp */
+        const float *x = in + row * n;
+        float *y = out + row * n;
+        double mean, inv_std;
+        row_statistics(x, n, lane, &mean, &inv_std);
+        for (int i = lane; i < n; i += 32)
+            y[i] = siluf_((float)(((double)x[i] - mean) * inv_std * weight[i] + bias[i]));
+    }
 }
 
 void cu_layer_norm_silu(int rows, int n, const float *in, const float *weight, const float *bias,
                         float *out, cudaStream_t stream) {
     if (rows <= 0 || n <= 0)
         return;
-    layer_norm_silu_kernel<<<rows, ROW_THREADS, 0, stream>>>(n, in, weight, bias, out);
+    layer_norm_silu_kernel<<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0, stream>>>(
+        rows, n, in, weight, bias, out);
 }
 
 /* core/nn.c norm_silu_backward: with y = LayerNorm(x), g = weight * d_out * SiLU'(y),
- * x_hat = (x - mean) s: d_in = s (g - mean(g) - x_hat mean(g x_hat)). One block per row;
- * d_in may alias d_out (every d_out is read before the last pass, which reads and writes each
- * element in the same thread). */
-static __global__ void layer_norm_silu_backward_kernel(int n, const float *__restrict__ in,
+ * x_hat = (x - mean) s: d_in = s (g - mean(g) - x_hat mean(g x_hat)); in, d_out, d_in
+ * [rows][n]. One warp per row as in the forward. d_in may alias d_out: element i of a row is
+ * read and written only by lane i % 32 (every pass uses i = lane, lane + 32, ...), which reads
+ * its d_out[i] for the sums before it writes d_in[i] in the last pass (so d_out and d_in are
+ * not __restrict__). */
+static __global__ void layer_norm_silu_backward_kernel(int rows, int n,
+                                                       const float *__restrict__ in,
                                                        const float *__restrict__ weight,
                                                        const float *__restrict__ bias,
                                                        const float *d_out, float *d_in) {
-    const float *x = in + (size_t)blockIdx.x * n;
-    const float *dy = d_out + (size_t)blockIdx.x * n;
-    float *dx = d_in + (size_t)blockIdx.x * n;
-    double mean, inv_std;
-    row_statistics(x, n, &mean, &inv_std);
-    double sums[2] = {0.0, 0.0}; /* sum g, sum g x_hat */
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const double x_hat = ((double)x[i] - mean) * inv_std;
-        const float y = (float)(x_hat * weight[i] + bias[i]);
-        const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
-        sums[0] += g;
-        sums[1] += g * x_hat;
-    }
-    block_sum<2>(sums);
-    const double mean_g = sums[0] / n, mean_gx = sums[1] / n;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const double x_hat = ((double)x[i] - mean) * inv_std;
-        const float y = (float)(x_hat * weight[i] + bias[i]);
-        const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
-        dx[i] = (float)(inv_std * (g - mean_g - x_hat * mean_gx));
+    const int lane = threadIdx.x & 31;
+    const size_t warps_per_block = blockDim.x >> 5;
+    for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
+         row += gridDim.x * warps_per_block) { /* the same for all lanes of a warp */
+        const float *x = in + row * n;
+        const float *dy = d_out + row * n;
+        float *dx = d_in + row * n;
+        double mean, inv_std;
+        row_statistics(x, n, lane, &mean, &inv_std);
+        double sums[2] = {0.0, 0.0}; /* sum g, sum g x_hat */
+        for (int i = lane; i < n; i += 32) {
+            const double x_hat = ((double)x[i] - mean) * inv_std;
+            const float y = (float)(x_hat * weight[i] + bias[i]);
+            const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
+            sums[0] += g;
+            sums[1] += g * x_hat;
+        }
+        warp_sum<2>(sums);
+        const double mean_g = sums[0] / n, mean_gx = sums[1] / n;
+        for (int i = lane; i < n; i += 32) {
+            const double x_hat = ((double)x[i] - mean) * inv_std;
+            const float y = (float)(x_hat * weight[i] + bias[i]);
+            const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
+            dx[i] = (float)(inv_std * (g - mean_g - x_hat * mean_gx));
+        }
     }
 }
 
@@ -170,8 +198,8 @@ void cu_layer_norm_silu_backward(int rows, int n, const float *in, const float *
                                  cudaStream_t stream) {
     if (rows <= 0 || n <= 0)
         return;
-    layer_norm_silu_backward_kernel<<<rows, ROW_THREADS, 0, stream>>>(n, in, weight, bias, d_out,
-                                                                      d_in);
+    layer_norm_silu_backward_kernel<<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0,
+                                      stream>>>(rows, n, in, weight, bias, d_out, d_in);
 }
 
 /* core/radial.c umas_gaussian_backward for n edges: d_distance[e] +=

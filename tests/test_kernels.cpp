@@ -1,5 +1,6 @@
-// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu), one at a time, against the CPU
-// float64 functions they mirror (core/edgewise.c), on random graphs with real Wigner rotations.
+// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu) and the radial MLP's LayerNorm+SiLU
+// kernels (cuda/geometry.cu), one at a time, against the CPU float64 functions they mirror
+// (core/edgewise.c, core/nn.c), on random graphs with real Wigner rotations and random rows.
 //
 // Specification (docs/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
 //  * producer: cu_gather_rotate equals umas_gather_rotate followed by conv1's radial scaling, both
@@ -20,6 +21,16 @@
 //    max(1, max |reference|) per l-block;
 //  * reproducibility: two runs of each kernel that sums in 64-bit fixed point give bitwise the
 //    same sums, and the per-edge sums of the backward kernels are bitwise the same too.
+//  * LayerNorm+SiLU (one warp per row): cu_layer_norm_silu equals core/nn.c norm_silu and
+//    cu_layer_norm_silu_backward equals norm_silu_backward (static there, so composed here from
+//    the public umas_layer_norm_forward/backward, umas_silu_forward and umas_silu_derivative, the
+//    same steps), both within 1e-5 x max(1, max |reference|) (elementwise float32 after double
+//    statistics); the backward in place (d_in = d_out) gives bitwise the backward's separate
+//    output; two runs of each give the same bits; rows = 0 is a no-op.
+//    Rows x n: 3000 x 128 (Ce), 5 x 7 (a partial warp), 100 x 1000 (32 elements per lane), and
+//    530000 x 8 (more rows than the capped grid's warps: the grid-stride loop wraps). Inputs:
+//    per-row offset in [-1, 1] plus values in [-1, 1], weight in [0.5, 1.5], bias and d_out in
+//    [-1, 1].
 // Sizes: the seed's N = 100, E = 3000, C = 128; N = 5, E = 10; C = 256; plus C = 7 (a partial
 // warp) and C = 320 (more channels than threads in the one-block-per-edge kernels).
 // Inputs: random edges (source != target, pairs may repeat), the Wigner blocks of random unit
@@ -31,6 +42,7 @@
 
 extern "C" {
 #include "edgewise.h"
+#include "nn.h"
 #include "wigner.h"
 }
 
@@ -765,5 +777,150 @@ INSTANTIATE_TEST_SUITE_P(Sizes, EdgeKernels,
                                            Size{5, 10, 7},       // a partial warp
                                            Size{50, 500, 320}),  // C > threads per edge block
                          size_label);
+
+// ---------------------------------------------------------------------------------------------
+// the radial MLP's LayerNorm+SiLU (cuda/geometry.cu against core/nn.c)
+// ---------------------------------------------------------------------------------------------
+
+struct RowSize {
+    int rows, n;
+};
+
+std::string row_size_label(const ::testing::TestParamInfo<RowSize> &info) {
+    return "rows" + std::to_string(info.param.rows) + "_n" + std::to_string(info.param.n);
+}
+
+void PrintTo(const RowSize &s, std::ostream *os) {
+    *os << "rows=" << s.rows << " n=" << s.n;
+}
+
+// A LayerNorm's float32 parameters for the GPU and the same values widened for the CPU.
+struct NormParameters {
+    std::vector<float> weight, bias;      // [n]
+    std::vector<double> weight64, bias64; // [n]
+    umas_layer_norm layer_norm() {
+        umas_layer_norm ln;
+        ln.n = (int)weight.size();
+        ln.weight = weight64.data();
+        ln.bias = bias64.data();
+        return ln;
+    }
+};
+
+// core/nn.c norm_silu: SiLU(LayerNorm(x)), x [rows][n].
+std::vector<double> cpu_norm_silu(umas_layer_norm ln, int rows, std::vector<double> x) {
+    umas_layer_norm_forward(&ln, rows, x.data());
+    umas_silu_forward(x.data(), x.size());
+    return x;
+}
+
+// core/nn.c norm_silu_backward (static there; the same steps from the public pieces):
+// d_pre_norm = LayerNorm^T(SiLU'(LayerNorm(pre_norm)) * d_hidden), all [rows][n].
+std::vector<double> cpu_norm_silu_backward(umas_layer_norm ln, int rows,
+                                           const std::vector<double> &pre_norm,
+                                           const std::vector<double> &d_hidden) {
+    std::vector<double> work = pre_norm;
+    umas_layer_norm_forward(&ln, rows, work.data());
+    for (size_t i = 0; i < work.size(); i++)
+        work[i] = d_hidden[i] * umas_silu_derivative(work[i]);
+    std::vector<double> d_pre_norm(pre_norm.size());
+    umas_layer_norm_backward(&ln, rows, pre_norm.data(), work.data(), d_pre_norm.data());
+    return d_pre_norm;
+}
+
+class NormSiluKernels : public ::testing::TestWithParam<RowSize> {
+  protected:
+    void SetUp() override {
+        if (!have_gpu())
+            GTEST_SKIP() << "no CUDA device";
+        rows = GetParam().rows, n = GetParam().n;
+        p.weight = random_values(rng, n, 0.5f, 1.5f);
+        p.bias = random_values(rng, n);
+        p.weight64 = widen(p.weight);
+        p.bias64 = widen(p.bias);
+        // each row: an offset in [-1, 1] (the mean to take out) plus values in [-1, 1]
+        std::vector<float> offset = random_values(rng, rows);
+        x = random_values(rng, size());
+        for (size_t k = 0; k < size(); k++)
+            x[k] += offset[k / n];
+    }
+    size_t size() const { // [rows][n]
+        return (size_t)rows * n;
+    }
+    std::mt19937 rng{20240612};
+    int rows = 0, n = 0;
+    NormParameters p;
+    std::vector<float> x; // [rows][n], the LayerNorm input
+};
+
+TEST_P(NormSiluKernels, ForwardEqualsCpuNormSilu) {
+    std::vector<double> y_ref = cpu_norm_silu(p.layer_norm(), rows, widen(x));
+
+    DeviceArray<float> dx(x), dweight(p.weight), dbias(p.bias);
+    std::vector<float> runs[2];
+    for (auto &run : runs) {
+        DeviceArray<float> y(size()); // overwritten
+        y.fill_bytes(nan_bytes);
+        cu_layer_norm_silu(rows, n, dx.get(), dweight.get(), dbias.get(), y.get(), 0);
+        finish("cu_layer_norm_silu");
+        run = y.download();
+    }
+    check("layer_norm_silu", overall(y_ref, runs[0]), Bound::relative);
+    EXPECT_TRUE(same_bits(runs[0], runs[1])) << "cu_layer_norm_silu differs between two runs";
+    EXPECT_TRUE(same_bits(dx.download(), x)) << "the input must be left as it was";
+}
+
+TEST_P(NormSiluKernels, BackwardEqualsCpuNormSiluBackwardAlsoInPlace) {
+    std::vector<float> d_out = random_values(rng, size()); // [rows][n]
+    std::vector<double> d_in_ref =
+        cpu_norm_silu_backward(p.layer_norm(), rows, widen(x), widen(d_out));
+
+    DeviceArray<float> dx(x), dweight(p.weight), dbias(p.bias), dd_out(d_out);
+    std::vector<float> runs[2];
+    for (auto &run : runs) {
+        DeviceArray<float> d_in(size()); // overwritten
+        d_in.fill_bytes(nan_bytes);
+        cu_layer_norm_silu_backward(rows, n, dx.get(), dweight.get(), dbias.get(), dd_out.get(),
+                                    d_in.get(), 0);
+        finish("cu_layer_norm_silu_backward");
+        run = d_in.download();
+    }
+    check("layer_norm_silu_backward", overall(d_in_ref, runs[0]), Bound::relative);
+    EXPECT_TRUE(same_bits(runs[0], runs[1]))
+        << "cu_layer_norm_silu_backward differs between two runs";
+    EXPECT_TRUE(same_bits(dd_out.download(), d_out)) << "d_out must be left as it was";
+
+    // in place: d_in = d_out, as umas_fast_gpu calls it; the same bits as the separate output
+    DeviceArray<float> in_place(d_out);
+    cu_layer_norm_silu_backward(rows, n, dx.get(), dweight.get(), dbias.get(), in_place.get(),
+                                in_place.get(), 0);
+    finish("cu_layer_norm_silu_backward (d_in = d_out)");
+    std::vector<float> in_place_gpu = in_place.download();
+    check("layer_norm_silu_backward_in_place", overall(d_in_ref, in_place_gpu), Bound::relative);
+    EXPECT_TRUE(same_bits(in_place_gpu, runs[0]))
+        << "in place (d_in = d_out) differs from the separate output";
+}
+
+// rows = 0: nothing is launched and nothing is written.
+TEST(NormSiluKernelsEmpty, ZeroRowsIsANoOp) {
+    if (!have_gpu())
+        GTEST_SKIP() << "no CUDA device";
+    const int n = 128;
+    std::mt19937 rng{20240613};
+    std::vector<float> values = random_values(rng, n);
+    DeviceArray<float> in(values), weight(values), bias(values), out(values);
+    cu_layer_norm_silu(0, n, in.get(), weight.get(), bias.get(), out.get(), 0);
+    finish("cu_layer_norm_silu (rows = 0)");
+    cu_layer_norm_silu_backward(0, n, in.get(), weight.get(), bias.get(), in.get(), out.get(), 0);
+    finish("cu_layer_norm_silu_backward (rows = 0)");
+    EXPECT_TRUE(same_bits(out.download(), values)) << "rows = 0 wrote to the output";
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, NormSiluKernels,
+                         ::testing::Values(RowSize{3000, 128},  // edges x Ce
+                                           RowSize{5, 7},       // a partial warp
+                                           RowSize{100, 1000},  // many elements per lane
+                                           RowSize{530000, 8}), // > 65536 blocks x 8 warps
+                         row_size_label);
 
 } // namespace
