@@ -7,6 +7,7 @@
  * Memory: one set of per-edge, per-node and per-chunk buffers, grown when a graph needs more and
  * reused across calls; a failed cudaMalloc reports the bytes asked for with the atom and edge
  * counts. */
+#include "gemm_tc.h"
 #include "kernels.h"
 
 extern "C" {
@@ -30,7 +31,10 @@ struct dev_linear {
     int out = 0, in = 0;
     float *weight = nullptr;    /* [out][in]; with 3xtf32 its TF32 part */
     float *weight_lo = nullptr; /* 3xtf32: weight - tf32(weight), else null */
-    float *bias = nullptr;      /* [out] or null */
+    /* 3xtf32 on Hopper (gemm_tc.h, tc_gemm_nt_sm90 splits them itself): the weight in fp32,
+     * [out][in], and its transpose [in][out] for the backward; else null */
+    float *weight_f32 = nullptr, *weight_f32_t = nullptr;
+    float *bias = nullptr; /* [out] or null */
 };
 struct dev_layer_norm {
     int n = 0;
@@ -87,6 +91,9 @@ struct cuda_state {
     int device = 0;
     bool fast = false; /* umas_fast: block-form SO(2) GEMMs and the unified radial MLP */
     umas_precision precision = UMAS_PRECISION_EXACT;
+    /* 3xtf32 on a Hopper GPU: products by the split-precision tensor-core kernels of gemm_tc.h
+     * (no activation split buffers); elsewhere three cuBLAS TF32 products */
+    bool tensor_core_gemm = false;
     int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
@@ -214,6 +221,14 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
         }
         d.weight = upload_floats(s, hi);
         d.weight_lo = upload_floats(s, lo);
+        std::vector<float> w(n), w_t(n);
+        for (int o = 0; o < out; o++)
+            for (int i = 0; i < in; i++) {
+                w[(size_t)o * in + i] = (float)weight[(size_t)o * in + i];
+                w_t[(size_t)i * out + o] = (float)weight[(size_t)o * in + i];
+            }
+        d.weight_f32 = upload_floats(s, w);
+        d.weight_f32_t = upload_floats(s, w_t);
     } else if (s->precision == UMAS_PRECISION_TF32) {
         std::vector<float> rounded(n);
         for (size_t k = 0; k < n; k++)
@@ -272,11 +287,44 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
                  &beta, c, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT);
 }
 
+/* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
+ * tensor-core kernels (gemm_tc.h). The warpgroup-MMA kernel splits both operands itself; it
+ * takes W [out][in] as is in the forward (op_w T) and the transposed copy [in][out] in the
+ * backward (op_w N), so that both are one NT product. Operands it cannot take (not 16-byte
+ * aligned) go to the mma.sync kernel with the pre-split weights. Returns false (nothing done)
+ * when the context does not use these kernels.
+ * Accumulation: fresh accumulators per k-step of 8, without the half-ulp correction
+ * (TC_ACCUM_CHUNK; the correction cost 27 % of the speed): a bias of about -2^-25 relative per
+ * k-step's partial sum, -1e-8 to -4e-8 of a 768-term product, against -5e-6 for cuBLAS's TF32
+ * paths (bench/README.md). */
+bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, int m, int k,
+                       int rows, const float *act, int ldact, const float *bias, float beta,
+                       float *c, int ldc) {
+    if (!s->tensor_core_gemm)
+        return false;
+    const bool forward = op_w == CUBLAS_OP_T;
+    if (tc_gemm_nt_sm90(TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact,
+                        forward ? lin.weight_f32 : lin.weight_f32_t,
+                        (size_t)(forward ? lin.in : lin.out), bias, beta, c, (size_t)ldc,
+                        s->stream))
+        return true;
+    if (bias && rows > 0) {
+        broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(rows, m, bias, c,
+                                                                                   ldc);
+        beta = 1.0f;
+    }
+    tc_gemm(forward ? 1 : 0, TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact, lin.weight,
+            lin.weight_lo, (size_t)lin.in, beta, c, (size_t)ldc, s->stream);
+    return true;
+}
+
 /* C (+)= W-side x activation, where the activation is act [rows][width] (ld ldact): with 3xtf32
- * as lo_W hi_x + hi_W lo_x + hi_W hi_x (small terms first; parts from precision.cu), else one
- * product. */
+ * as lo_W hi_x + hi_W lo_x + hi_W hi_x (small terms first; on Hopper in one tensor-core kernel,
+ * elsewhere three cuBLAS products of the parts from precision.cu), else one product. */
 void gemm_split(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, int m, int k,
                 int rows, const float *act, int ldact, int width, float beta, float *c, int ldc) {
+    if (gemm_tensor_cores(s, lin, op_w, m, k, rows, act, ldact, nullptr, beta, c, ldc))
+        return;
     if (s->precision == UMAS_PRECISION_EXACT) {
         gemm(s, op_w, m, rows, k, lin.weight, lin.in, act, ldact, beta, c, ldc);
         return;
@@ -298,6 +346,9 @@ void gemm_split(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, in
 void linear_forward(cuda_state *s, const dev_linear &lin, int rows, const float *x, int ldx,
                     float *y, int ldy) {
     if (rows == 0)
+        return;
+    if (gemm_tensor_cores(s, lin, CUBLAS_OP_T, lin.out, lin.in, rows, x, ldx, lin.bias, 0.0f, y,
+                          ldy))
         return;
     float beta = 0.0f;
     if (lin.bias) {
@@ -684,6 +735,11 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     s->tapes.resize(fused ? w->num_layers : 1);
     s->precision = ctx->precision;
     cudaGetDevice(&s->device);
+    if (s->precision == UMAS_PRECISION_3XTF32) { /* rows = 0: asks whether the kernel runs here */
+        static const float aligned[4] = {0, 0, 0, 0};
+        s->tensor_core_gemm = tc_gemm_nt_sm90(TC_ACCUM_CHUNK, 0, 4, 4, aligned, 4, aligned, 4,
+                                              nullptr, 0.0f, nullptr, 4, nullptr) != 0;
+    }
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;
     if (cublasCreate(&s->blas) != CUBLAS_STATUS_SUCCESS)
@@ -786,7 +842,9 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
     size_t wide = 4 * (C > H ? C : H), f = sizeof(float);
     int a = g.N, e = g.E;
-    size_t split = s->precision == UMAS_PRECISION_3XTF32 ? std::max(n, N) * s->widest : 0;
+    size_t split = s->precision == UMAS_PRECISION_3XTF32 && !s->tensor_core_gemm
+                       ? std::max(n, N) * s->widest
+                       : 0;
     struct item {
         buffer *b;
         size_t bytes;

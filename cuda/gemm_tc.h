@@ -65,6 +65,16 @@ void tc_gemm_nn(int rows, int cols, int K, const float *X, size_t ldx, const flo
                 const float *W_lo, size_t ldw, float beta, float *Y, size_t ldy,
                 cudaStream_t stream);
 
+/* NT on Hopper's warpgroup MMA (gemm_tc_sm90.cu): Y[rows][out] = beta Y + X W^T (+ bias[out]
+ * when bias is not null), W [out][K] in plain fp32 (row stride ldw): the kernel splits both
+ * operands itself (w_hi = w with its 13 low bits cleared, w_lo = tf32(w - w_hi)); same products
+ * and accumulation schemes as tc_gemm. Returns 1 when launched (or nothing to do), 0 when it
+ * cannot run here and did nothing: the device is not compute capability 9.0, or X, W are not
+ * 16-byte aligned, or ldx, ldw are not multiples of 4. */
+int tc_gemm_nt_sm90(tc_accumulation accumulation, int rows, int out, int K, const float *X,
+                    size_t ldx, const float *W, size_t ldw, const float *bias, float beta, float *Y,
+                    size_t ldy, cudaStream_t stream);
+
 /* Either operation (w_transposed != 0: NT, else NN; n = out or cols) with a chosen
  * accumulation scheme (for comparisons; tc_gemm_nt/nn are this with TC_ACCUM_CHUNK_JAM). */
 void tc_gemm(int w_transposed, tc_accumulation accumulation, int rows, int n, int K, const float *X,

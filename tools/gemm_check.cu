@@ -12,17 +12,19 @@
  * (CUBLAS_COMPUTE_32F_PEDANTIC, the reference for the pass criteria; and CUBLAS_COMPUTE_32F),
  * cuBLAS TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, one product), cuBLAS 3xTF32 (three FAST_TF32
  * GEMMs on pre-split operands, as umas's precision 3xtf32; the split is not timed), and the
- * tensor-core kernel with its three accumulation schemes (tc-jam is the default).
+ * mma.sync tensor-core kernel with its three accumulation schemes (tc-*; tc-jam is its default)
+ * and the Hopper warpgroup-MMA kernel (sm90-*: tc_gemm_nt_sm90, NT only, so NN cases run it on
+ * the transposed weight, as umas's backward does; skipped where it does not take the operands).
  *
  * Columns: maxrel = max|y - ref| / max|ref|; bias = sum(y - ref) / sum|ref|; shrink =
  * sum((y - ref) sign(ref)) / sum|ref| (negative: results pulled toward zero, what truncating
  * accumulation does); SE = sqrt(sum (y - ref)^2) / sum|ref|, the standard error of bias; ms =
  * median of --reps timed runs after 3 warm-up runs; TFLOP/s = 2 rows K n / time.
  *
- * Pass (tc-jam, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias| <= 4 |SGEMM's bias| +
- * 1e-9 + 4 SE (the 4 SE allows for the sampling noise of the bias estimate, which exceeds 1e-9
- * on the small cases), no NaN, nothing written outside rows x n of Y. The same verdict is shown
- * for tc-chunk and tc-direct (information only).
+ * Pass (tc-jam and sm90-jam, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias| <= 4
+ * |SGEMM's bias| + 1e-9 + 4 SE (the 4 SE allows for the sampling noise of the bias estimate, which
+ * exceeds 1e-9 on the small cases), no NaN, nothing written outside rows x n of Y. The same verdict
+ * is shown for tc-chunk and tc-direct (information only).
  *
  * Exit status: 0 pass; 1 the default kernel failed on max error, NaN or writes outside Y (a bug);
  * 2 it failed on bias only; 3 CUDA, cuBLAS or reference errors. */
@@ -236,9 +238,22 @@ static void cublas_gemm(cublasHandle_t h, cublasComputeType_t compute, bool nn, 
 
 struct Method {
     const char *name;
-    int tc; /* -1: cuBLAS, else the tc_accumulation */
+    int tc;    /* -1: cuBLAS, else the tc_accumulation */
+    bool sm90; /* the warpgroup-MMA kernel (tc_gemm_nt_sm90), else the mma.sync kernel */
     std::function<void()> run;
 };
+
+/* wt [n][K] (row stride ldwt) = w^T for an NN weight w [K][n] (stride ldw): the sm90 kernel
+ * does NT only, so NN products run on transposed weights (as umas's backward does). */
+static __global__ void transpose_kernel(int K, int n, const float *w, size_t ldw, float *wt,
+                                        size_t ldwt) {
+    const size_t total = (size_t)K * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t k = i / n, j = i % n;
+        wt[j * ldwt + k] = w[k * ldw + j];
+    }
+}
 
 struct Result {
     Stats st;
@@ -312,10 +327,10 @@ int main(int argc, char **argv) {
     std::string failed;
     struct Speed {
         std::string name;
-        double sgemm_pedantic, sgemm, tf32, tc;
+        double sgemm_pedantic, sgemm, tf32, cublas3, tc, sm90;
     };
     std::vector<Speed> speeds;
-    int info_pass[3] = {0, 0, 0};
+    int info_pass[3] = {0, 0, 0}, info_pass_sm90[3] = {0, 0, 0}, sm90_cases = 0;
 
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const Case &c = cases[ci];
@@ -362,6 +377,18 @@ int main(int argc, char **argv) {
         tc_split_weights(wrows, wcols, W, ldw, Whi, Wlo, 0);
         tc_split_weights(rows, K, X, ldx, Xhi, Xlo, 0);
         CUDA_CHECK(cudaGetLastError());
+        /* the weights as the sm90 kernel takes them: [n][K] (NT as is; NN transposed) */
+        const size_t ldwt = c.nn ? (size_t)(K + 3) / 4 * 4 : ldw;
+        float *Wt = W;
+        if (c.nn) {
+            CUDA_CHECK(cudaMalloc(&Wt, (size_t)n * ldwt * sizeof(float)));
+            transpose_kernel<<<blocks_for((size_t)K * n), 256>>>(K, n, W, ldw, Wt, ldwt);
+            CUDA_CHECK(cudaGetLastError());
+        }
+        /* rows = 0: only asks whether the kernel takes these operands here */
+        const bool sm90 = tc_gemm_nt_sm90(TC_ACCUM_CHUNK_JAM, 0, n, K, X, ldx, Wt, ldwt, nullptr,
+                                          beta, Y, ldy, 0) != 0;
+        sm90_cases += sm90;
 
         /* Sampled rows: all, or the first and last 64 and random others. */
         std::vector<int> sample;
@@ -443,42 +470,53 @@ int main(int argc, char **argv) {
 
         const bool nn = c.nn;
         std::vector<Method> methods = {
-            {"cublas-fp32-pedantic", -1,
+            {"cublas-fp32-pedantic", -1, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F_PEDANTIC, nn, rows, n, K, X, ldx, W, ldw,
                              beta, Y, ldy);
              }},
-            {"cublas-fp32", -1,
+            {"cublas-fp32", -1, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F, nn, rows, n, K, X, ldx, W, ldw, beta, Y,
                              ldy);
              }},
-            {"cublas-tf32", -1,
+            {"cublas-tf32", -1, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F_FAST_TF32, nn, rows, n, K, X, ldx, W, ldw,
                              beta, Y, ldy);
              }},
-            {"cublas-3xtf32", -1,
+            {"cublas-3xtf32", -1, false,
              [&] {
                  const cublasComputeType_t t = CUBLAS_COMPUTE_32F_FAST_TF32;
                  cublas_gemm(blas, t, nn, rows, n, K, Xlo, ldx, Whi, ldw, beta, Y, ldy);
                  cublas_gemm(blas, t, nn, rows, n, K, Xhi, ldx, Wlo, ldw, 1.0f, Y, ldy);
                  cublas_gemm(blas, t, nn, rows, n, K, Xhi, ldx, Whi, ldw, 1.0f, Y, ldy);
              }},
-            {"tc-jam (default)", TC_ACCUM_CHUNK_JAM,
+            {"tc-jam", TC_ACCUM_CHUNK_JAM, false,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_CHUNK_JAM, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy,
                          0);
              }},
-            {"tc-chunk", TC_ACCUM_CHUNK,
+            {"tc-chunk", TC_ACCUM_CHUNK, false,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_CHUNK, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy, 0);
              }},
-            {"tc-direct", TC_ACCUM_DIRECT,
+            {"tc-direct", TC_ACCUM_DIRECT, false,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_DIRECT, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy, 0);
              }},
         };
+        const tc_accumulation schemes[3] = {TC_ACCUM_CHUNK_JAM, TC_ACCUM_CHUNK, TC_ACCUM_DIRECT};
+        const char *sm90_names[3] = {"sm90-jam", "sm90-chunk", "sm90-direct"};
+        for (int a = 0; a < 3 && sm90; a++) {
+            const tc_accumulation scheme = schemes[a];
+            methods.push_back({sm90_names[a], scheme, true, [&, scheme] {
+                                   tc_gemm_nt_sm90(scheme, rows, n, K, X, ldx, Wt, ldwt, nullptr,
+                                                   beta, Y, ldy, 0);
+                               }});
+        }
+        if (!sm90)
+            printf("  (sm90 kernel: not for these operands or this device)\n");
 
         printf("  %-22s %10s %11s %11s %10s %9s %8s  %s\n", "method", "maxrel", "bias", "shrink",
                "SE", "ms", "TFLOP/s", "verdict");
@@ -498,14 +536,14 @@ int main(int argc, char **argv) {
             if (methods[m].tc >= 0) {
                 bool max_fail, bias_fail;
                 v = verdict(res[m].st, res[0].st, &max_fail, &bias_fail);
-                if (methods[m].tc == TC_ACCUM_CHUNK_JAM) {
+                if (methods[m].tc == TC_ACCUM_CHUNK_JAM) { /* the defaults: tc-jam, sm90-jam */
                     max_failures += max_fail;
                     bias_failures += !max_fail && bias_fail;
                     if (max_fail || bias_fail)
                         failed += std::string(failed.empty() ? "" : ", ") + c.name + " (" + v + ")";
                 }
                 if (v.empty())
-                    info_pass[methods[m].tc]++;
+                    (methods[m].sm90 ? info_pass_sm90 : info_pass)[methods[m].tc]++;
                 v = v.empty() ? "PASS" : "FAIL: " + v;
             } else if (!res[m].st.outside_ok) {
                 v = "(wrote outside Y?)";
@@ -515,7 +553,10 @@ int main(int argc, char **argv) {
                    res[m].tflops, v.c_str());
             fflush(stdout);
         }
-        speeds.push_back({c.name, res[0].tflops, res[1].tflops, res[2].tflops, res[4].tflops});
+        speeds.push_back({c.name, res[0].tflops, res[1].tflops, res[2].tflops, res[3].tflops,
+                          res[4].tflops, sm90 ? res[7].tflops : 0.0});
+        if (c.nn)
+            CUDA_CHECK(cudaFree(Wt));
 
         CUDA_CHECK(cudaFree(X));
         CUDA_CHECK(cudaFree(Xhi));
@@ -531,15 +572,18 @@ int main(int argc, char **argv) {
     }
     BLAS_CHECK(cublasDestroy(blas));
 
-    printf("\nspeed (TFLOP/s, 2 rows K n / time; x: tc-jam over cublas-fp32-pedantic):\n"
-           "  %-26s %10s %10s %10s %10s %8s\n",
-           "case", "fp32-ped.", "fp32", "tf32", "tc-jam", "x");
+    printf("\nspeed (TFLOP/s, 2 rows K n / time; x: over cublas-fp32-pedantic):\n"
+           "  %-26s %10s %10s %10s %10s %10s %8s %10s %8s\n",
+           "case", "fp32-ped.", "fp32", "tf32", "3xtf32", "tc-jam", "x", "sm90-jam", "x");
     for (const Speed &s : speeds)
-        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %7.2fx\n", s.name.c_str(), s.sgemm_pedantic,
-               s.sgemm, s.tf32, s.tc, s.tc / s.sgemm_pedantic);
-    printf("\ncases passing the criteria: tc-jam %d/%d, tc-chunk %d/%d, tc-direct %d/%d\n",
+        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx\n", s.name.c_str(),
+               s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc, s.tc / s.sgemm_pedantic, s.sm90,
+               s.sm90 / s.sgemm_pedantic);
+    printf("\ncases passing the criteria: tc-jam %d/%d, tc-chunk %d/%d, tc-direct %d/%d; "
+           "sm90-jam %d/%d, sm90-chunk %d/%d, sm90-direct %d/%d\n",
            info_pass[TC_ACCUM_CHUNK_JAM], n_cases, info_pass[TC_ACCUM_CHUNK], n_cases,
-           info_pass[TC_ACCUM_DIRECT], n_cases);
+           info_pass[TC_ACCUM_DIRECT], n_cases, info_pass_sm90[TC_ACCUM_CHUNK_JAM], sm90_cases,
+           info_pass_sm90[TC_ACCUM_CHUNK], sm90_cases, info_pass_sm90[TC_ACCUM_DIRECT], sm90_cases);
     if (!n_cases) {
         printf("no case matched\n");
         return 3;
