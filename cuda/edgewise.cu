@@ -71,15 +71,12 @@ HD void accumulate(unsigned long long *fixed, size_t i, float v) {
 #endif
 }
 
-/* The radial weight of position k in [0, 18C) of an edge's [9][2C] M-order features (radial
- * [12C]): rows 0..2 by [0, 6C), rows 3, 4 and again 5, 6 by [6C, 10C), rows 7 and again 8 by
- * [10C, 12C) (core/edgewise.c radial_slot). */
-HD int radial_slot(int k, int C) {
-    if (k < 6 * C)
-        return k;
-    if (k < 14 * C)
-        return 6 * C + (k - 6 * C) % (4 * C);
-    return 10 * C + (k - 14 * C) % (2 * C);
+/* The radial weight of position k = q C + c (q < 18, c < C) of an edge's [9][2C] M-order
+ * features is radial[radial_row(q) C + c] (radial [12C]): rows 0..2 by [0, 6C), rows 3, 4 and
+ * again 5, 6 by [6C, 10C), rows 7 and again 8 by [10C, 12C) (core/edgewise.c radial_slot, whose
+ * slot is radial_row(k / C) C + k % C). */
+HD constexpr int radial_row(int q) {
+    return q < 6 ? q : q < 14 ? 6 + (q - 6) % 4 : 10 + (q - 14) % 2;
 }
 
 HD void load_wigner(const cu_wigner *w, float W[34]) {
@@ -203,29 +200,40 @@ template <int K> __device__ void block_sum(float (&v)[K], float *total) {
 /* ---------------------------------------------------------------------------------------------
  * gather_rotate (core/edgewise.c gather_rotate) with conv1's radial scaling fused in
  * u[e][p][0:C] = (D x[source[e]])[m_to_l(p)], u[e][p][C:2C] likewise for target[e];
- * y = u * radial at radial_slot (scale_by_radial) unless y is null, and u itself into
+ * y = u * radial at radial_row (scale_by_radial) unless y is null, and u itself into
  * `unscaled` when it is not null (the backward needs it). x [N][9][C], y and unscaled [n][9][2C],
- * radial [n][12C]. One thread per (edge, channel).
+ * radial [n][12C]. A block takes blockDim.y edges at a time (a grid-stride loop over such
+ * groups), threads x over the channels: the group's Wigner records, sources and targets are read
+ * once into shared memory, then thread (x, y) does edge e0 + y, channels x, x + blockDim.x, ...
  * ------------------------------------------------------------------------------------------- */
 
-HD void gather_rotate_one(int e, int c, const int *source, const int *target,
-                          const cu_wigner *wigner, int C, const float *x, const float *radial,
-                          float *unscaled, float *y) {
-    float W[34], xs[9], xt[9], ys[9], yt[9];
-    load_wigner(&wigner[e], W);
-    load_column(x + (size_t)source[e] * 9 * C, C, c, xs);
-    load_column(x + (size_t)target[e] * 9 * C, C, c, xt);
+/* Edges per block at most (blockDim.y: FLAT_THREADS threads, at least one warp per edge). */
+#define GATHER_EDGES_MAX (FLAT_THREADS / 32)
+
+/* Channel c of edge e, W its Wigner record (in shared memory), xs_row and xt_row the [9][C]
+ * rows x[source[e]] and x[target[e]]. */
+HD void gather_rotate_one(size_t e, int c, const float W[34], const float *xs_row,
+                          const float *xt_row, int C, const float *radial, float *unscaled,
+                          float *y) {
+    float xs[9], xt[9], ys[9], yt[9], r[12];
+    load_column(xs_row, C, c, xs);
+    load_column(xt_row, C, c, xt);
     rotate(W, xs, ys);
     rotate(W, xt, yt);
-    size_t row = (size_t)e * 18 * C;
-    const float *re = radial + (size_t)e * 12 * C;
+    size_t row = e * 18 * C;
+    if (y) { /* the 12 radial weights of channel c, each used once or twice below */
+        const float *re = radial + e * 12 * C;
 #pragma unroll
-    for (int p = 0; p < 9; p++) {
-        int ks = p * 2 * C + c, kt = ks + C;
+        for (int j = 0; j < 12; j++)
+            r[j] = re[(size_t)j * C + c];
+    }
+#pragma unroll
+    for (int p = 0; p < 9; p++) { /* positions q = 2p (source) and 2p + 1 (target) */
+        size_t ks = (size_t)(2 * p) * C + c, kt = ks + C;
         float us = ys[m_to_l(p)], ut = yt[m_to_l(p)];
         if (y) {
-            y[row + ks] = us * re[radial_slot(ks, C)];
-            y[row + kt] = ut * re[radial_slot(kt, C)];
+            y[row + ks] = us * r[radial_row(2 * p)];
+            y[row + kt] = ut * r[radial_row(2 * p + 1)];
         }
         if (unscaled) {
             unscaled[row + ks] = us;
@@ -234,22 +242,50 @@ HD void gather_rotate_one(int e, int c, const int *source, const int *target,
     }
 }
 
-__global__ void gather_rotate_kernel(int n, const int *source, const int *target,
-                                     const cu_wigner *wigner, int C, const float *x,
-                                     const float *radial, float *unscaled, float *y) {
-    FLAT_LOOP(i, (size_t)n * C)
-    gather_rotate_one((int)(i / C), (int)(i % C), source, target, wigner, C, x, radial, unscaled,
-                      y);
+__global__ void gather_rotate_kernel(int n, const int *__restrict__ source,
+                                     const int *__restrict__ target,
+                                     const cu_wigner *__restrict__ wigner, int C,
+                                     const float *__restrict__ x, const float *__restrict__ radial,
+                                     float *__restrict__ unscaled, float *__restrict__ y) {
+    __shared__ float W[GATHER_EDGES_MAX][34]; /* the group's records, contiguous as in wigner */
+    __shared__ int ends[GATHER_EDGES_MAX][2]; /* source, target */
+    const int edges = blockDim.y, threads = blockDim.x * blockDim.y;
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
+        int m = n - e0 < edges ? (int)(n - e0) : edges; /* edges in this group */
+        const float *wf = (const float *)(wigner + e0);
+        for (int k = tid; k < m * 34; k += threads)
+            (&W[0][0])[k] = wf[k];
+        if (tid < m) {
+            ends[tid][0] = source[e0 + tid];
+            ends[tid][1] = target[e0 + tid];
+        }
+        __syncthreads();
+        int j = threadIdx.y;
+        if (j < m) {
+            const float *xs_row = x + (size_t)ends[j][0] * 9 * C;
+            const float *xt_row = x + (size_t)ends[j][1] * 9 * C;
+            for (int c = threadIdx.x; c < C; c += blockDim.x)
+                gather_rotate_one((size_t)(e0 + j), c, W[j], xs_row, xt_row, C, radial, unscaled,
+                                  y);
+        }
+        __syncthreads(); /* before the next group overwrites W and ends */
+    }
 }
 
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
                       const float *x, const float *radial, float *unscaled, float *y,
                       cudaStream_t stream) {
-    size_t total = (size_t)n * C;
     if (n <= 0 || C <= 0)
         return;
-    gather_rotate_kernel<<<flat_blocks(total), FLAT_THREADS, 0, stream>>>(
-        n, source, target, wigner, C, x, radial, unscaled, y);
+    /* threads x: C rounded up to warps, at most FLAT_THREADS; edges per block: the rest */
+    int tx = (C + 31) / 32 * 32;
+    tx = tx > FLAT_THREADS ? FLAT_THREADS : tx;
+    int ty = FLAT_THREADS / tx; /* <= GATHER_EDGES_MAX */
+    size_t groups = ((size_t)n + ty - 1) / ty;
+    unsigned blocks = (unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30);
+    gather_rotate_kernel<<<blocks, dim3(tx, ty), 0, stream>>>(n, source, target, wigner, C, x,
+                                                              radial, unscaled, y);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -330,12 +366,6 @@ void cu_gather_rotate_backward(int n, const int *source, const int *target, cons
  * the same order as scale_by_radial_backward) and scatters D^T (dy * radial) into d_x (fixed
  * point), with d_wigner[e] += <(dy * radial)^L, x>. One block per edge, threads over channels.
  * ------------------------------------------------------------------------------------------- */
-
-/* The radial row (slot / C) that position k = q C + c of a [9][2C] row is scaled by
- * (radial_slot with the channel taken out). */
-HD constexpr int radial_row(int q) {
-    return q < 6 ? q : q < 14 ? 6 + (q - 6) % 4 : 10 + (q - 14) % 2;
-}
 
 HD void producer_backward_one(int e, int c, const int *source, const int *target,
                               const cu_wigner *wigner, int C, const float *x, const float *radial,
