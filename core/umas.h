@@ -104,8 +104,9 @@ typedef struct umas_options {
     const char *device; /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
     /* Arithmetic of the matrix products. NULL: the device's exact default, "fp64" on the CPU,
      * "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split into
-     * high and low TF32 parts: about float32 accuracy) and "tf32" (one TF32 product: faster,
-     * forces to about 1e-3 eV/A). */
+     * high and low TF32 parts: float32 accuracy, within the same bounds against float64; on
+     * Hopper GPUs umas's own tensor-core kernel, faster than fp32) and "tf32" (one TF32
+     * product: fastest, forces to about 1e-2 eV/A). */
     const char *precision;
 } umas_options;
 
