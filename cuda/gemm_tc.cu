@@ -45,6 +45,7 @@
  * Costs per output tile and k-step: 3 mma, plus 4 fp32 adds (CHUNK) or 4 x (and, fma, add)
  * (CHUNK_JAM). */
 #include "gemm_tc.h"
+#include "gemm_tc_common.cuh"
 
 #include <cuda_runtime.h>
 
@@ -87,42 +88,6 @@ template <bool NN> struct Stage {
 
 /* ---- PTX helpers ------------------------------------------------------------------------- */
 
-/* 16-byte asynchronous copy global -> shared; bytes past src_bytes (0..16) are zero-filled and
- * not read. dst, src 16-byte aligned. */
-__device__ __forceinline__ void cp_async_16(float *dst, const float *src, int src_bytes) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-}
-
-/* 4-byte asynchronous copy; src_bytes 0 writes a zero without reading. */
-__device__ __forceinline__ void cp_async_4(float *dst, const float *src, int src_bytes) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-/* Waits until at most N of this thread's committed copy groups are still in flight. */
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-/* x = hi + lo + O(2^-22 |x|): hi = tf32(x) rounded to nearest, lo = tf32(x - hi) (as fp32 bit
- * patterns with the 13 low bits clear; the mask makes x - hi exact whatever cvt leaves there). */
-__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
-    uint32_t h, l;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(h) : "f"(x));
-    h &= 0xffffe000u;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(l) : "f"(x - __uint_as_float(h)));
-    hi = h;
-    lo = l;
-}
-
 /* d = a b + c for one m16n8k8 tile (warp-wide). Fragments (g = lane / 4, t = lane % 4):
  * a[0] = A[g][t], a[1] = A[g+8][t], a[2] = A[g][t+4], a[3] = A[g+8][t+4];
  * b[0] = B[k=t][n=g], b[1] = B[k=t+4][n=g];
@@ -137,13 +102,6 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4],
 }
 
 /* ---- end of PTX helpers ------------------------------------------------------------------ */
-
-/* p + ulp(p)/2 rounded to nearest even: p plus one ulp (in magnitude) when p's last bit is set.
- * The and-mask keeps the sign and exponent of p, i.e. +-2^e for p = +-m 2^e, m in [1, 2); times
- * 2^-24 that is half an ulp. Zero, subnormal p: unchanged; inf, NaN: kept. */
-__device__ __forceinline__ float jam_half_ulp(float p) {
-    return fmaf(__uint_as_float(__float_as_uint(p) & 0xff800000u), 0x1p-24f, p);
-}
 
 /* Copies the R x C tile at (r0, c0) of the row-major matrix g (stride ld, valid rows < rlim,
  * columns < clim) into s (row stride LDS); entries outside the matrix become zeros. The empty

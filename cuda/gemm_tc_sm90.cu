@@ -35,6 +35,7 @@
  * zero-filled by the copies. wgmma exists only in the architecture-specific sm_90a target: the
  * file is built for it alone (cuda/CMakeLists.txt), and elsewhere the kernel body is empty. */
 #include "gemm_tc.h"
+#include "gemm_tc_common.cuh"
 
 #include <cuda_runtime.h>
 
@@ -75,34 +76,10 @@ static_assert(BK % KSTEP == 0, "whole k-steps per stage");
 
 /* ---- PTX helpers ------------------------------------------------------------------------- */
 
-__device__ __forceinline__ void cp_async_16(float *dst, const float *src, int src_bytes) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-                 "r"(src_bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 /* Makes this thread's completed shared-memory writes (cp.async is the generic proxy) visible
  * to the tensor cores' reads through descriptors (the async proxy). Before the barrier. */
 __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
-    uint32_t h, l;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(h) : "f"(x));
-    h &= 0xffffe000u;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(l) : "f"(x - __uint_as_float(h)));
-    hi = h;
-    lo = l;
 }
 
 /* Shared-memory matrix descriptor of a K-major B tile without swizzle (PTX ISA, "matrix
@@ -172,11 +149,6 @@ __device__ __forceinline__ void wgmma_tf32(float (&d)[64], const uint32_t (&a)[4
 }
 
 /* ---- end of PTX helpers ------------------------------------------------------------------ */
-
-/* p + ulp(p)/2 rounded to nearest even (gemm_tc.cu jam_half_ulp). */
-__device__ __forceinline__ float jam_half_ulp(float p) {
-    return fmaf(__uint_as_float(__float_as_uint(p) & 0xff800000u), 0x1p-24f, p);
-}
 
 template <int ACC>
 __device__ __forceinline__ void add_partials(float (&acc)[64], const float (&p)[64]) {
