@@ -32,8 +32,11 @@ struct dev_linear {
     int out = 0, in = 0;
     float *weight = nullptr;    /* [out][in]; with 3xtf32 its TF32 part */
     float *weight_lo = nullptr; /* 3xtf32: weight - tf32(weight), else null */
-    /* 3xtf32 on Hopper (gemm_tc.h, tc_gemm_nt_sm90 splits them itself): the weight in fp32,
-     * [out][in], and its transpose [in][out] for the backward; else null */
+    /* 3xtf32: the transpose [in][out] split the same way, for the backward's NT products on
+     * Hopper (tc_gemm_nt_tma); else null */
+    float *weight_t = nullptr, *weight_t_lo = nullptr;
+    /* 3xtf32 on Hopper with UMAS_TC_KERNEL=sm90 (tc_gemm_nt_sm90 splits them itself): the weight
+     * in fp32, [out][in], and its transpose [in][out]; else null */
     float *weight_f32 = nullptr, *weight_f32_t = nullptr;
     float *bias = nullptr; /* [out] or null */
 };
@@ -96,7 +99,10 @@ struct cuda_state {
     /* 3xtf32 on a Hopper GPU: products by the split-precision tensor-core kernels of gemm_tc.h
      * (no activation split buffers); elsewhere three cuBLAS TF32 products */
     bool tensor_core_gemm = false;
-    int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
+    /* which Hopper kernel: tc_gemm_nt_tma (default), or tc_gemm_nt_sm90 (UMAS_TC_KERNEL=sm90) */
+    bool tc_sm90_kernel = false;
+    int tc_chunk = 1; /* k-steps per fresh accumulator in tc_gemm_nt_tma (UMAS_TC_CHUNK) */
+    int widest = 0;   /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 
@@ -223,14 +229,24 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
         }
         d.weight = upload_floats(s, hi);
         d.weight_lo = upload_floats(s, lo);
-        std::vector<float> w(n), w_t(n);
+        std::vector<float> hi_t(n), lo_t(n);
         for (int o = 0; o < out; o++)
             for (int i = 0; i < in; i++) {
-                w[(size_t)o * in + i] = (float)weight[(size_t)o * in + i];
-                w_t[(size_t)i * out + o] = (float)weight[(size_t)o * in + i];
+                hi_t[(size_t)i * out + o] = hi[(size_t)o * in + i];
+                lo_t[(size_t)i * out + o] = lo[(size_t)o * in + i];
             }
-        d.weight_f32 = upload_floats(s, w);
-        d.weight_f32_t = upload_floats(s, w_t);
+        d.weight_t = upload_floats(s, hi_t);
+        d.weight_t_lo = upload_floats(s, lo_t);
+        if (s->tc_sm90_kernel) {
+            std::vector<float> w(n), w_t(n);
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    w[(size_t)o * in + i] = (float)weight[(size_t)o * in + i];
+                    w_t[(size_t)i * out + o] = (float)weight[(size_t)o * in + i];
+                }
+            d.weight_f32 = upload_floats(s, w);
+            d.weight_f32_t = upload_floats(s, w_t);
+        }
     } else if (s->precision == UMAS_PRECISION_TF32) {
         std::vector<float> rounded(n);
         for (size_t k = 0; k < n; k++)
@@ -290,26 +306,34 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
 }
 
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
- * tensor-core kernels (gemm_tc.h). The warpgroup-MMA kernel splits both operands itself; it
- * takes W [out][in] as is in the forward (op_w T) and the transposed copy [in][out] in the
- * backward (op_w N), so that both are one NT product. Operands it cannot take (not 16-byte
- * aligned) go to the mma.sync kernel with the pre-split weights. Returns false (nothing done)
- * when the context does not use these kernels.
- * Accumulation: fresh accumulators per k-step of 8, without the half-ulp correction
- * (TC_ACCUM_CHUNK; the correction cost 27 % of the speed): a bias of about -2^-25 relative per
- * k-step's partial sum, -1e-8 to -4e-8 of a 768-term product, against -5e-6 for cuBLAS's TF32
- * paths (bench/README.md). */
+ * tensor-core kernels (gemm_tc.h). The warpgroup-MMA kernels do NT products: they take W
+ * [out][in] in the forward (op_w T) and the transposed copy [in][out] in the backward (op_w N).
+ * tc_gemm_nt_tma takes them pre-split (hi, lo); tc_gemm_nt_sm90 (UMAS_TC_KERNEL=sm90) in fp32
+ * and splits them itself. Operands they cannot take (not 16-byte aligned) go to the mma.sync
+ * kernel with the pre-split weights. Returns false (nothing done) when the context does not use
+ * these kernels.
+ * Accumulation: fresh accumulators per chunk of tc_chunk k-steps of 8, without the half-ulp
+ * correction (TC_ACCUM_CHUNK; the correction cost 27 % of the speed in tc_gemm_nt_sm90): a
+ * bias of about -(tc_chunk + 1) / 2 x 2^-25 relative per chunk's partial sum, i.e. -1e-8 to
+ * -1e-7 of a 768-term product, against -5e-6 for cuBLAS's TF32 paths (bench/README.md). */
 bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, int m, int k,
                        int rows, const float *act, int ldact, const float *bias, float beta,
                        float *c, int ldc) {
     if (!s->tensor_core_gemm)
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
-    if (tc_gemm_nt_sm90(TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact,
-                        forward ? lin.weight_f32 : lin.weight_f32_t,
-                        (size_t)(forward ? lin.in : lin.out), bias, beta, c, (size_t)ldc,
-                        s->stream))
+    const size_t ldw = (size_t)(forward ? lin.in : lin.out);
+    if (s->tc_sm90_kernel) {
+        if (tc_gemm_nt_sm90(TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact,
+                            forward ? lin.weight_f32 : lin.weight_f32_t, ldw, bias, beta, c,
+                            (size_t)ldc, s->stream))
+            return true;
+    } else if (tc_gemm_nt_tma(TC_ACCUM_CHUNK, s->tc_chunk, rows, m, k, act, (size_t)ldact,
+                              forward ? lin.weight : lin.weight_t,
+                              forward ? lin.weight_lo : lin.weight_t_lo, ldw, bias, beta, c,
+                              (size_t)ldc, s->stream)) {
         return true;
+    }
     if (bias && rows > 0) {
         broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(rows, m, bias, c,
                                                                                    ldc);
@@ -787,8 +811,16 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     cudaGetDevice(&s->device);
     if (s->precision == UMAS_PRECISION_3XTF32) { /* rows = 0: asks whether the kernel runs here */
         static const float aligned[4] = {0, 0, 0, 0};
-        s->tensor_core_gemm = tc_gemm_nt_sm90(TC_ACCUM_CHUNK, 0, 4, 4, aligned, 4, aligned, 4,
-                                              nullptr, 0.0f, nullptr, 4, nullptr) != 0;
+        const char *kernel = getenv("UMAS_TC_KERNEL"), *chunk = getenv("UMAS_TC_CHUNK");
+        s->tc_sm90_kernel = kernel && strcmp(kernel, "sm90") == 0;
+        if (chunk && (!strcmp(chunk, "1") || !strcmp(chunk, "2") || !strcmp(chunk, "4")))
+            s->tc_chunk = atoi(chunk);
+        s->tensor_core_gemm =
+            s->tc_sm90_kernel
+                ? tc_gemm_nt_sm90(TC_ACCUM_CHUNK, 0, 4, 4, aligned, 4, aligned, 4, nullptr, 0.0f,
+                                  nullptr, 4, nullptr) != 0
+                : tc_gemm_nt_tma(TC_ACCUM_CHUNK, s->tc_chunk, 0, 4, 4, aligned, 4, aligned, aligned,
+                                 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
     }
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;

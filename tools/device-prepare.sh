@@ -6,12 +6,20 @@
 # The device has no LAMMPS and no MPI either: its `lmp_umas` (CUDA on) is linked to the static
 # serial LAMMPS of tools/build-lammps-serial.sh (MPI stubs; built once into .deps/, ~10-20 min).
 #   ./tools/device-prepare.sh    then run: ./tools/device-run.sh with carry [".devbin"]
+# UMAS_DEVICE_LAMMPS=0 leaves LAMMPS out (no serial LAMMPS build, no lmp_umas: the device run
+# then skips its LAMMPS tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
-cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
-      -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-targets="test_cuda test_neighbors umas-bench umas-eval lmp_umas"
+targets="test_cuda test_neighbors umas-bench umas-eval"
+if [ "${UMAS_DEVICE_LAMMPS:-1}" = 1 ]; then
+    ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
+          -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+    targets="$targets lmp_umas"
+else
+    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=OFF \
+          -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+fi
 known_targets="$(cmake --build build-cuda --target help)"
 for optional in test_kernels umas-gemm-check; do # GPU-only programs, when this tree has them
     if grep -q "\.\.\. $optional\$" <<< "$known_targets"; then
@@ -23,12 +31,14 @@ rm -rf .devbin && mkdir -p .devbin/stage
 for target in $targets; do
     cp "$(find build-cuda -type f -name "$target" -perm -u+x | head -n 1)" .devbin/stage/
 done
-strip .devbin/stage/lmp_umas
-# the launcher must need no MPI and no liblammps; its non-system libraries are carried below
-# (libcublas/libcublasLt come from the device's CUDA)
-if ldd build-cuda/lmp_umas | grep -E 'libmpi|liblammps|not found' | grep -v libcublas; then
-    echo "device-prepare: lmp_umas needs a library the device lacks (above)" >&2
-    exit 1
+if [ -f .devbin/stage/lmp_umas ]; then
+    strip .devbin/stage/lmp_umas
+    # the launcher must need no MPI and no liblammps; its non-system libraries are carried below
+    # (libcublas/libcublasLt come from the device's CUDA)
+    if ldd build-cuda/lmp_umas | grep -E 'libmpi|liblammps|not found' | grep -v libcublas; then
+        echo "device-prepare: lmp_umas needs a library the device lacks (above)" >&2
+        exit 1
+    fi
 fi
 for lib in openblas.so.0 cjson.so.1 gfortran.so.5 quadmath.so.0; do
     cp -L "$(ldconfig -p | awk -v l="lib$lib" '$1 == l {print $NF; exit}')" .devbin/stage/

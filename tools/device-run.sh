@@ -3,7 +3,10 @@
 # GPU tests (test_cuda), LAMMPS with `device cuda` (tests/test_lammps_gpu.py with the carried
 # serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
-# part out; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision.
+# part out; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
+# optionally with :VARIABLE=value for that run's environment (e.g. umas_fast_gpu:3xtf32:
+# UMAS_TC_CHUNK=4). UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
+# holds (wgmma instructions, local-memory spills).
 set -uo pipefail
 source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -16,11 +19,18 @@ if [ -f .devbin/umas.pt.xz ]; then
     python3 tools/umas_convert.py /tmp/umas/umas.pt /tmp/umas/models/umas.safetensors
 fi
 export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
+if [ "${UMAS_SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
+    echo "== machine code of the split-precision GEMM kernels (umas-gemm-check)"
+    cuobjdump --dump-sass /tmp/umas/bin/umas-gemm-check > "$OUT/gemm.sass" 2>&1
+    awk '/Function :/ {f = $3} /GMMA/ {g[f]++} /LDL|STL/ {l[f]++} /Function :/ {n[f] = 1}
+         END {for (f in n) if (f ~ /tc_gemm/) printf "%s: %d GMMA, %d LDL/STL\n", f, g[f], l[f]}' \
+        "$OUT/gemm.sass"
+fi
 if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
     tests="test_cuda test_neighbors"
     [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
     for test in $tests; do
-        stdbuf -oL /tmp/umas/bin/$test > "$OUT/$test.log" 2>&1
+        timeout "${UMAS_TEST_TIMEOUT:-420}" stdbuf -oL /tmp/umas/bin/$test > "$OUT/$test.log" 2>&1
         echo "$test exit $?" >> "$OUT/$test.log"
         grep -E "measured|FAIL|SKIPPED|Failure|error|exit" "$OUT/$test.log" | grep -v "no CUDA device"
     done
@@ -47,9 +57,9 @@ fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
     for variant in ${UMAS_BENCH_VARIANTS:-general,umas_fast,umas_fast_gpu:fp32 umas_fast_gpu:tf32}; do
-        set -- ${variant/:/ }
-        echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU"
-        /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
+        set -- ${variant//:/ }
+        echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU ${3:-}"
+        env ${3:-} /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
             --backend "$1" --precision "$2" --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" \
             --steps "${UMAS_BENCH_STEPS:-5}" --warmup 2 | tee -a "$OUT/bench.txt"
     done

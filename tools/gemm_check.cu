@@ -14,17 +14,19 @@
  * GEMMs on pre-split operands, as umas's precision 3xtf32; the split is not timed), and the
  * mma.sync tensor-core kernel with its three accumulation schemes (tc-*; tc-jam is its default)
  * and the Hopper warpgroup-MMA kernel (sm90-*: tc_gemm_nt_sm90, NT only, so NN cases run it on
- * the transposed weight, as umas's backward does; skipped where it does not take the operands).
+ * the transposed weight, as umas's backward does; skipped where it does not take the operands),
+ * and the Hopper kernel fed by bulk tensor copies (tma-*: tc_gemm_nt_tma, NT only, pre-split
+ * weights; chunks of 1, 2 and 4 k-steps per fresh accumulator, -cN).
  *
  * Columns: maxrel = max|y - ref| / max|ref|; bias = sum(y - ref) / sum|ref|; shrink =
  * sum((y - ref) sign(ref)) / sum|ref| (negative: results pulled toward zero, what truncating
  * accumulation does); SE = sqrt(sum (y - ref)^2) / sum|ref|, the standard error of bias; ms =
  * median of --reps timed runs after 3 warm-up runs; TFLOP/s = 2 rows K n / time.
  *
- * Pass (tc-jam and sm90-jam, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias| <= 4
- * |SGEMM's bias| + 1e-9 + 4 SE (the 4 SE allows for the sampling noise of the bias estimate, which
- * exceeds 1e-9 on the small cases), no NaN, nothing written outside rows x n of Y. The same verdict
- * is shown for tc-chunk and tc-direct (information only).
+ * Pass (tc-jam, sm90-jam and tma-jam-c1, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias|
+ * <= 4 |SGEMM's bias| + 1e-9 + 4 SE (the 4 SE allows for the sampling noise of the bias estimate,
+ * which exceeds 1e-9 on the small cases), no NaN, nothing written outside rows x n of Y. The same
+ * verdict is shown for tc-chunk and tc-direct (information only).
  *
  * Exit status: 0 pass; 1 the default kernel failed on max error, NaN or writes outside Y (a bug);
  * 2 it failed on bias only; 3 CUDA, cuBLAS or reference errors. */
@@ -236,10 +238,15 @@ static void cublas_gemm(cublasHandle_t h, cublasComputeType_t compute, bool nn, 
                             (int)ldy, compute, CUBLAS_GEMM_DEFAULT));
 }
 
+/* The split-precision kernels compared: mma.sync (tc_gemm), warpgroup MMA fed by cp.async
+ * (tc_gemm_nt_sm90), warpgroup MMA fed by bulk tensor copies (tc_gemm_nt_tma). */
+enum Kernel { MMA_SYNC = 0, SM90 = 1, TMA = 2, KERNELS = 3 };
+
 struct Method {
     const char *name;
-    int tc;    /* -1: cuBLAS, else the tc_accumulation */
-    bool sm90; /* the warpgroup-MMA kernel (tc_gemm_nt_sm90), else the mma.sync kernel */
+    int tc; /* -1: cuBLAS, else the tc_accumulation */
+    Kernel kernel;
+    bool gating; /* its verdict decides the exit status (the kernels' unbiased defaults) */
     std::function<void()> run;
 };
 
@@ -327,10 +334,10 @@ int main(int argc, char **argv) {
     std::string failed;
     struct Speed {
         std::string name;
-        double sgemm_pedantic, sgemm, tf32, cublas3, tc, sm90;
+        double sgemm_pedantic, sgemm, tf32, cublas3, tc, sm90, tma_chunk2;
     };
     std::vector<Speed> speeds;
-    int info_pass[3] = {0, 0, 0}, info_pass_sm90[3] = {0, 0, 0}, sm90_cases = 0;
+    int info_pass[KERNELS][3] = {}, kernel_cases[KERNELS] = {};
 
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const Case &c = cases[ci];
@@ -385,10 +392,22 @@ int main(int argc, char **argv) {
             transpose_kernel<<<blocks_for((size_t)K * n), 256>>>(K, n, W, ldw, Wt, ldwt);
             CUDA_CHECK(cudaGetLastError());
         }
+        /* the TMA kernel's pre-split weights [n][K] */
+        float *Wthi = Whi, *Wtlo = Wlo;
+        if (c.nn) {
+            CUDA_CHECK(cudaMalloc(&Wthi, (size_t)n * ldwt * sizeof(float)));
+            CUDA_CHECK(cudaMalloc(&Wtlo, (size_t)n * ldwt * sizeof(float)));
+            tc_split_weights(n, K, Wt, ldwt, Wthi, Wtlo, 0);
+            CUDA_CHECK(cudaGetLastError());
+        }
         /* rows = 0: only asks whether the kernel takes these operands here */
         const bool sm90 = tc_gemm_nt_sm90(TC_ACCUM_CHUNK_JAM, 0, n, K, X, ldx, Wt, ldwt, nullptr,
                                           beta, Y, ldy, 0) != 0;
-        sm90_cases += sm90;
+        const bool tma = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 1, 0, n, K, X, ldx, Wthi, Wtlo, ldwt,
+                                        nullptr, beta, Y, ldy, 0) != 0;
+        kernel_cases[MMA_SYNC]++;
+        kernel_cases[SM90] += sm90;
+        kernel_cases[TMA] += tma;
 
         /* Sampled rows: all, or the first and last 64 and random others. */
         std::vector<int> sample;
@@ -470,38 +489,38 @@ int main(int argc, char **argv) {
 
         const bool nn = c.nn;
         std::vector<Method> methods = {
-            {"cublas-fp32-pedantic", -1, false,
+            {"cublas-fp32-pedantic", -1, MMA_SYNC, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F_PEDANTIC, nn, rows, n, K, X, ldx, W, ldw,
                              beta, Y, ldy);
              }},
-            {"cublas-fp32", -1, false,
+            {"cublas-fp32", -1, MMA_SYNC, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F, nn, rows, n, K, X, ldx, W, ldw, beta, Y,
                              ldy);
              }},
-            {"cublas-tf32", -1, false,
+            {"cublas-tf32", -1, MMA_SYNC, false,
              [&] {
                  cublas_gemm(blas, CUBLAS_COMPUTE_32F_FAST_TF32, nn, rows, n, K, X, ldx, W, ldw,
                              beta, Y, ldy);
              }},
-            {"cublas-3xtf32", -1, false,
+            {"cublas-3xtf32", -1, MMA_SYNC, false,
              [&] {
                  const cublasComputeType_t t = CUBLAS_COMPUTE_32F_FAST_TF32;
                  cublas_gemm(blas, t, nn, rows, n, K, Xlo, ldx, Whi, ldw, beta, Y, ldy);
                  cublas_gemm(blas, t, nn, rows, n, K, Xhi, ldx, Wlo, ldw, 1.0f, Y, ldy);
                  cublas_gemm(blas, t, nn, rows, n, K, Xhi, ldx, Whi, ldw, 1.0f, Y, ldy);
              }},
-            {"tc-jam", TC_ACCUM_CHUNK_JAM, false,
+            {"tc-jam", TC_ACCUM_CHUNK_JAM, MMA_SYNC, true,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_CHUNK_JAM, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy,
                          0);
              }},
-            {"tc-chunk", TC_ACCUM_CHUNK, false,
+            {"tc-chunk", TC_ACCUM_CHUNK, MMA_SYNC, false,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_CHUNK, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy, 0);
              }},
-            {"tc-direct", TC_ACCUM_DIRECT, false,
+            {"tc-direct", TC_ACCUM_DIRECT, MMA_SYNC, false,
              [&] {
                  tc_gemm(!nn, TC_ACCUM_DIRECT, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy, 0);
              }},
@@ -510,13 +529,38 @@ int main(int argc, char **argv) {
         const char *sm90_names[3] = {"sm90-jam", "sm90-chunk", "sm90-direct"};
         for (int a = 0; a < 3 && sm90; a++) {
             const tc_accumulation scheme = schemes[a];
-            methods.push_back({sm90_names[a], scheme, true, [&, scheme] {
+            methods.push_back({sm90_names[a], scheme, SM90, a == 0, [&, scheme] {
                                    tc_gemm_nt_sm90(scheme, rows, n, K, X, ldx, Wt, ldwt, nullptr,
                                                    beta, Y, ldy, 0);
                                }});
         }
+        /* the TMA kernel: each scheme with chunks of 1, 2 and 4 k-steps (direct: one) */
+        struct TmaVariant {
+            const char *name;
+            tc_accumulation scheme;
+            int chunk;
+        };
+        static const TmaVariant tma_variants[] = {
+            {"tma-jam-c1", TC_ACCUM_CHUNK_JAM, 1}, {"tma-jam-c2", TC_ACCUM_CHUNK_JAM, 2},
+            {"tma-jam-c4", TC_ACCUM_CHUNK_JAM, 4}, {"tma-chunk-c1", TC_ACCUM_CHUNK, 1},
+            {"tma-chunk-c2", TC_ACCUM_CHUNK, 2},   {"tma-chunk-c4", TC_ACCUM_CHUNK, 4},
+            {"tma-direct", TC_ACCUM_DIRECT, 4}};
+        int tma_chunk2 = -1; /* index of tma-chunk-c2 in methods */
+        for (const TmaVariant &v : tma_variants) {
+            if (!tma)
+                break;
+            if (v.scheme == TC_ACCUM_CHUNK && v.chunk == 2)
+                tma_chunk2 = (int)methods.size();
+            methods.push_back(
+                {v.name, v.scheme, TMA, v.scheme == TC_ACCUM_CHUNK_JAM && v.chunk == 1, [&, v] {
+                     tc_gemm_nt_tma(v.scheme, v.chunk, rows, n, K, X, ldx, Wthi, Wtlo, ldwt,
+                                    nullptr, beta, Y, ldy, 0);
+                 }});
+        }
         if (!sm90)
             printf("  (sm90 kernel: not for these operands or this device)\n");
+        if (!tma)
+            printf("  (tma kernel: not for these operands or this device)\n");
 
         printf("  %-22s %10s %11s %11s %10s %9s %8s  %s\n", "method", "maxrel", "bias", "shrink",
                "SE", "ms", "TFLOP/s", "verdict");
@@ -536,14 +580,14 @@ int main(int argc, char **argv) {
             if (methods[m].tc >= 0) {
                 bool max_fail, bias_fail;
                 v = verdict(res[m].st, res[0].st, &max_fail, &bias_fail);
-                if (methods[m].tc == TC_ACCUM_CHUNK_JAM) { /* the defaults: tc-jam, sm90-jam */
+                if (methods[m].gating) { /* the unbiased defaults: tc-jam, sm90-jam, tma-jam-c1 */
                     max_failures += max_fail;
                     bias_failures += !max_fail && bias_fail;
                     if (max_fail || bias_fail)
                         failed += std::string(failed.empty() ? "" : ", ") + c.name + " (" + v + ")";
                 }
                 if (v.empty())
-                    (methods[m].sm90 ? info_pass_sm90 : info_pass)[methods[m].tc]++;
+                    info_pass[methods[m].kernel][methods[m].tc]++;
                 v = v.empty() ? "PASS" : "FAIL: " + v;
             } else if (!res[m].st.outside_ok) {
                 v = "(wrote outside Y?)";
@@ -554,9 +598,13 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         speeds.push_back({c.name, res[0].tflops, res[1].tflops, res[2].tflops, res[3].tflops,
-                          res[4].tflops, sm90 ? res[7].tflops : 0.0});
-        if (c.nn)
+                          res[4].tflops, sm90 ? res[7].tflops : 0.0,
+                          tma_chunk2 >= 0 ? res[tma_chunk2].tflops : 0.0});
+        if (c.nn) {
             CUDA_CHECK(cudaFree(Wt));
+            CUDA_CHECK(cudaFree(Wthi));
+            CUDA_CHECK(cudaFree(Wtlo));
+        }
 
         CUDA_CHECK(cudaFree(X));
         CUDA_CHECK(cudaFree(Xhi));
@@ -573,23 +621,30 @@ int main(int argc, char **argv) {
     BLAS_CHECK(cublasDestroy(blas));
 
     printf("\nspeed (TFLOP/s, 2 rows K n / time; x: over cublas-fp32-pedantic):\n"
-           "  %-26s %10s %10s %10s %10s %10s %8s %10s %8s\n",
-           "case", "fp32-ped.", "fp32", "tf32", "3xtf32", "tc-jam", "x", "sm90-jam", "x");
+           "  %-26s %10s %10s %10s %10s %10s %8s %10s %8s %10s %8s\n",
+           "case", "fp32-ped.", "fp32", "tf32", "3xtf32", "tc-jam", "x", "sm90-jam", "x", "tma-c2",
+           "x");
     for (const Speed &s : speeds)
-        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx\n", s.name.c_str(),
-               s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc, s.tc / s.sgemm_pedantic, s.sm90,
-               s.sm90 / s.sgemm_pedantic);
-    printf("\ncases passing the criteria: tc-jam %d/%d, tc-chunk %d/%d, tc-direct %d/%d; "
-           "sm90-jam %d/%d, sm90-chunk %d/%d, sm90-direct %d/%d\n",
-           info_pass[TC_ACCUM_CHUNK_JAM], n_cases, info_pass[TC_ACCUM_CHUNK], n_cases,
-           info_pass[TC_ACCUM_DIRECT], n_cases, info_pass_sm90[TC_ACCUM_CHUNK_JAM], sm90_cases,
-           info_pass_sm90[TC_ACCUM_CHUNK], sm90_cases, info_pass_sm90[TC_ACCUM_DIRECT], sm90_cases);
+        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx %10.2f %7.2fx\n",
+               s.name.c_str(), s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc,
+               s.tc / s.sgemm_pedantic, s.sm90, s.sm90 / s.sgemm_pedantic, s.tma_chunk2,
+               s.tma_chunk2 / s.sgemm_pedantic);
+    const char *kernel_names[KERNELS] = {"tc", "sm90", "tma"};
+    printf("\ncases passing the criteria (tma-jam, tma-chunk: its three chunk lengths together):");
+    for (int k = 0; k < KERNELS; k++) {
+        const int variants = k == TMA ? 3 : 1;
+        printf(" %s-jam %d/%d, %s-chunk %d/%d, %s-direct %d/%d;", kernel_names[k],
+               info_pass[k][TC_ACCUM_CHUNK_JAM], variants * kernel_cases[k], kernel_names[k],
+               info_pass[k][TC_ACCUM_CHUNK], variants * kernel_cases[k], kernel_names[k],
+               info_pass[k][TC_ACCUM_DIRECT], kernel_cases[k]);
+    }
+    printf("\n");
     if (!n_cases) {
         printf("no case matched\n");
         return 3;
     }
     if (max_failures || bias_failures) {
-        printf("umas-gemm-check: FAIL (tc-jam): %s\n", failed.c_str());
+        printf("umas-gemm-check: FAIL (tc-jam, sm90-jam or tma-jam-c1): %s\n", failed.c_str());
         return max_failures ? 1 : 2;
     }
     printf("umas-gemm-check: PASS (%d cases)\n", n_cases);
