@@ -35,9 +35,6 @@ struct dev_linear {
     /* 3xtf32: the transpose [in][out] split the same way, for the backward's NT products on
      * Hopper (tc_gemm_nt_tma); else null */
     float *weight_t = nullptr, *weight_t_lo = nullptr;
-    /* 3xtf32 on Hopper with UMAS_TC_KERNEL=sm90 (tc_gemm_nt_sm90 splits them itself): the weight
-     * in fp32, [out][in], and its transpose [in][out]; else null */
-    float *weight_f32 = nullptr, *weight_f32_t = nullptr;
     float *bias = nullptr; /* [out] or null */
 };
 struct dev_layer_norm {
@@ -99,10 +96,7 @@ struct cuda_state {
     /* 3xtf32 on a Hopper GPU: products by the split-precision tensor-core kernels of gemm_tc.h
      * (no activation split buffers); elsewhere three cuBLAS TF32 products */
     bool tensor_core_gemm = false;
-    /* which Hopper kernel: tc_gemm_nt_tma (default), or tc_gemm_nt_sm90 (UMAS_TC_KERNEL=sm90) */
-    bool tc_sm90_kernel = false;
-    int tc_chunk = 1; /* k-steps per fresh accumulator in tc_gemm_nt_tma (UMAS_TC_CHUNK) */
-    int widest = 0;   /* the largest in or out of any linear layer (3xtf32 split buffers) */
+    int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 
@@ -237,16 +231,6 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
             }
         d.weight_t = upload_floats(s, hi_t);
         d.weight_t_lo = upload_floats(s, lo_t);
-        if (s->tc_sm90_kernel) {
-            std::vector<float> w(n), w_t(n);
-            for (int o = 0; o < out; o++)
-                for (int i = 0; i < in; i++) {
-                    w[(size_t)o * in + i] = (float)weight[(size_t)o * in + i];
-                    w_t[(size_t)i * out + o] = (float)weight[(size_t)o * in + i];
-                }
-            d.weight_f32 = upload_floats(s, w);
-            d.weight_f32_t = upload_floats(s, w_t);
-        }
     } else if (s->precision == UMAS_PRECISION_TF32) {
         std::vector<float> rounded(n);
         for (size_t k = 0; k < n; k++)
@@ -306,34 +290,26 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
 }
 
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
- * tensor-core kernels (gemm_tc.h). The warpgroup-MMA kernels do NT products: they take W
- * [out][in] in the forward (op_w T) and the transposed copy [in][out] in the backward (op_w N).
- * tc_gemm_nt_tma takes them pre-split (hi, lo); tc_gemm_nt_sm90 (UMAS_TC_KERNEL=sm90) in fp32
- * and splits them itself. Operands they cannot take (not 16-byte aligned) go to the mma.sync
- * kernel with the pre-split weights. Returns false (nothing done) when the context does not use
- * these kernels.
- * Accumulation: fresh accumulators per chunk of tc_chunk k-steps of 8, without the half-ulp
- * correction (TC_ACCUM_CHUNK; the correction cost 27 % of the speed in tc_gemm_nt_sm90): a
- * bias of about -(tc_chunk + 1) / 2 x 2^-25 relative per chunk's partial sum, i.e. -1e-8 to
- * -1e-7 of a 768-term product, against -5e-6 for cuBLAS's TF32 paths (bench/README.md). */
+ * tensor-core kernels (gemm_tc.h). The bulk-copy warpgroup-MMA kernel (tc_gemm_nt_tma) does NT
+ * products on pre-split weights: W [out][in] in the forward (op_w T), the transposed copy
+ * [in][out] in the backward (op_w N). Operands it cannot take (not 16-byte aligned) go to the
+ * mma.sync kernel. Returns false (nothing done) when the context does not use these kernels.
+ * Accumulation: the products of 2 k-steps of 8 share a fresh tensor-core accumulator, whose sum
+ * gets the half-ulp correction before the fp32 add (TC_ACCUM_CHUNK_JAM, chunk 2): a shrink
+ * toward zero of about -1e-8 of a 768-term product (-2e-8 on same-sign data), against -4e-8 for
+ * fresh accumulators per k-step without the correction and -5e-6 for cuBLAS's TF32 paths. With
+ * chunks of 4 the model missed the strict bounds (bench/README.md). */
 bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, int m, int k,
                        int rows, const float *act, int ldact, const float *bias, float beta,
                        float *c, int ldc) {
     if (!s->tensor_core_gemm)
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
-    const size_t ldw = (size_t)(forward ? lin.in : lin.out);
-    if (s->tc_sm90_kernel) {
-        if (tc_gemm_nt_sm90(TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact,
-                            forward ? lin.weight_f32 : lin.weight_f32_t, ldw, bias, beta, c,
-                            (size_t)ldc, s->stream))
-            return true;
-    } else if (tc_gemm_nt_tma(TC_ACCUM_CHUNK, s->tc_chunk, rows, m, k, act, (size_t)ldact,
-                              forward ? lin.weight : lin.weight_t,
-                              forward ? lin.weight_lo : lin.weight_t_lo, ldw, bias, beta, c,
-                              (size_t)ldc, s->stream)) {
+    if (tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, m, k, act, (size_t)ldact,
+                       forward ? lin.weight : lin.weight_t,
+                       forward ? lin.weight_lo : lin.weight_t_lo,
+                       (size_t)(forward ? lin.in : lin.out), bias, beta, c, (size_t)ldc, s->stream))
         return true;
-    }
     if (bias && rows > 0) {
         broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(rows, m, bias, c,
                                                                                    ldc);
@@ -811,16 +787,8 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     cudaGetDevice(&s->device);
     if (s->precision == UMAS_PRECISION_3XTF32) { /* rows = 0: asks whether the kernel runs here */
         static const float aligned[4] = {0, 0, 0, 0};
-        const char *kernel = getenv("UMAS_TC_KERNEL"), *chunk = getenv("UMAS_TC_CHUNK");
-        s->tc_sm90_kernel = kernel && strcmp(kernel, "sm90") == 0;
-        if (chunk && (!strcmp(chunk, "1") || !strcmp(chunk, "2") || !strcmp(chunk, "4")))
-            s->tc_chunk = atoi(chunk);
-        s->tensor_core_gemm =
-            s->tc_sm90_kernel
-                ? tc_gemm_nt_sm90(TC_ACCUM_CHUNK, 0, 4, 4, aligned, 4, aligned, 4, nullptr, 0.0f,
-                                  nullptr, 4, nullptr) != 0
-                : tc_gemm_nt_tma(TC_ACCUM_CHUNK, s->tc_chunk, 0, 4, 4, aligned, 4, aligned, aligned,
-                                 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
+        s->tensor_core_gemm = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, 0, 4, 4, aligned, 4, aligned,
+                                             aligned, 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
     }
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;

@@ -65,25 +65,16 @@ void tc_gemm_nn(int rows, int cols, int K, const float *X, size_t ldx, const flo
                 const float *W_lo, size_t ldw, float beta, float *Y, size_t ldy,
                 cudaStream_t stream);
 
-/* NT on Hopper's warpgroup MMA (gemm_tc_sm90.cu): Y[rows][out] = beta Y + X W^T (+ bias[out]
- * when bias is not null), W [out][K] in plain fp32 (row stride ldw): the kernel splits both
- * operands itself (w_hi = w with its 13 low bits cleared, w_lo = tf32(w - w_hi)); same products
- * and accumulation schemes as tc_gemm. Returns 1 when launched (or nothing to do), 0 when it
- * cannot run here and did nothing: the device is not compute capability 9.0, or X, W are not
- * 16-byte aligned, or ldx, ldw are not multiples of 4. */
-int tc_gemm_nt_sm90(tc_accumulation accumulation, int rows, int out, int K, const float *X,
-                    size_t ldx, const float *W, size_t ldw, const float *bias, float beta, float *Y,
-                    size_t ldy, cudaStream_t stream);
-
 /* NT on Hopper with bulk tensor copies and a warp-specialized pipeline (gemm_tc_tma.cu):
  * Y[rows][out] = beta Y + X W^T (+ bias[out] when bias is not null), with the weight pre-split
  * (tc_split_weights) into W_hi, W_lo [out][K] (row stride ldw). X is split in the kernel.
- * chunk (1, 2 or 4): k-steps of 8 whose products share one fresh tensor-core accumulator before
- * the fp32 add (1: the scheme of the other kernels; more: fewer adds, a somewhat larger
- * truncation bias, see the kernel's header). Returns 1 when launched (or nothing to do), 0 when
- * it cannot run here and did nothing: the device is not compute capability 9.0, the driver has no
- * tensor-map encoder, X, W_hi or W_lo are not 16-byte aligned, or ldx, ldw are not multiples
- * of 4. */
+ * chunk (1 or 2; other values: 2): k-steps of 8 whose products share one fresh tensor-core
+ * accumulator before the fp32 add (1: the scheme of tc_gemm; 2: half the adds, a shrink toward
+ * zero of about 1.5 x 2^-25 per chunk sum instead of 2^-25, removed for the most part by the
+ * half-ulp correction of TC_ACCUM_CHUNK_JAM; see the kernel's header). Returns 1 when launched (or
+ * nothing to do), 0 when it cannot run here and did nothing: the device is not compute
+ * capability 9.0, the driver has no tensor-map encoder, X, W_hi or W_lo are not 16-byte aligned, or
+ * ldx, ldw are not multiples of 4. */
 int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows, int out, int K,
                    const float *X, size_t ldx, const float *W_hi, const float *W_lo, size_t ldw,
                    const float *bias, float beta, float *Y, size_t ldy, cudaStream_t stream);

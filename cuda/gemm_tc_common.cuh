@@ -1,5 +1,5 @@
 /* gemm_tc_common.cuh - device helpers shared by the split-precision GEMM kernels (gemm_tc.cu,
- * gemm_tc_sm90.cu): cp.async copies, the TF32 split of an fp32 value, the half-ulp correction.
+ * gemm_tc_tma.cu): cp.async copies, the TF32 split of an fp32 value, the half-ulp correction.
  * Internal to those two files (static inline, in an anonymous namespace). */
 #ifndef UMAS_CUDA_GEMM_TC_COMMON_CUH
 #define UMAS_CUDA_GEMM_TC_COMMON_CUH

@@ -2,30 +2,35 @@
  * (TMA) and a warp-specialized pipeline: Y[rows][out] = beta Y + X[rows][K] W^T (+ bias), with
  * the weight pre-split into W_hi, W_lo [out][K] (tc_split_weights, or at upload).
  *
- * Why a second Hopper kernel: the one of gemm_tc_sm90.cu feeds its warpgroups with cp.async and
- * two block-wide barriers per stage, and splits W in shared memory; its loads and tensor-core
- * work do not overlap (1.27 ms + 1.8 ms measured alone, 2.56 ms together on 156,000 x 768 x 640).
- * Here a producer thread issues three bulk tensor copies per stage (the X tile, the W_hi tile,
- * the W_lo tile) that complete on an mbarrier; the two consumer warpgroups wait on that barrier,
- * run their products, and release the stage on a second mbarrier. No block-wide barrier after
- * the start, no split of W in the kernel, no address arithmetic for the loads.
+ * Why this shape: the earlier Hopper kernel fed its warpgroups with cp.async, two block-wide
+ * barriers per stage and a split of W in shared memory; its loads and tensor-core work did not
+ * overlap (2.58 ms on 156,000 x 768 x 640, commit 823f526). Here one producer thread issues three
+ * bulk tensor copies per stage (the X tile, the W_hi tile, the W_lo tile) that complete on an
+ * mbarrier; the consumer warpgroups wait on that barrier, run their products and release the
+ * stage on a second mbarrier. No block-wide barrier after the start, no split of W in the
+ * kernel, no address arithmetic for the loads.
  *
- * Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer (one thread issues the copies;
- * setmaxnreg gives its registers to the others); warpgroups 1 and 2 each compute 64 rows of the
- * block's 128 (rows) x 128 (outputs) tile of Y with m64n128k8 wgmma, A (the split x) from
+ * Block: 4 warpgroups (512 threads). Warpgroup 0 is the producer (one thread issues the copies;
+ * setmaxnreg gives its registers to the others); warpgroups 1-3 each compute 64 rows of the
+ * block's 192 (rows) x 128 (outputs) tile of Y with m64n128k8 wgmma, A (the split x) from
  * registers, B (W_hi, W_lo) from shared memory through descriptors.
- * Shared memory: STAGES stages of three [128][32] fp32 tiles (16 KiB each), each written by the
- * copy engine in the 128-byte swizzle: row r's 16-byte chunk c lies at r * 128 + ((c ^ r % 8) *
- * 16). That is the K-major, 128-byte-swizzled layout wgmma reads B in (8-row atoms of 1,024 bytes),
- * and it makes the threads' fragment loads of X free of bank conflicts.
+ * Shared memory: STAGES stages of an X tile [192][32] and two W tiles [128][32] (fp32), each
+ * written by the copy engine in the 128-byte swizzle: row r's 16-byte chunk c lies at r * 128 +
+ * ((c ^ r % 8) * 16). That is the K-major, 128-byte-swizzled layout wgmma reads B in (8-row atoms
+ * of 1,024 bytes), and it makes the threads' fragment loads of X free of bank conflicts.
  *
- * Accumulation (gemm_tc.h, tc_accumulation): the partial sums of CHUNK consecutive k-steps of 8
- * go into a fresh tensor-core accumulator p in the order x_lo w_hi, x_hi w_lo (all k-steps of
- * the chunk: small terms first), then x_hi w_hi, and p is added to the fp32 running sums (with
- * the half-ulp correction for TC_ACCUM_CHUNK_JAM). The tensor cores truncate each sum they
- * form; the truncations of the large terms happen at the chunk's partial sums, so a chunk of n
- * k-steps keeps a bias of about -(n + 1) / 2 x 2^-25 relative per chunk sum (n = 1 is the other
- * kernels' scheme). TC_ACCUM_DIRECT chains everything over K (for comparison only).
+ * Accumulation (gemm_tc.h, tc_accumulation): the products of CHUNK consecutive k-steps of 8 go
+ * into a fresh tensor-core accumulator p in the order x_lo w_hi, x_hi w_lo (all k-steps of the
+ * chunk: small terms first), then x_hi w_hi, and p is added to the fp32 running sums (with the
+ * half-ulp correction for TC_ACCUM_CHUNK_JAM). The tensor cores truncate each sum they form; the
+ * truncations of the large terms happen at the chunk's partial sums, so a chunk of n k-steps
+ * keeps a shrink toward zero of about (n + 1) / 2 x 2^-25 relative per chunk sum, of which the
+ * correction removes 2^-25. TC_ACCUM_DIRECT chains everything over K (for comparison only).
+ *
+ * Where the time goes (H200, 156,000 x 768 x 640, bench/README.md): the fp32 adds of p, not the
+ * tensor cores. Without them (a wrong result, timed only) the kernel ran at 550 TFLOP/s of TF32
+ * products, near the chip's peak; with an add per k-step (chunk 1) at 230, with one per 2
+ * k-steps and the correction (the model's choice) at 243.
  *
  * Conditions (else tc_gemm_nt_tma returns 0 and does nothing): compute capability 9.0, the
  * driver's tensor-map encoder available, X, W_hi, W_lo 16-byte aligned, ldx and ldw multiples of
@@ -45,19 +50,19 @@
 
 namespace {
 
-constexpr int BM = 128;                          /* rows of Y per block: 2 consumers x 64 */
-constexpr int BN = 128;                          /* outputs per block: the n of one wgmma */
-constexpr int BK = 32;                           /* k per stage: one 128-byte row of a tile */
-constexpr int KSTEPS = BK / 8;                   /* wgmma k-steps per stage */
-constexpr int STAGES = 4;                        /* pipeline depth */
-constexpr int CONSUMERS = 2;                     /* consumer warpgroups */
-constexpr int THREADS = 128 * (1 + CONSUMERS);   /* producer warpgroup + consumers */
-constexpr unsigned TILE_BYTES = 128 * BK * 4;    /* one [128][32] fp32 tile: 16 KiB */
-constexpr unsigned STAGE_BYTES = 3 * TILE_BYTES; /* X, W_hi, W_lo */
+constexpr int CONSUMERS = 3;                   /* consumer warpgroups, 64 rows each */
+constexpr int BM = 64 * CONSUMERS;             /* rows of Y per block */
+constexpr int BN = 128;                        /* outputs per block: the n of one wgmma */
+constexpr int BK = 32;                         /* k per stage: one 128-byte row of a tile */
+constexpr int KSTEPS = BK / 8;                 /* wgmma k-steps per stage */
+constexpr int STAGES = 3;                      /* pipeline depth */
+constexpr int THREADS = 128 * (1 + CONSUMERS); /* producer warpgroup + consumers */
+constexpr unsigned X_TILE_BYTES = BM * BK * 4; /* [BM][32] fp32: 24 KiB */
+constexpr unsigned W_TILE_BYTES = BN * BK * 4; /* [BN][32] fp32: 16 KiB */
+constexpr unsigned STAGE_BYTES = X_TILE_BYTES + 2 * W_TILE_BYTES; /* X, W_hi, W_lo */
 /* the stages (1,024-byte aligned for the swizzle atoms), then full[] and empty[] barriers */
 constexpr size_t SMEM_BYTES = 1024 + STAGES * (size_t)STAGE_BYTES + 2 * STAGES * sizeof(uint64_t);
 static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
-static_assert(BM == 64 * CONSUMERS, "one consumer warpgroup per 64 rows");
 
 /* ---- mbarriers and bulk tensor copies (PTX ISA: mbarrier, cp.async.bulk.tensor) ----------- */
 
@@ -101,7 +106,7 @@ __device__ __forceinline__ void barrier_wait(uint64_t *bar, unsigned parity) {
     } while (!done);
 }
 
-/* Copies the [128][32] box at (k, row) of `map` into dst; completes on bar. */
+/* Copies the box ([BM][32] or [BN][32]) at (k, row) of `map` into dst; completes on bar. */
 __device__ __forceinline__ void copy_tile(void *dst, const CUtensorMap *map, int k, int row,
                                           uint64_t *bar) {
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
@@ -123,7 +128,7 @@ __device__ __forceinline__ uint64_t b_descriptor_sw128(const void *tile, int kst
     return d;
 }
 
-/* x[r][k] of a swizzled [128][32] tile. */
+/* x[r][k] of a swizzled [rows][32] tile. */
 __device__ __forceinline__ float tile_at(const float *tile, int r, int k) {
     return tile[r * 32 + ((((k >> 2) ^ (r & 7)) << 2) | (k & 3))];
 }
@@ -131,7 +136,8 @@ __device__ __forceinline__ float tile_at(const float *tile, int r, int k) {
 /* ---- the kernel --------------------------------------------------------------------------- */
 
 /* Y tile (blockIdx.x / tiles_n, blockIdx.x % tiles_n) of Y = beta Y + X W^T (+ bias). ACC: a
- * tc_accumulation; CHUNK: k-steps of 8 per fresh accumulator (1, 2 or 4 = one stage). */
+ * tc_accumulation; CHUNK: k-steps of 8 per fresh accumulator (1, 2; 4 = one stage for
+ * TC_ACCUM_DIRECT, whose products all accumulate in acc). */
 template <int ACC, int CHUNK>
 __global__ void __launch_bounds__(THREADS, 1)
     tc_gemm_tma_kernel(const __grid_constant__ CUtensorMap map_x,
@@ -164,7 +170,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     if (warpgroup == 0) {
         /* producer: a few registers suffice */
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
         if (tid == 0) {
             for (int kt = 0; kt < ktiles; kt++) {
                 const int s = kt % STAGES, round = kt / STAGES;
@@ -173,15 +179,15 @@ __global__ void __launch_bounds__(THREADS, 1)
                 unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
                 barrier_arrive_expect(&full[s], STAGE_BYTES);
                 copy_tile(stage, &map_x, kt * BK, m0, &full[s]);
-                copy_tile(stage + TILE_BYTES, &map_w_hi, kt * BK, n0, &full[s]);
-                copy_tile(stage + 2 * TILE_BYTES, &map_w_lo, kt * BK, n0, &full[s]);
+                copy_tile(stage + X_TILE_BYTES, &map_w_hi, kt * BK, n0, &full[s]);
+                copy_tile(stage + X_TILE_BYTES + W_TILE_BYTES, &map_w_lo, kt * BK, n0, &full[s]);
             }
         }
         return;
     }
 
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int lane = tid & 31, warp = (tid >> 5) & 3; /* warp within the warpgroup */
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n"); /* (65,536 - 128 x 24) / 384 */
+    const int lane = tid & 31, warp = (tid >> 5) & 3;       /* warp within the warpgroup */
     const int g = lane >> 2, t = lane & 3;
     const int row = (warpgroup - 1) * 64 + warp * 16 + g; /* fragment row g in the tile */
 
@@ -200,7 +206,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         barrier_wait(&full[s], (kt / STAGES) & 1);
         const unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
         const float *xs = reinterpret_cast<const float *>(stage);
-        const void *w_hi = stage + TILE_BYTES, *w_lo = stage + 2 * TILE_BYTES;
+        const void *w_hi = stage + X_TILE_BYTES, *w_lo = stage + X_TILE_BYTES + W_TILE_BYTES;
 #pragma unroll
         for (int c0 = 0; c0 < KSTEPS; c0 += CHUNK) {
             /* x = x_hi + x_lo of the chunk's fragments (rows g, g + 8; k t, t + 4 of each step) */
@@ -286,15 +292,15 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     return encode;
 }
 
-/* Tensor map of the fp32 matrix a [rows][cols] (row stride ld elements), boxes of 128 rows x 32
- * columns in the 128-byte swizzle, zeros outside. */
-bool encode_tiles(CUtensorMap *map, const float *a, int rows, int cols, size_t ld) {
+/* Tensor map of the fp32 matrix a [rows][cols] (row stride ld elements), boxes of box_rows rows x
+ * 32 columns in the 128-byte swizzle, zeros outside. */
+bool encode_tiles(CUtensorMap *map, const float *a, int rows, int cols, size_t ld, int box_rows) {
     PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
     if (!encode)
         return false;
     const cuuint64_t dims[2] = {(cuuint64_t)(cols > 0 ? cols : 1), (cuuint64_t)rows};
     const cuuint64_t strides[1] = {(cuuint64_t)ld * sizeof(float)};
-    const cuuint32_t box[2] = {(cuuint32_t)BK, 128};
+    const cuuint32_t box[2] = {(cuuint32_t)BK, (cuuint32_t)box_rows};
     const cuuint32_t element_strides[2] = {1, 1};
     return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float *>(a), dims, strides,
                   box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -354,8 +360,6 @@ bool launch_chunk(int chunk, int M, int N, int K, const CUtensorMap &mx, const C
     switch (chunk) {
     case 1:
         return launch<ACC, 1>(M, N, K, mx, mh, ml, bias, beta, Y, ldy, stream);
-    case 4:
-        return launch<ACC, 4>(M, N, K, mx, mh, ml, bias, beta, Y, ldy, stream);
     default:
         return launch<ACC, 2>(M, N, K, mx, mh, ml, bias, beta, Y, ldy, stream);
     }
@@ -373,8 +377,9 @@ extern "C" int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows,
     if (rows <= 0 || out <= 0 || K < 0)
         return 1;
     CUtensorMap map_x, map_w_hi, map_w_lo;
-    if (!encode_tiles(&map_x, X, rows, K, ldx) || !encode_tiles(&map_w_hi, W_hi, out, K, ldw) ||
-        !encode_tiles(&map_w_lo, W_lo, out, K, ldw))
+    if (!encode_tiles(&map_x, X, rows, K, ldx, BM) ||
+        !encode_tiles(&map_w_hi, W_hi, out, K, ldw, BN) ||
+        !encode_tiles(&map_w_lo, W_lo, out, K, ldw, BN))
         return 0;
     switch (accumulation) {
     case TC_ACCUM_CHUNK:

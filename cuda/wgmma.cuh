@@ -1,8 +1,8 @@
-/* wgmma.cuh - Hopper warpgroup-MMA (wgmma) helpers shared by the split-precision GEMM kernels
- * for sm_90a (gemm_tc_sm90.cu, gemm_tc_tma.cu): the tf32 m64n128k8 product with A from
- * registers, its fences, commit and wait, and the proxy fence for shared memory the tensor cores
- * read. Internal to those files (in an anonymous namespace). The product's body exists only when
- * compiled for the architecture-specific target sm_90a (__CUDA_ARCH_FEAT_SM90_ALL). */
+/* wgmma.cuh - Hopper warpgroup-MMA (wgmma) helpers of the split-precision GEMM kernel for sm_90a
+ * (gemm_tc_tma.cu): the tf32 m64n128k8 product with A from registers, its fences, commit and
+ * wait, and the fp32 add of a chunk's partial sums. Internal (in an anonymous namespace). The
+ * product's body exists only when compiled for the architecture-specific target sm_90a
+ * (__CUDA_ARCH_FEAT_SM90_ALL). */
 #ifndef UMAS_CUDA_WGMMA_CUH
 #define UMAS_CUDA_WGMMA_CUH
 
@@ -12,12 +12,6 @@
 #include <cstdint>
 
 namespace {
-
-/* Makes this thread's completed shared-memory writes (cp.async is the generic proxy) visible
- * to the tensor cores' reads through descriptors (the async proxy). Before the barrier. */
-__device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
 __device__ __forceinline__ void wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");

@@ -13,17 +13,17 @@
  * cuBLAS TF32 (CUBLAS_COMPUTE_32F_FAST_TF32, one product), cuBLAS 3xTF32 (three FAST_TF32
  * GEMMs on pre-split operands, as umas's precision 3xtf32; the split is not timed), and the
  * mma.sync tensor-core kernel with its three accumulation schemes (tc-*; tc-jam is its default)
- * and the Hopper warpgroup-MMA kernel (sm90-*: tc_gemm_nt_sm90, NT only, so NN cases run it on
- * the transposed weight, as umas's backward does; skipped where it does not take the operands),
- * and the Hopper kernel fed by bulk tensor copies (tma-*: tc_gemm_nt_tma, NT only, pre-split
- * weights; chunks of 1, 2 and 4 k-steps per fresh accumulator, -cN).
+ * and the Hopper warpgroup-MMA kernel fed by bulk tensor copies (tma-*: tc_gemm_nt_tma, NT only,
+ * so NN cases run it on the split transposed weight, as umas's backward does; chunks of 1 and 2
+ * k-steps per fresh accumulator, -cN; tma-jam-c2 is the model's; skipped where it does not take
+ * the operands).
  *
  * Columns: maxrel = max|y - ref| / max|ref|; bias = sum(y - ref) / sum|ref|; shrink =
  * sum((y - ref) sign(ref)) / sum|ref| (negative: results pulled toward zero, what truncating
  * accumulation does); SE = sqrt(sum (y - ref)^2) / sum|ref|, the standard error of bias; ms =
  * median of --reps timed runs after 3 warm-up runs; TFLOP/s = 2 rows K n / time.
  *
- * Pass (tc-jam, sm90-jam and tma-jam-c1, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias|
+ * Pass (tc-jam and tma-jam-c1, every case): maxrel <= max(4 x SGEMM's, 1e-5), and |bias|
  * <= 4 |SGEMM's bias| + 1e-9 + 4 SE (the 4 SE allows for the sampling noise of the bias estimate,
  * which exceeds 1e-9 on the small cases), no NaN, nothing written outside rows x n of Y. The same
  * verdict is shown for tc-chunk and tc-direct (information only).
@@ -238,9 +238,9 @@ static void cublas_gemm(cublasHandle_t h, cublasComputeType_t compute, bool nn, 
                             (int)ldy, compute, CUBLAS_GEMM_DEFAULT));
 }
 
-/* The split-precision kernels compared: mma.sync (tc_gemm), warpgroup MMA fed by cp.async
- * (tc_gemm_nt_sm90), warpgroup MMA fed by bulk tensor copies (tc_gemm_nt_tma). */
-enum Kernel { MMA_SYNC = 0, SM90 = 1, TMA = 2, KERNELS = 3 };
+/* The split-precision kernels compared: mma.sync (tc_gemm), warpgroup MMA fed by bulk tensor
+ * copies (tc_gemm_nt_tma). */
+enum Kernel { MMA_SYNC = 0, TMA = 1, KERNELS = 2 };
 
 struct Method {
     const char *name;
@@ -250,7 +250,7 @@ struct Method {
     std::function<void()> run;
 };
 
-/* wt [n][K] (row stride ldwt) = w^T for an NN weight w [K][n] (stride ldw): the sm90 kernel
+/* wt [n][K] (row stride ldwt) = w^T for an NN weight w [K][n] (stride ldw): the TMA kernel
  * does NT only, so NN products run on transposed weights (as umas's backward does). */
 static __global__ void transpose_kernel(int K, int n, const float *w, size_t ldw, float *wt,
                                         size_t ldwt) {
@@ -334,7 +334,7 @@ int main(int argc, char **argv) {
     std::string failed;
     struct Speed {
         std::string name;
-        double sgemm_pedantic, sgemm, tf32, cublas3, tc, sm90, tma_chunk2;
+        double sgemm_pedantic, sgemm, tf32, cublas3, tc, tma_jam2;
     };
     std::vector<Speed> speeds;
     int info_pass[KERNELS][3] = {}, kernel_cases[KERNELS] = {};
@@ -384,7 +384,7 @@ int main(int argc, char **argv) {
         tc_split_weights(wrows, wcols, W, ldw, Whi, Wlo, 0);
         tc_split_weights(rows, K, X, ldx, Xhi, Xlo, 0);
         CUDA_CHECK(cudaGetLastError());
-        /* the weights as the sm90 kernel takes them: [n][K] (NT as is; NN transposed) */
+        /* the weights as the TMA kernel takes them: [n][K] (NT as is; NN transposed) */
         const size_t ldwt = c.nn ? (size_t)(K + 3) / 4 * 4 : ldw;
         float *Wt = W;
         if (c.nn) {
@@ -401,12 +401,9 @@ int main(int argc, char **argv) {
             CUDA_CHECK(cudaGetLastError());
         }
         /* rows = 0: only asks whether the kernel takes these operands here */
-        const bool sm90 = tc_gemm_nt_sm90(TC_ACCUM_CHUNK_JAM, 0, n, K, X, ldx, Wt, ldwt, nullptr,
-                                          beta, Y, ldy, 0) != 0;
         const bool tma = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 1, 0, n, K, X, ldx, Wthi, Wtlo, ldwt,
                                         nullptr, beta, Y, ldy, 0) != 0;
         kernel_cases[MMA_SYNC]++;
-        kernel_cases[SM90] += sm90;
         kernel_cases[TMA] += tma;
 
         /* Sampled rows: all, or the first and last 64 and random others. */
@@ -525,40 +522,29 @@ int main(int argc, char **argv) {
                  tc_gemm(!nn, TC_ACCUM_DIRECT, rows, n, K, X, ldx, Whi, Wlo, ldw, beta, Y, ldy, 0);
              }},
         };
-        const tc_accumulation schemes[3] = {TC_ACCUM_CHUNK_JAM, TC_ACCUM_CHUNK, TC_ACCUM_DIRECT};
-        const char *sm90_names[3] = {"sm90-jam", "sm90-chunk", "sm90-direct"};
-        for (int a = 0; a < 3 && sm90; a++) {
-            const tc_accumulation scheme = schemes[a];
-            methods.push_back({sm90_names[a], scheme, SM90, a == 0, [&, scheme] {
-                                   tc_gemm_nt_sm90(scheme, rows, n, K, X, ldx, Wt, ldwt, nullptr,
-                                                   beta, Y, ldy, 0);
-                               }});
-        }
-        /* the TMA kernel: each scheme with chunks of 1, 2 and 4 k-steps (direct: one) */
+        /* the TMA kernel: each scheme with chunks of 1 and 2 k-steps (direct: one) */
         struct TmaVariant {
             const char *name;
             tc_accumulation scheme;
             int chunk;
         };
-        static const TmaVariant tma_variants[] = {
-            {"tma-jam-c1", TC_ACCUM_CHUNK_JAM, 1}, {"tma-jam-c2", TC_ACCUM_CHUNK_JAM, 2},
-            {"tma-jam-c4", TC_ACCUM_CHUNK_JAM, 4}, {"tma-chunk-c1", TC_ACCUM_CHUNK, 1},
-            {"tma-chunk-c2", TC_ACCUM_CHUNK, 2},   {"tma-chunk-c4", TC_ACCUM_CHUNK, 4},
-            {"tma-direct", TC_ACCUM_DIRECT, 4}};
-        int tma_chunk2 = -1; /* index of tma-chunk-c2 in methods */
+        static const TmaVariant tma_variants[] = {{"tma-jam-c1", TC_ACCUM_CHUNK_JAM, 1},
+                                                  {"tma-jam-c2", TC_ACCUM_CHUNK_JAM, 2},
+                                                  {"tma-chunk-c1", TC_ACCUM_CHUNK, 1},
+                                                  {"tma-chunk-c2", TC_ACCUM_CHUNK, 2},
+                                                  {"tma-direct", TC_ACCUM_DIRECT, 2}};
+        int tma_jam2 = -1; /* index of tma-jam-c2 (the model's) in methods */
         for (const TmaVariant &v : tma_variants) {
             if (!tma)
                 break;
-            if (v.scheme == TC_ACCUM_CHUNK && v.chunk == 2)
-                tma_chunk2 = (int)methods.size();
+            if (v.scheme == TC_ACCUM_CHUNK_JAM && v.chunk == 2)
+                tma_jam2 = (int)methods.size();
             methods.push_back(
                 {v.name, v.scheme, TMA, v.scheme == TC_ACCUM_CHUNK_JAM && v.chunk == 1, [&, v] {
                      tc_gemm_nt_tma(v.scheme, v.chunk, rows, n, K, X, ldx, Wthi, Wtlo, ldwt,
                                     nullptr, beta, Y, ldy, 0);
                  }});
         }
-        if (!sm90)
-            printf("  (sm90 kernel: not for these operands or this device)\n");
         if (!tma)
             printf("  (tma kernel: not for these operands or this device)\n");
 
@@ -580,7 +566,7 @@ int main(int argc, char **argv) {
             if (methods[m].tc >= 0) {
                 bool max_fail, bias_fail;
                 v = verdict(res[m].st, res[0].st, &max_fail, &bias_fail);
-                if (methods[m].gating) { /* the unbiased defaults: tc-jam, sm90-jam, tma-jam-c1 */
+                if (methods[m].gating) { /* the unbiased schemes: tc-jam, tma-jam-c1 */
                     max_failures += max_fail;
                     bias_failures += !max_fail && bias_fail;
                     if (max_fail || bias_fail)
@@ -598,8 +584,7 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
         speeds.push_back({c.name, res[0].tflops, res[1].tflops, res[2].tflops, res[3].tflops,
-                          res[4].tflops, sm90 ? res[7].tflops : 0.0,
-                          tma_chunk2 >= 0 ? res[tma_chunk2].tflops : 0.0});
+                          res[4].tflops, tma_jam2 >= 0 ? res[tma_jam2].tflops : 0.0});
         if (c.nn) {
             CUDA_CHECK(cudaFree(Wt));
             CUDA_CHECK(cudaFree(Wthi));
@@ -621,18 +606,16 @@ int main(int argc, char **argv) {
     BLAS_CHECK(cublasDestroy(blas));
 
     printf("\nspeed (TFLOP/s, 2 rows K n / time; x: over cublas-fp32-pedantic):\n"
-           "  %-26s %10s %10s %10s %10s %10s %8s %10s %8s %10s %8s\n",
-           "case", "fp32-ped.", "fp32", "tf32", "3xtf32", "tc-jam", "x", "sm90-jam", "x", "tma-c2",
-           "x");
+           "  %-26s %10s %10s %10s %10s %10s %8s %10s %8s\n",
+           "case", "fp32-ped.", "fp32", "tf32", "3xtf32", "tc-jam", "x", "tma-jam-c2", "x");
     for (const Speed &s : speeds)
-        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx %10.2f %7.2fx\n",
-               s.name.c_str(), s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc,
-               s.tc / s.sgemm_pedantic, s.sm90, s.sm90 / s.sgemm_pedantic, s.tma_chunk2,
-               s.tma_chunk2 / s.sgemm_pedantic);
-    const char *kernel_names[KERNELS] = {"tc", "sm90", "tma"};
-    printf("\ncases passing the criteria (tma-jam, tma-chunk: its three chunk lengths together):");
+        printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx\n", s.name.c_str(),
+               s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc, s.tc / s.sgemm_pedantic,
+               s.tma_jam2, s.tma_jam2 / s.sgemm_pedantic);
+    const char *kernel_names[KERNELS] = {"tc", "tma"};
+    printf("\ncases passing the criteria (tma-jam, tma-chunk: both chunk lengths together):");
     for (int k = 0; k < KERNELS; k++) {
-        const int variants = k == TMA ? 3 : 1;
+        const int variants = k == TMA ? 2 : 1;
         printf(" %s-jam %d/%d, %s-chunk %d/%d, %s-direct %d/%d;", kernel_names[k],
                info_pass[k][TC_ACCUM_CHUNK_JAM], variants * kernel_cases[k], kernel_names[k],
                info_pass[k][TC_ACCUM_CHUNK], variants * kernel_cases[k], kernel_names[k],
@@ -644,7 +627,7 @@ int main(int argc, char **argv) {
         return 3;
     }
     if (max_failures || bias_failures) {
-        printf("umas-gemm-check: FAIL (tc-jam, sm90-jam or tma-jam-c1): %s\n", failed.c_str());
+        printf("umas-gemm-check: FAIL (tc-jam or tma-jam-c1): %s\n", failed.c_str());
         return max_failures ? 1 : 2;
     }
     printf("umas-gemm-check: PASS (%d cases)\n", n_cases);
