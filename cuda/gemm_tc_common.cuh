@@ -1,5 +1,5 @@
 /* gemm_tc_common.cuh - device helpers shared by the split-precision GEMM kernels (gemm_tc.cu,
- * gemm_tc_tma.cu): cp.async copies, the TF32 split of an fp32 value, the half-ulp correction.
+ * gemm_tc_tma.cu): cp.async copies, the TF32 split of an fp32 value, the half-ulp corrections.
  * Internal to those two files (static inline, in an anonymous namespace). */
 #ifndef UMAS_CUDA_GEMM_TC_COMMON_CUH
 #define UMAS_CUDA_GEMM_TC_COMMON_CUH
@@ -49,6 +49,14 @@ __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) 
  * 2^-24 that is half an ulp. Zero, subnormal p: unchanged; inf, NaN: kept. */
 __device__ __forceinline__ float jam_half_ulp(float p) {
     return fmaf(__uint_as_float(__float_as_uint(p) & 0xff800000u), 0x1p-24f, p);
+}
+
+/* p with its last mantissa bit set: for a sum p the tensor cores truncated toward zero (true
+ * value in [p, p + ulp) in magnitude) this adds ulp(p)/2 on average, as jam_half_ulp does (one
+ * ulp when the last bit is clear instead of when it is set), in one instruction. Zero becomes
+ * the smallest subnormal (see the TMA kernel's epilogue). */
+__device__ __forceinline__ float jam_sticky(float p) {
+    return __uint_as_float(__float_as_uint(p) | 1u);
 }
 
 } // namespace

@@ -21,16 +21,21 @@
  *
  * Accumulation (gemm_tc.h, tc_accumulation): the products of CHUNK consecutive k-steps of 8 go
  * into a fresh tensor-core accumulator p in the order x_lo w_hi, x_hi w_lo (all k-steps of the
- * chunk: small terms first), then x_hi w_hi, and p is added to the fp32 running sums (with the
- * half-ulp correction for TC_ACCUM_CHUNK_JAM). The tensor cores truncate each sum they form; the
- * truncations of the large terms happen at the chunk's partial sums, so a chunk of n k-steps
- * keeps a shrink toward zero of about (n + 1) / 2 x 2^-25 relative per chunk sum, of which the
- * correction removes 2^-25. TC_ACCUM_DIRECT chains everything over K (for comparison only).
+ * chunk: small terms first), then x_hi w_hi, and p is added to the fp32 running sums (for
+ * TC_ACCUM_CHUNK_JAM with p's last bit set: +ulp(p)/2 on average, the correction of the
+ * truncation; results below FLT_MIN in magnitude, e.g. the sticky bits of zero sums, become 0). The
+ * tensor cores truncate each sum they form; the truncations of the large terms happen at the
+ * chunk's partial sums, so a chunk of n k-steps keeps a shrink toward zero of about (n + 1) / 2 x
+ * 2^-25 relative per chunk sum, of which the correction removes 2^-25. TC_ACCUM_DIRECT chains
+ * everything over K (for comparison only).
  *
- * Where the time goes (H200, 156,000 x 768 x 640, bench/README.md): the fp32 adds of p, not the
- * tensor cores. Without them (a wrong result, timed only) the kernel ran at 550 TFLOP/s of TF32
- * products, near the chip's peak; with an add per k-step (chunk 1) at 230, with one per 2
- * k-steps and the correction (the model's choice) at 243.
+ * Where the time goes (H200, 156,000 x 768 x 640, bench/README.md): the consumers' instructions
+ * (about 280 per warp and chunk: the fp32 adds of p, the corrections, the split of x), not the
+ * tensor cores. Without the adds (a wrong result, timed only) the kernel ran at 550 TFLOP/s of
+ * TF32 products, near the chip's peak; with them at 254 (chunk 1), 256 (chunk 2 with the
+ * correction, the model's choice: 1.79 ms, 85 TFLOP/s of fp32-equivalent work, 1.75x cuBLAS
+ * SGEMM). Chunks of 4 ran 5 % faster but the model then missed the strict stress bound on one
+ * reference case.
  *
  * Conditions (else tc_gemm_nt_tma returns 0 and does nothing): compute capability 9.0, the
  * driver's tensor-map encoder available, X, W_hi, W_lo 16-byte aligned, ldx and ldw multiples of
@@ -44,6 +49,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cfloat>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -266,6 +272,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             if (r < M && col < N) {
                 float *y = Y + (size_t)r * ldy + col;
                 float v = acc[4 * j + q];
+                if (ACC == TC_ACCUM_CHUNK_JAM && fabsf(v) < FLT_MIN)
+                    v = 0.0f; /* the sticky bits of zero sums (subnormal results: zero) */
                 if (bias)
                     v += bias[col];
                 *y = beta == 0.0f ? v : fmaf(beta, *y, v);

@@ -68,13 +68,14 @@ __device__ __forceinline__ void wgmma_tf32(float (&d)[64], const uint32_t (&a)[4
 #endif
 }
 
-/* acc += p (jam: p with the half-ulp correction of gemm_tc_common.cuh), the fp32 add of a
- * k-chunk's partial sums to the running sums. */
+/* acc += p, the fp32 add of a k-chunk's partial sums to the running sums; for
+ * TC_ACCUM_CHUNK_JAM p gets the half-ulp correction on average, as the sticky last bit of
+ * gemm_tc_common.cuh (one instruction; the mma.sync kernel's jam_half_ulp takes two). */
 template <int ACC>
 __device__ __forceinline__ void add_partials(float (&acc)[64], const float (&p)[64]) {
 #pragma unroll
     for (int i = 0; i < 64; i++)
-        acc[i] += ACC == TC_ACCUM_CHUNK_JAM ? jam_half_ulp(p[i]) : p[i];
+        acc[i] += ACC == TC_ACCUM_CHUNK_JAM ? jam_sticky(p[i]) : p[i];
 }
 
 } // namespace
