@@ -1,6 +1,7 @@
-// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu) and the radial MLP's LayerNorm+SiLU
-// kernels (cuda/geometry.cu), one at a time, against the CPU float64 functions they mirror
-// (core/edgewise.c, core/nn.c), on random graphs with real Wigner rotations and random rows.
+// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu), the radial MLP's LayerNorm+SiLU
+// kernels (cuda/geometry.cu) and the split-precision GEMM (cuda/gemm_tc_tma.cu), one at a time,
+// against the CPU float64 functions they mirror (core/edgewise.c, core/nn.c), on random graphs with
+// real Wigner rotations and random rows.
 //
 // Specification (docs/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
 //  * producer: cu_gather_rotate equals umas_gather_rotate followed by conv1's radial scaling, both
@@ -31,6 +32,13 @@
 //    530000 x 8 (more rows than the capped grid's warps: the grid-stride loop wraps). Inputs:
 //    per-row offset in [-1, 1] plus values in [-1, 1], weight in [0.5, 1.5], bias and d_out in
 //    [-1, 1].
+//  * split-precision GEMM (precision 3xtf32 on Hopper): tc_gemm_nt_tma with the model's scheme
+//    (TC_ACCUM_CHUNK_JAM, chunks of 2) computes Y = beta Y + X W^T + bias within
+//    1e-5 x (sum_k |x w| + |beta y| + |bias|) of the float64 product per element, writes nothing
+//    outside rows x out (NaN padding and a guard row stay), gives the same bits twice, and gives
+//    exact zeros for zero rows of X; operands it cannot take (strides not multiples of 4) are
+//    declined (returns 0) with nothing written. Shapes: the model's 3000 x 768 -> 640, a ragged
+//    1003 x 200 -> 72 with padded strides and beta = 1, K = 8 (less than one stage), 1 row.
 // Sizes: the seed's N = 100, E = 3000, C = 128; N = 5, E = 10; C = 256; plus C = 7 (a partial
 // warp) and C = 320 (more channels than threads in the one-block-per-edge kernels).
 // Inputs: random edges (source != target, pairs may repeat), the Wigner blocks of random unit
@@ -38,6 +46,7 @@
 // radial weights in [-1, 1], all from std::mt19937 with a fixed seed. The CPU reads the very
 // float32 values the GPU gets, widened to double, so only the kernels' float32 arithmetic shows.
 // Without a GPU every test skips.
+#include "gemm_tc.h"
 #include "kernels.h" // cuda/: C++ linkage (compiled by nvcc as C++)
 
 extern "C" {
@@ -922,5 +931,152 @@ INSTANTIATE_TEST_SUITE_P(Sizes, NormSiluKernels,
                                            RowSize{100, 1000},  // many elements per lane
                                            RowSize{530000, 8}), // > 65536 blocks x 8 warps
                          row_size_label);
+
+// ---------------------------------------------------------------------------------------------
+// the split-precision GEMM (cuda/gemm_tc_tma.cu) against a float64 product
+// ---------------------------------------------------------------------------------------------
+
+struct GemmShape {
+    int rows, out, K;
+    int pad;    // extra columns in the strides of X, W and Y (filled with NaN)
+    float beta; // 0: Y is only written; else Y = beta Y + ...
+    bool bias;
+};
+
+std::string gemm_shape_label(const ::testing::TestParamInfo<GemmShape> &info) {
+    const GemmShape &g = info.param;
+    return "rows" + std::to_string(g.rows) + "_out" + std::to_string(g.out) + "_K" +
+           std::to_string(g.K) + (g.pad ? "_padded" : "") + (g.beta != 0.0f ? "_beta" : "") +
+           (g.bias ? "_bias" : "");
+}
+
+void PrintTo(const GemmShape &g, std::ostream *os) {
+    *os << g.rows << " x " << g.K << " -> " << g.out << " pad " << g.pad << " beta " << g.beta
+        << (g.bias ? " bias" : "");
+}
+
+bool device_is_hopper() {
+    int device = 0, major = 0, minor = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    return major == 9 && minor == 0;
+}
+
+class SplitPrecisionGemm : public ::testing::TestWithParam<GemmShape> {
+  protected:
+    void SetUp() override {
+        if (!have_gpu())
+            GTEST_SKIP() << "no CUDA device";
+        if (!device_is_hopper())
+            GTEST_SKIP() << "the bulk-copy GEMM runs on compute capability 9.0 only";
+        g = GetParam();
+        ldx = g.K + g.pad, ldw = g.K + g.pad, ldy = g.out + g.pad;
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        x.assign((size_t)g.rows * ldx, nan);
+        w.assign((size_t)g.out * ldw, nan);
+        y0.assign((size_t)(g.rows + 1) * ldy, nan); // + a guard row
+        std::vector<float> xv = random_values(rng, (size_t)g.rows * g.K);
+        std::vector<float> wv = random_values(rng, (size_t)g.out * g.K);
+        for (int r = 0; r < g.rows; r++)
+            for (int k = 0; k < g.K; k++)
+                x[(size_t)r * ldx + k] = r % 7 == 3 ? 0.0f : xv[(size_t)r * g.K + k]; // zero rows
+        for (int o = 0; o < g.out; o++)
+            for (int k = 0; k < g.K; k++)
+                w[(size_t)o * ldw + k] = wv[(size_t)o * g.K + k];
+        if (g.beta != 0.0f) {
+            std::vector<float> yv = random_values(rng, (size_t)g.rows * g.out);
+            for (int r = 0; r < g.rows; r++)
+                for (int o = 0; o < g.out; o++)
+                    y0[(size_t)r * ldy + o] = yv[(size_t)r * g.out + o];
+        }
+        if (g.bias)
+            bias = random_values(rng, g.out);
+    }
+    // Y after one product on the GPU (starting from y0), and whether the kernel took it.
+    std::vector<float> run(int *launched) {
+        DeviceArray<float> dx(x), dw(w), dw_hi(w.size()), dw_lo(w.size()), dy(y0);
+        DeviceArray<float> dbias(bias.empty() ? std::vector<float>(1, 0.0f) : bias);
+        dw_hi.upload(w);
+        dw_lo.upload(w);
+        tc_split_weights(g.out, g.K, dw.get(), ldw, dw_hi.get(), dw_lo.get(), 0);
+        finish("tc_split_weights");
+        *launched = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, g.rows, g.out, g.K, dx.get(), ldx,
+                                   dw_hi.get(), dw_lo.get(), ldw, g.bias ? dbias.get() : nullptr,
+                                   g.beta, dy.get(), ldy, 0);
+        finish("tc_gemm_nt_tma");
+        return dy.download();
+    }
+    std::mt19937 rng{20240614};
+    GemmShape g{};
+    size_t ldx = 0, ldw = 0, ldy = 0;
+    std::vector<float> x, w, y0, bias; // [rows][ldx], [out][ldw], [rows + 1][ldy], [out]
+};
+
+TEST_P(SplitPrecisionGemm, EqualsFloat64ProductAndWritesOnlyTheOutput) {
+    int launched = 0;
+    std::vector<float> y = run(&launched);
+    ASSERT_EQ(launched, 1) << "the kernel declined aligned operands on a Hopper GPU";
+    double worst = 0; // max |y - ref| / (sum |x w| + |beta y0| + |bias|)
+    for (int r = 0; r < g.rows; r++)
+        for (int o = 0; o < g.out; o++) {
+            double ref = 0, scale = 0;
+            for (int k = 0; k < g.K; k++) {
+                const double p = (double)x[(size_t)r * ldx + k] * (double)w[(size_t)o * ldw + k];
+                ref += p;
+                scale += std::fabs(p);
+            }
+            if (g.beta != 0.0f) {
+                ref += (double)g.beta * y0[(size_t)r * ldy + o];
+                scale += std::fabs((double)g.beta * y0[(size_t)r * ldy + o]);
+            }
+            if (g.bias) {
+                ref += bias[o];
+                scale += std::fabs((double)bias[o]);
+            }
+            const float got = y[(size_t)r * ldy + o];
+            ASSERT_TRUE(std::isfinite(got)) << "Y[" << r << "][" << o << "] = " << got;
+            if (scale == 0.0) {
+                ASSERT_EQ(got, 0.0f) << "a zero row gave Y[" << r << "][" << o << "] = " << got;
+                continue;
+            }
+            worst = std::max(worst, std::fabs(got - ref) / scale);
+        }
+    std::printf("[ measured ] tc_gemm_nt_tma %d x %d -> %d: max |y - ref| / sum|terms| %.3e\n",
+                g.rows, g.K, g.out, worst);
+    RecordProperty("max_relative_error", std::to_string(worst));
+    EXPECT_LE(worst, 1e-5);
+    for (int r = 0; r <= g.rows; r++) // padding columns and the guard row: untouched NaN
+        for (int o = r < g.rows ? g.out : 0; o < (int)ldy; o++)
+            ASSERT_TRUE(std::isnan(y[(size_t)r * ldy + o])) << "wrote Y[" << r << "][" << o << "]";
+}
+
+TEST_P(SplitPrecisionGemm, GivesTheSameBitsTwice) {
+    int launched = 0;
+    std::vector<float> first = run(&launched), second = run(&launched);
+    ASSERT_EQ(launched, 1);
+    EXPECT_TRUE(same_bits(first, second)) << "two runs differ";
+}
+
+TEST(SplitPrecisionGemmOperands, DeclinesStridesItCannotCopyAndWritesNothing) {
+    if (!have_gpu())
+        GTEST_SKIP() << "no CUDA device";
+    const int rows = 16, out = 8, K = 9; // row strides of 9 floats: not 16-byte multiples
+    std::mt19937 rng{20240615};
+    std::vector<float> values = random_values(rng, (size_t)rows * K + (size_t)out * K);
+    DeviceArray<float> x(values), w(values), y(values);
+    const int launched = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, out, K, x.get(), K, w.get(),
+                                        w.get(), K, nullptr, 0.0f, y.get(), out, 0);
+    finish("tc_gemm_nt_tma (declined)");
+    EXPECT_EQ(launched, 0);
+    EXPECT_TRUE(same_bits(y.download(), values)) << "a declined product wrote to Y";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SplitPrecisionGemm,
+                         ::testing::Values(GemmShape{3000, 640, 768, 0, 0.0f, true}, // conv1 m=0
+                                           GemmShape{1003, 72, 200, 4, 1.0f, false}, // ragged
+                                           GemmShape{300, 130, 8, 0, 0.0f, true},    // K < BK
+                                           GemmShape{1, 128, 64, 0, 0.5f, true}),    // one row
+                         gemm_shape_label);
 
 } // namespace
