@@ -35,6 +35,9 @@ struct dev_linear {
     /* 3xtf32: the transpose [in][out] split the same way, for the backward's NT products on
      * Hopper (tc_gemm_nt_tma); else null */
     float *weight_t = nullptr, *weight_t_lo = nullptr;
+    /* 3xtf32: the weight in fp32, [out][in], for products too small to fill the GPU with the
+     * tensor-core kernel's tiles (exact fp32 SGEMM instead); else null */
+    float *weight_f32 = nullptr;
     float *bias = nullptr; /* [out] or null */
 };
 struct dev_layer_norm {
@@ -96,7 +99,8 @@ struct cuda_state {
     /* 3xtf32 on a Hopper GPU: products by the split-precision tensor-core kernels of gemm_tc.h
      * (no activation split buffers); elsewhere three cuBLAS TF32 products */
     bool tensor_core_gemm = false;
-    int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
+    int multiprocessors = 0; /* of the device */
+    int widest = 0;          /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 
@@ -231,6 +235,7 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
             }
         d.weight_t = upload_floats(s, hi_t);
         d.weight_t_lo = upload_floats(s, lo_t);
+        d.weight_f32 = upload(s, weight, n);
     } else if (s->precision == UMAS_PRECISION_TF32) {
         std::vector<float> rounded(n);
         for (size_t k = 0; k < n; k++)
@@ -279,21 +284,30 @@ int blocks_for(size_t n) {
 
 /* One cuBLAS product C = A op B + beta C in the context's arithmetic: exact float32
  * (pedantic, no TF32) or TF32 tensor cores (tf32 and the three products of 3xtf32). */
-void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const float *a, int lda,
-          const float *b, int ldb, float beta, float *c, int ldc) {
+void gemm_with(cuda_state *s, cublasComputeType_t compute, cublasOperation_t op_a, int m, int n,
+               int k, const float *a, int lda, const float *b, int ldb, float beta, float *c,
+               int ldc) {
     const float one = 1.0f;
-    cublasComputeType_t compute = s->precision == UMAS_PRECISION_EXACT
-                                      ? CUBLAS_COMPUTE_32F_PEDANTIC
-                                      : CUBLAS_COMPUTE_32F_FAST_TF32;
     cublasGemmEx(s->blas, op_a, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_32F, lda, b, CUDA_R_32F, ldb,
                  &beta, c, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT);
+}
+
+void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const float *a, int lda,
+          const float *b, int ldb, float beta, float *c, int ldc) {
+    gemm_with(s,
+              s->precision == UMAS_PRECISION_EXACT ? CUBLAS_COMPUTE_32F_PEDANTIC
+                                                   : CUBLAS_COMPUTE_32F_FAST_TF32,
+              op_a, m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
  * tensor-core kernels (gemm_tc.h). The bulk-copy warpgroup-MMA kernel (tc_gemm_nt_tma) does NT
  * products on pre-split weights: W [out][in] in the forward (op_w T), the transposed copy
  * [in][out] in the backward (op_w N). Operands it cannot take (not 16-byte aligned) go to the
- * mma.sync kernel. Returns false (nothing done) when the context does not use these kernels.
+ * mma.sync kernel. Products whose tiles would not fill the GPU once (node-sized ones: 2,000
+ * atoms give 11 tiles of 192 rows for 132 multiprocessors) run as exact fp32 SGEMMs instead:
+ * faster there (the kernel's 8 chunks per stage wait in series) and exact. Returns false
+ * (nothing done) when the context does not use these kernels.
  * Accumulation: the products of 2 k-steps of 8 share a fresh tensor-core accumulator, whose sum
  * gets the half-ulp correction before the fp32 add (TC_ACCUM_CHUNK_JAM, chunk 2): a shrink
  * toward zero of about -1e-8 of a 768-term product (-2e-8 on same-sign data), against -4e-8 for
@@ -305,6 +319,16 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
     if (!s->tensor_core_gemm)
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
+    if (tc_gemm_nt_tma_blocks(rows, m) < (size_t)s->multiprocessors) {
+        if (bias && rows > 0) {
+            broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(
+                rows, m, bias, c, ldc);
+            beta = 1.0f;
+        }
+        gemm_with(s, CUBLAS_COMPUTE_32F_PEDANTIC, op_w, m, rows, k, lin.weight_f32, lin.in, act,
+                  ldact, beta, c, ldc);
+        return true;
+    }
     if (tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, m, k, act, (size_t)ldact,
                        forward ? lin.weight : lin.weight_t,
                        forward ? lin.weight_lo : lin.weight_t_lo,
@@ -789,6 +813,7 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
         static const float aligned[4] = {0, 0, 0, 0};
         s->tensor_core_gemm = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, 0, 4, 4, aligned, 4, aligned,
                                              aligned, 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
+        cudaDeviceGetAttribute(&s->multiprocessors, cudaDevAttrMultiProcessorCount, s->device);
     }
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
         return -1;

@@ -79,6 +79,10 @@ int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows, int out, i
                    const float *X, size_t ldx, const float *W_hi, const float *W_lo, size_t ldw,
                    const float *bias, float beta, float *Y, size_t ldy, cudaStream_t stream);
 
+/* Thread blocks (tiles of Y) tc_gemm_nt_tma launches for rows x out: fewer than the device's
+ * multiprocessors leave it partly idle. */
+size_t tc_gemm_nt_tma_blocks(int rows, int out);
+
 /* Either operation (w_transposed != 0: NT, else NN; n = out or cols) with a chosen
  * accumulation scheme (for comparisons; tc_gemm_nt/nn are this with TC_ACCUM_CHUNK_JAM). */
 void tc_gemm(int w_transposed, tc_accumulation accumulation, int rows, int n, int K, const float *X,

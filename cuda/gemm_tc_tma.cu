@@ -333,7 +333,7 @@ bool launch(int M, int N, int K, const CUtensorMap &map_x, const CUtensorMap &ma
         configured.fetch_or(bit, std::memory_order_relaxed);
     }
     const int tiles_n = (N + BN - 1) / BN;
-    const size_t blocks = (size_t)((M + BM - 1) / BM) * (size_t)tiles_n;
+    const size_t blocks = tc_gemm_nt_tma_blocks(M, N);
     kernel<<<(unsigned)blocks, THREADS, SMEM_BYTES, stream>>>(map_x, map_w_hi, map_w_lo, M, N, K,
                                                               bias, beta, Y, ldy, tiles_n);
     return true;
@@ -400,4 +400,10 @@ extern "C" int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows,
         return launch_chunk<TC_ACCUM_CHUNK_JAM>(chunk, rows, out, K, map_x, map_w_hi, map_w_lo,
                                                 bias, beta, Y, ldy, stream);
     }
+}
+
+extern "C" size_t tc_gemm_nt_tma_blocks(int rows, int out) {
+    if (rows <= 0 || out <= 0)
+        return 0;
+    return (size_t)((rows + BM - 1) / BM) * (size_t)((out + BN - 1) / BN);
 }
