@@ -92,10 +92,12 @@ def tearDownModule():
         base.TMP.cleanup()
 
 
-def with_device(script, device=None, backend=None):
-    """Adds `device D` (and `backend B` when given) to every `pair_style umas` line."""
+def with_device(script, device=None, backend=None, precision=None):
+    """Adds `device D` (and `backend B`, `precision P` when given) to every `pair_style umas`
+    line."""
     device = device or DEVICE
-    extra = " device %s" % device + (" backend %s" % backend if backend else "")
+    extra = (" device %s" % device + (" backend %s" % backend if backend else "") +
+             (" precision %s" % precision if precision else ""))
     return re.sub(r"^(pair_style\s+umas\s.*?)\s*$", r"\1" + extra, script, flags=re.M)
 
 
@@ -116,20 +118,21 @@ class ReferenceParity(GpuTest):
     CASES = ["a_cu_fcc_108", "b_triclinic_perovskite_60", "c_molecule_q1_s2", "e_si_primitive_2"]
     UMAS_CASES = CASES + ["f_cu_fcc_2000"]
 
-    def check_cases(self, model, cases):
+    def check_cases(self, model, cases, backend=None, precision=None):
         old = base.ARGS.model
         base.ARGS.model = os.path.abspath(model_path(model))
         try:
             for name in cases:
                 with self.subTest(case="%s/%s" % (model, name)):
-                    self.check_case(model + "/" + name)
+                    self.check_case(model + "/" + name, backend, precision)
         finally:
             base.ARGS.model = old
 
-    def check_case(self, name):
+    def check_case(self, name, backend=None, precision=None):
         case = base.load_case(name)
         directory, script, rotation = base.case_input(case)
-        run = self.run_ok(with_device(script) + base.MEASURE, directory=directory)
+        run = self.run_ok(with_device(script, None, backend, precision) + base.MEASURE,
+                          directory=directory)
         got = base.measure(run)
         natoms = len(case["numbers"])
         self.assertEqual(len(got["atoms"]), natoms)
@@ -140,9 +143,12 @@ class ReferenceParity(GpuTest):
             reference_forces = [base.matvec(rotation, f) for f in reference_forces]
         force_error = base.max_abs_diff(base.forces_of(got["atoms"]), reference_forces)
         sum_error = abs(got["sum_pe"] - got["pe"])
-        text = ("%s device %s: %.2f s, |dE| %.2e eV (bound %.0e), max |dF| %.2e eV/A, "
-                "|sum pe/atom - pe| %.2e eV" % (name, DEVICE, run.seconds, energy_error,
-                                                energy_bound, force_error, sum_error))
+        text = ("%s device %s%s%s: %.2f s, |dE| %.2e eV (bound %.0e), max |dF| %.2e eV/A, "
+                "|sum pe/atom - pe| %.2e eV" % (name, DEVICE,
+                                                " backend " + backend if backend else "",
+                                                " precision " + precision if precision else "",
+                                                run.seconds, energy_error, energy_bound,
+                                                force_error, sum_error))
         stress_error = 0.0
         if "stress" in case:
             s = base.rotate_tensor(rotation, case["stress"])
@@ -172,9 +178,18 @@ class ReferenceParity(GpuTest):
             self.skipTest("umas.safetensors not in UMAS_TEST_MODELS (optional)")
         self.check_cases("umas", self.UMAS_CASES)
 
+    def test_umas_fast_gpu_3xtf32(self):
+        """`backend umas_fast_gpu precision 3xtf32` (split-precision tensor-core products, our
+        own kernel on Hopper GPUs) on the same cases, both models: the same float32 bounds."""
+        if DEVICE != "cuda":
+            self.skipTest("precision 3xtf32 exists on device cuda only")
+        self.check_cases("tiny", self.CASES, "umas_fast_gpu", "3xtf32")
+        if os.path.exists(model_path("umas")):
+            self.check_cases("umas", self.UMAS_CASES, "umas_fast_gpu", "3xtf32")
+
 
 # ------------------------------------------------------------------------------------------
-def cu_fcc_script(device, steps, thermo=10, dump=None, backend=None):
+def cu_fcc_script(device, steps, thermo=10, dump=None, backend=None, precision=None):
     """examples/cu_fcc/in.cu_fcc (108 Cu atoms, 300 K, NVE, 1 fs) with the tiny model, the
     given device, %.17g thermo output and optionally a final dump of positions and forces."""
     with open(os.path.join(HERE, "..", "examples", "cu_fcc", "in.cu_fcc")) as f:
@@ -186,7 +201,7 @@ def cu_fcc_script(device, steps, thermo=10, dump=None, backend=None):
                   text, flags=re.M)
     text = re.sub(r"^thermo_modify\s.*$", "thermo_modify format float %.17g", text, flags=re.M)
     text = re.sub(r"^thermo\s.*$", "thermo %d" % thermo, text, flags=re.M)
-    text = with_device(text, device, backend)
+    text = with_device(text, device, backend, precision)
     if dump:
         text = text.replace("run ", "dump d all custom %d %s id x y z fx fy fz\n"
                             "dump_modify d sort id format float %%.17g\nrun " % (steps, dump), 1)
@@ -264,17 +279,25 @@ class EnergyDrift(GpuTest):
         the step replayed between list rebuilds) against the CPU's general backend."""
         self.check_drift("umas_fast_gpu")
 
+    def test_nve_drift_umas_fast_gpu_3xtf32(self):
+        """The same with `backend umas_fast_gpu precision 3xtf32` (split-precision tensor-core
+        products): the strict mode must conserve energy like fp32."""
+        if DEVICE != "cuda":
+            self.skipTest("precision 3xtf32 exists on device cuda only")
+        self.check_drift("umas_fast_gpu", "3xtf32")
+
     cpu_run = None  # the CPU reference run, shared by both tests (minutes on the device)
 
-    def check_drift(self, backend):
+    def check_drift(self, backend, precision=None):
         results = {}
         for device in (DEVICE, "cpu"):
             if device == "cpu" and EnergyDrift.cpu_run is not None:
                 run = EnergyDrift.cpu_run
             else:
                 directory = tempfile.mkdtemp(prefix="case-", dir=base.TMP.name)
-                script = cu_fcc_script(device, self.STEPS,
-                                       backend=backend if device != "cpu" else None)
+                gpu = device != "cpu"
+                script = cu_fcc_script(device, self.STEPS, backend=backend if gpu else None,
+                                       precision=precision if gpu else None)
                 run = self.run_ok(script, directory=directory)
                 if device == "cpu":
                     EnergyDrift.cpu_run = run
@@ -284,14 +307,17 @@ class EnergyDrift(GpuTest):
             temperatures = [row[1] for row in table]
             results[device] = self.drift(table, 108)
             energy_per_atom = abs(table[0][4]) / 108
-            label = device + (" backend %s" % backend if backend and device != "cpu" else "")
+            label = device + (" backend %s" % backend if backend and device != "cpu" else "") + (
+                " precision %s" % precision if precision and device != "cpu" else "")
             measured("NVE cu_fcc %d steps device %s: %.1f s (%.4f s/step), |E_end - E_0|/N "
                      "%.2e eV/atom, max |E - E_0|/N %.2e eV/atom, slope %.2e eV/atom/ps, T "
                      "%.0f..%.0f K" % (self.STEPS, label, run.seconds, run.seconds / self.STEPS,
                                        *results[device], min(temperatures), max(temperatures)))
         gpu, cpu = results[DEVICE], results["cpu"]
-        measured("NVE drift device %s%s / cpu: slope %.2f, max %.2f" % (
-            DEVICE, " backend %s" % backend if backend else "", abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
+        measured("NVE drift device %s%s%s / cpu: slope %.2f, max %.2f" % (
+            DEVICE, " backend %s" % backend if backend else "",
+            " precision %s" % precision if precision else "",
+            abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
         duration_ps = self.STEPS * 1e-3
         slope_floor = 2 * self.NOISE * energy_per_atom / duration_ps
         self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), slope_floor))
