@@ -810,7 +810,7 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     s->precision = ctx->precision;
     cudaGetDevice(&s->device);
     if (s->precision == UMAS_PRECISION_3XTF32) { /* rows = 0: asks whether the kernel runs here */
-        static const float aligned[4] = {0, 0, 0, 0};
+        alignas(16) static const float aligned[4] = {0, 0, 0, 0};
         s->tensor_core_gemm = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, 0, 4, 4, aligned, 4, aligned,
                                              aligned, 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
         cudaDeviceGetAttribute(&s->multiprocessors, cudaDevAttrMultiProcessorCount, s->device);

@@ -73,8 +73,8 @@ void tc_gemm_nn(int rows, int cols, int K, const float *X, size_t ldx, const flo
  * zero of about 1.5 x 2^-25 per chunk sum instead of 2^-25, removed for the most part by the
  * half-ulp correction of TC_ACCUM_CHUNK_JAM; see the kernel's header). Returns 1 when launched (or
  * nothing to do), 0 when it cannot run here and did nothing: the device is not compute
- * capability 9.0, the driver has no tensor-map encoder, X, W_hi or W_lo are not 16-byte aligned, or
- * ldx, ldw are not multiples of 4. */
+ * capability 9.0, the driver has no tensor-map encoder, X, W_hi or W_lo are not 16-byte aligned,
+ * ldx, ldw are not multiples of 4, or K < 0. */
 int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows, int out, int K,
                    const float *X, size_t ldx, const float *W_hi, const float *W_lo, size_t ldw,
                    const float *bias, float beta, float *Y, size_t ldy, cudaStream_t stream);

@@ -54,7 +54,8 @@ __device__ __forceinline__ float jam_half_ulp(float p) {
 /* p with its last mantissa bit set: for a sum p the tensor cores truncated toward zero (true
  * value in [p, p + ulp) in magnitude) this adds ulp(p)/2 on average, as jam_half_ulp does (one
  * ulp when the last bit is clear instead of when it is set), in one instruction. Zero becomes
- * the smallest subnormal (see the TMA kernel's epilogue). */
+ * the smallest subnormal (see the TMA kernel's epilogue); an infinite p becomes NaN (as an
+ * infinite input does in any 3xTF32 split); exact sums (small integers) move by up to one ulp. */
 __device__ __forceinline__ float jam_sticky(float p) {
     return __uint_as_float(__float_as_uint(p) | 1u);
 }

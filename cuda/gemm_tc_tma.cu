@@ -343,20 +343,21 @@ bool aligned16(const void *p) {
     return ((uintptr_t)p & 15u) == 0;
 }
 
-/* Whether the current device is compute capability 9.0, asked once per device. */
+/* Whether the current device is compute capability 9.0, asked once per device. The answer is
+ * published before the "known" bit (release), and read after it (acquire). */
 bool device_is_sm90() {
     static std::atomic<unsigned long long> known{0}, yes{0};
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64)
         return false;
     const unsigned long long bit = 1ull << device;
-    if (!(known.load(std::memory_order_relaxed) & bit)) {
+    if (!(known.load(std::memory_order_acquire) & bit)) {
         int major = 0, minor = 0;
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
         if (major == 9 && minor == 0)
             yes.fetch_or(bit, std::memory_order_relaxed);
-        known.fetch_or(bit, std::memory_order_relaxed);
+        known.fetch_or(bit, std::memory_order_release);
     }
     return (yes.load(std::memory_order_relaxed) & bit) != 0;
 }
@@ -382,7 +383,9 @@ extern "C" int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows,
     if (!device_is_sm90() || !tensor_map_encoder() || !aligned16(X) || !aligned16(W_hi) ||
         !aligned16(W_lo) || ldx % 4 != 0 || ldw % 4 != 0)
         return 0;
-    if (rows <= 0 || out <= 0 || K < 0)
+    if (K < 0)
+        return 0;
+    if (rows <= 0 || out <= 0)
         return 1;
     CUtensorMap map_x, map_w_hi, map_w_lo;
     if (!encode_tiles(&map_x, X, rows, K, ldx, BM) ||
