@@ -319,17 +319,9 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
     if (!s->tensor_core_gemm)
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
-    if (tc_gemm_nt_tma_blocks(rows, m) < (size_t)s->multiprocessors) {
-        if (bias && rows > 0) {
-            broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(
-                rows, m, bias, c, ldc);
-            beta = 1.0f;
-        }
-        gemm_with(s, CUBLAS_COMPUTE_32F_PEDANTIC, op_w, m, rows, k, lin.weight_f32, lin.in, act,
-                  ldact, beta, c, ldc);
-        return true;
-    }
-    if (tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, m, k, act, (size_t)ldact,
+    const bool small = tc_gemm_nt_tma_blocks(rows, m) < (size_t)s->multiprocessors;
+    if (!small &&
+        tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, m, k, act, (size_t)ldact,
                        forward ? lin.weight : lin.weight_t,
                        forward ? lin.weight_lo : lin.weight_t_lo,
                        (size_t)(forward ? lin.in : lin.out), bias, beta, c, (size_t)ldc, s->stream))
@@ -339,8 +331,12 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
                                                                                    ldc);
         beta = 1.0f;
     }
-    tc_gemm(forward ? 1 : 0, TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact, lin.weight,
-            lin.weight_lo, (size_t)lin.in, beta, c, (size_t)ldc, s->stream);
+    if (small)
+        gemm_with(s, CUBLAS_COMPUTE_32F_PEDANTIC, op_w, m, rows, k, lin.weight_f32, lin.in, act,
+                  ldact, beta, c, ldc);
+    else
+        tc_gemm(forward ? 1 : 0, TC_ACCUM_CHUNK, rows, m, k, act, (size_t)ldact, lin.weight,
+                lin.weight_lo, (size_t)lin.in, beta, c, (size_t)ldc, s->stream);
     return true;
 }
 

@@ -320,10 +320,6 @@ void launch_acc(tc_accumulation acc, int M, int N, int K, const float *X, size_t
     }
 }
 
-bool aligned16(const void *p) {
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 } // namespace
 
 extern "C" void tc_gemm(int w_transposed, tc_accumulation accumulation, int rows, int n, int K,

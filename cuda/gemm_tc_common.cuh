@@ -1,12 +1,17 @@
 /* gemm_tc_common.cuh - device helpers shared by the split-precision GEMM kernels (gemm_tc.cu,
- * gemm_tc_tma.cu): cp.async copies, the TF32 split of an fp32 value, the half-ulp corrections.
- * Internal to those two files (static inline, in an anonymous namespace). */
+ * gemm_tc_tma.cu): the alignment test, cp.async copies, the TF32 split of an fp32 value, the
+ * half-ulp corrections. Internal to those two files (static inline, in an anonymous namespace). */
 #ifndef UMAS_CUDA_GEMM_TC_COMMON_CUH
 #define UMAS_CUDA_GEMM_TC_COMMON_CUH
 
 #include <cstdint>
 
 namespace {
+
+/* Whether p is 16-byte aligned (what the 16-byte copies need). */
+__host__ __device__ __forceinline__ bool aligned16(const void *p) {
+    return ((uintptr_t)p & 15u) == 0;
+}
 
 /* 16-byte asynchronous copy global -> shared; bytes past src_bytes (0..16) are zero-filled and
  * not read. dst, src 16-byte aligned. */

@@ -339,10 +339,6 @@ bool launch(int M, int N, int K, const CUtensorMap &map_x, const CUtensorMap &ma
     return true;
 }
 
-bool aligned16(const void *p) {
-    return ((uintptr_t)p & 15u) == 0;
-}
-
 /* Whether the current device is compute capability 9.0, asked once per device. The answer is
  * published before the "known" bit (release), and read after it (acquire). */
 bool device_is_sm90() {
@@ -381,9 +377,7 @@ extern "C" int tc_gemm_nt_tma(tc_accumulation accumulation, int chunk, int rows,
                               size_t ldw, const float *bias, float beta, float *Y, size_t ldy,
                               cudaStream_t stream) {
     if (!device_is_sm90() || !tensor_map_encoder() || !aligned16(X) || !aligned16(W_hi) ||
-        !aligned16(W_lo) || ldx % 4 != 0 || ldw % 4 != 0)
-        return 0;
-    if (K < 0)
+        !aligned16(W_lo) || ldx % 4 != 0 || ldw % 4 != 0 || K < 0)
         return 0;
     if (rows <= 0 || out <= 0)
         return 1;
