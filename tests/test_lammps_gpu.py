@@ -92,12 +92,16 @@ def tearDownModule():
         base.TMP.cleanup()
 
 
+def variant(backend=None, precision=None):
+    """The pair_style keywords " backend B precision P" for those given ("" for none)."""
+    return (" backend %s" % backend if backend else "") + (
+        " precision %s" % precision if precision else "")
+
+
 def with_device(script, device=None, backend=None, precision=None):
     """Adds `device D` (and `backend B`, `precision P` when given) to every `pair_style umas`
     line."""
-    device = device or DEVICE
-    extra = (" device %s" % device + (" backend %s" % backend if backend else "") +
-             (" precision %s" % precision if precision else ""))
+    extra = " device %s" % (device or DEVICE) + variant(backend, precision)
     return re.sub(r"^(pair_style\s+umas\s.*?)\s*$", r"\1" + extra, script, flags=re.M)
 
 
@@ -143,10 +147,8 @@ class ReferenceParity(GpuTest):
             reference_forces = [base.matvec(rotation, f) for f in reference_forces]
         force_error = base.max_abs_diff(base.forces_of(got["atoms"]), reference_forces)
         sum_error = abs(got["sum_pe"] - got["pe"])
-        text = ("%s device %s%s%s: %.2f s, |dE| %.2e eV (bound %.0e), max |dF| %.2e eV/A, "
-                "|sum pe/atom - pe| %.2e eV" % (name, DEVICE,
-                                                " backend " + backend if backend else "",
-                                                " precision " + precision if precision else "",
+        text = ("%s device %s%s: %.2f s, |dE| %.2e eV (bound %.0e), max |dF| %.2e eV/A, "
+                "|sum pe/atom - pe| %.2e eV" % (name, DEVICE, variant(backend, precision),
                                                 run.seconds, energy_error, energy_bound,
                                                 force_error, sum_error))
         stress_error = 0.0
@@ -307,17 +309,15 @@ class EnergyDrift(GpuTest):
             temperatures = [row[1] for row in table]
             results[device] = self.drift(table, 108)
             energy_per_atom = abs(table[0][4]) / 108
-            label = device + (" backend %s" % backend if backend and device != "cpu" else "") + (
-                " precision %s" % precision if precision and device != "cpu" else "")
+            label = device + (variant(backend, precision) if device != "cpu" else "")
             measured("NVE cu_fcc %d steps device %s: %.1f s (%.4f s/step), |E_end - E_0|/N "
                      "%.2e eV/atom, max |E - E_0|/N %.2e eV/atom, slope %.2e eV/atom/ps, T "
                      "%.0f..%.0f K" % (self.STEPS, label, run.seconds, run.seconds / self.STEPS,
                                        *results[device], min(temperatures), max(temperatures)))
         gpu, cpu = results[DEVICE], results["cpu"]
-        measured("NVE drift device %s%s%s / cpu: slope %.2f, max %.2f" % (
-            DEVICE, " backend %s" % backend if backend else "",
-            " precision %s" % precision if precision else "",
-            abs(gpu[2]) / max(abs(cpu[2]), 1e-300), gpu[1] / max(cpu[1], 1e-300)))
+        measured("NVE drift device %s%s / cpu: slope %.2f, max %.2f" % (
+            DEVICE, variant(backend, precision), abs(gpu[2]) / max(abs(cpu[2]), 1e-300),
+            gpu[1] / max(cpu[1], 1e-300)))
         duration_ps = self.STEPS * 1e-3
         slope_floor = 2 * self.NOISE * energy_per_atom / duration_ps
         self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), slope_floor))

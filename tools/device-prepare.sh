@@ -11,15 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets="test_cuda test_neighbors umas-bench umas-eval"
+lammps=(-DUMAS_WITH_LAMMPS=OFF)
 if [ "${UMAS_DEVICE_LAMMPS:-1}" = 1 ]; then
     ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
-    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=ON \
-          -DUMAS_LAMMPS_SERIAL="$PWD/.deps/lammps-serial" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+    lammps=(-DUMAS_WITH_LAMMPS=ON "-DUMAS_LAMMPS_SERIAL=$PWD/.deps/lammps-serial")
     targets="$targets lmp_umas"
-else
-    cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DUMAS_WITH_LAMMPS=OFF \
-          -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 fi
+cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release "${lammps[@]}" -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 known_targets="$(cmake --build build-cuda --target help)"
 for optional in test_kernels umas-gemm-check; do # GPU-only programs, when this tree has them
     if grep -q "\.\.\. $optional\$" <<< "$known_targets"; then
