@@ -55,6 +55,9 @@ struct dev_block {
     dev_rms_norm norm_1, norm_2;
     dev_radial radial;
     dev_linear conv1_m0, conv1_m1, conv1_m2, conv2_m0, conv2_m1, conv2_m2, ffn_scalar;
+    /* conv1_m0's outputs in two forward products: the 2H gate inputs, then the 3H m = 0 rows,
+     * which go straight into the gate's input (views of conv1_m0's rows) */
+    dev_linear conv1_m0_gates, conv1_m0_rows;
     /* umas_fast: the m > 0 convolutions in block form [[W1, -W2], [W2, W1]] (so2_fast.h) */
     dev_linear block_conv1_m1, block_conv1_m2, block_conv2_m1, block_conv2_m2;
     dev_linear so3_1[3], so3_2[3]; /* per degree l; the bias on l = 0 only */
@@ -245,6 +248,20 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
         d.weight = upload(s, weight, n);
     }
     d.bias = upload(s, bias, bias ? (size_t)out : 0);
+    return d;
+}
+
+/* Outputs [first, first + count) of a linear layer, for a forward product of their own: a view
+ * of its weight rows and bias (no transposed copies, so not for the backward). */
+dev_linear output_rows(const dev_linear &lin, int first, int count) {
+    dev_linear d;
+    size_t offset = (size_t)first * lin.in;
+    d.out = count;
+    d.in = lin.in;
+    d.weight = lin.weight + offset;
+    d.weight_lo = lin.weight_lo ? lin.weight_lo + offset : nullptr;
+    d.weight_f32 = lin.weight_f32 ? lin.weight_f32 + offset : nullptr;
+    d.bias = lin.bias ? lin.bias + first : nullptr;
     return d;
 }
 
@@ -475,40 +492,42 @@ edge_tape &tape(cuda_state *s, int l) {
     return s->tapes[s->store && l > 0 ? l : 0];
 }
 
-/* The radial MLP after its first layer: t.pre_norm1 [n][Ce] -> t.radial [n][out]. */
-void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
+/* The radial MLP after its first layer: pre_norm1 [n][Ce] (row stride ld) -> t.radial [n][out]. */
+void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n, const float *pre_norm1, int ld,
+                     edge_tape &t) {
     int ce = m.fc1.out;
-    cu_layer_norm_silu(n, ce, F(t.pre_norm1), m.norm1.weight, m.norm1.bias, F(s->hidden),
-                       s->stream);
+    cu_layer_norm_silu(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, F(s->hidden), s->stream);
     linear_forward(s, m.fc2, n, F(s->hidden), ce, F(t.pre_norm2), ce);
-    cu_layer_norm_silu(n, ce, F(t.pre_norm2), m.norm2.weight, m.norm2.bias, F(s->hidden),
+    cu_layer_norm_silu(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, F(s->hidden),
                        s->stream);
     linear_forward(s, m.fc3, n, F(s->hidden), ce, F(t.radial), m.fc3.out);
 }
 
 void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
     linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(t.pre_norm1), m.fc1.out);
-    radial_mlp_rest(s, m, n, t);
+    radial_mlp_rest(s, m, n, F(t.pre_norm1), m.fc1.out, t);
 }
 
-/* d_radial -> dE/d(first layer output) [n][Ce], returned (in s->radial_work) */
-float *radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
+/* d_radial -> dE/d(first layer output) into d_first [n][Ce] (row stride ld, as pre_norm1, the
+ * forward's input; d_first may be pre_norm1 itself) */
+void radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n, const float *pre_norm1,
+                              float *d_first, int ld, edge_tape &t) {
     int ce = m.fc1.out;
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
-    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), m.norm2.weight, m.norm2.bias, d_hidden,
+    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, d_hidden,
                                 d_hidden, s->stream);
     linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
-    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm1), m.norm1.weight, m.norm1.bias, scratch,
-                                scratch, s->stream);
-    return scratch;
+    cu_layer_norm_silu_backward(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, scratch,
+                                d_first, s->stream);
 }
 
 /* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
 void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B,
                          edge_tape &t) {
-    float *scratch = radial_mlp_rest_backward(s, m, n, t);
-    linear_backward(s, m.fc1, n, scratch, m.fc1.out, F(s->d_gauss), B, B, 0);
+    float *d_first = F(s->radial_work) + (size_t)n * m.fc1.out;
+    radial_mlp_rest_backward(s, m, n, F(t.pre_norm1), d_first, m.fc1.out, t);
+    linear_backward(s, m.fc1, n, d_first, m.fc1.out, F(s->d_gauss), B, B, 0);
     cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, B, F(s->d_gauss), B,
                          F(s->d_distance) + first, s->stream);
 }
@@ -529,19 +548,26 @@ int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m, cons
     return n;
 }
 
+/* umas_fast: block l's slice of the unified first radial layer's output (s->first, row stride
+ * ld) for the edges from `first` on: the radial MLP's LayerNorm reads it there, and its adjoint
+ * goes back into the same place */
+int first_layer_ld(const umas_weights *w) {
+    return w->num_layers * w->Ce;
+}
+float *first_layer_slice(cuda_state *s, const umas_weights *w, int l, int first) {
+    return F(s->first) + (size_t)first * first_layer_ld(w) + (size_t)l * w->Ce;
+}
+
 /* Block l's radial MLP output for edges [first, first + n) into its tape; umas_fast from its
- * slice of the unified first layer (s->first) */
+ * slice of the unified first layer */
 int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g,
                        int first) {
     const dev_radial &m = s->blocks[l].radial;
     edge_tape &t = tape(s, l);
     if (!s->fast)
         return radial_chunk(s, w, m, g, first, t);
-    int n = chunk_size(s, g, first), ce = w->Ce;
-    size_t ld = (size_t)w->num_layers * ce;
-    cu_copy_rows(n, ce, F(s->first) + first * ld + (size_t)l * ce, (int)ld, F(t.pre_norm1), ce,
-                 s->stream);
-    radial_mlp_rest(s, m, n, t);
+    int n = chunk_size(s, g, first);
+    radial_mlp_rest(s, m, n, first_layer_slice(s, w, l, first), first_layer_ld(w), t);
     return n;
 }
 
@@ -552,10 +578,8 @@ void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, i
         radial_mlp_backward(s, m, n, first, w->B, tape(s, l));
         return;
     }
-    size_t ld = (size_t)w->num_layers * w->Ce;
-    float *d_first = radial_mlp_rest_backward(s, m, n, tape(s, l));
-    cu_copy_rows(n, w->Ce, d_first, w->Ce, F(s->first) + first * ld + (size_t)l * w->Ce, (int)ld,
-                 s->stream);
+    float *slice = first_layer_slice(s, w, l, first);
+    radial_mlp_rest_backward(s, m, n, slice, slice, first_layer_ld(w), tape(s, l));
 }
 
 /* umas_fast: every block's first radial layer for all edges, one GEMM per chunk */
@@ -616,8 +640,8 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     float *g = keep_gate_input ? F(s->d_gated) : o;
     cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
                      unscaled, y, st);
-    linear_forward(s, b.conv1_m0, n, y, 18 * C, F(t.conv1_m0), 5 * H);
-    cu_copy_rows(n, 3 * H, F(t.conv1_m0) + 2 * H, 5 * H, o, 9 * H, st);
+    linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.conv1_m0), 5 * H);
+    linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
@@ -846,6 +870,8 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
         d.norm_2 = upload_rms(s, b.norm_2, C);
         d.radial = upload_radial(s, b.radial);
         d.conv1_m0 = upload_linear(s, b.conv1_m0);
+        d.conv1_m0_gates = output_rows(d.conv1_m0, 0, 2 * w->H);
+        d.conv1_m0_rows = output_rows(d.conv1_m0, 2 * w->H, 3 * w->H);
         d.conv1_m1 = upload_linear(s, b.conv1_m1);
         d.conv1_m2 = upload_linear(s, b.conv1_m2);
         d.conv2_m0 = upload_linear(s, b.conv2_m0);

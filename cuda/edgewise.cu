@@ -13,7 +13,11 @@
  *     (grid-stride loop), node rows read coalesced over the channel;
  *   - scatters into node rows: 64-bit fixed-point atomics (cu_fixed_point: integer sums do not
  *     depend on their order, so every run gives the same bits), converted into the float rows
- *     once per chunk loop by cu_fixed_add;
+ *     once per chunk loop by cu_fixed_add. Sums into the targets go through a target_run: a
+ *     thread walks a fixed span of consecutive edges and adds them up in registers while their
+ *     target stays the same, with one atomic per row when it changes. Edges come sorted by
+ *     target (pair_umas, core/graph.c), so that is about one atomic per node and span instead
+ *     of one per edge; the spans are fixed, so the bits still do not change from run to run;
  *   - per-edge dot products over the channels (d_wigner, d_envelope): one block per edge,
  *     threads over the channels, a shuffle tree per warp then a sum over the (<= 8) warps.
  * The per-(edge, channel) math lives in __host__ __device__ functions so that it can be checked
@@ -70,6 +74,34 @@ HD void accumulate(unsigned long long *fixed, size_t i, float v) {
     fixed[i] += (unsigned long long)llrintf(v * CU_FIXED_ONE);
 #endif
 }
+
+/* Sums of consecutive edges into one target row, channel c of the 9 coefficients: add() while
+ * the row stays the same, flush() into the fixed-point rows when it changes and at the end. */
+struct target_run {
+    size_t row = (size_t)-1; /* fixed-point offset of the node row being summed; -1: none */
+    float sum[9];
+
+    HD void flush(int C, int c, unsigned long long *x_out) {
+        if (row == (size_t)-1)
+            return;
+#pragma unroll
+        for (int j = 0; j < 9; j++)
+            accumulate(x_out, row + (size_t)j * C + c, sum[j]);
+        row = (size_t)-1;
+    }
+    HD void add(size_t node_row, const float v[9], int C, int c, unsigned long long *x_out) {
+        if (node_row != row) {
+            flush(C, c, x_out);
+            row = node_row;
+#pragma unroll
+            for (int j = 0; j < 9; j++)
+                sum[j] = 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < 9; j++)
+            sum[j] += v[j];
+    }
+};
 
 /* The radial weight of position k = q C + c (q < 18, c < C) of an edge's [9][2C] M-order
  * features is radial[radial_row(q) C + c] (radial [12C]): rows 0..2 by [0, 6C), rows 3, 4 and
@@ -171,6 +203,29 @@ static int edge_threads(int C) {
 #define FLAT_LOOP(i, total)                                                                        \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                    \
          i += (size_t)gridDim.x * blockDim.x)
+
+/* Span-walking kernels: thread row y of a block takes RUN_EDGES consecutive edges at a time
+ * (a grid-stride loop over such spans, e0 its first edge), threads x over the channels. */
+#define RUN_EDGES 16
+
+#define SPAN_LOOP(e0, n)                                                                           \
+    for (long long e0 = ((long long)blockIdx.x * blockDim.y + threadIdx.y) * RUN_EDGES; e0 < (n);  \
+         e0 += (long long)gridDim.x * blockDim.y * RUN_EDGES)
+
+/* Their launch shape: x = C rounded up to warps (at most FLAT_THREADS), y = the rest. */
+struct span_launch {
+    dim3 threads;
+    unsigned blocks;
+    span_launch(int n, int C) {
+        int tx = (C + 31) / 32 * 32;
+        tx = tx > FLAT_THREADS ? FLAT_THREADS : tx;
+        int ty = FLAT_THREADS / tx;
+        size_t spans = ((size_t)n + RUN_EDGES - 1) / RUN_EDGES;
+        size_t b = (spans + ty - 1) / ty;
+        threads = dim3(tx, ty);
+        blocks = (unsigned)(b < (size_t)1 << 30 ? b : (size_t)1 << 30);
+    }
+};
 
 /* Block-wide sums of the per-thread values v[0..K) (blockDim.x a multiple of 32, at most
  * EDGE_THREADS_MAX): a shuffle tree within each warp, then a sum over the warps. Every thread
@@ -289,96 +344,52 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
 }
 
 /* ---------------------------------------------------------------------------------------------
- * gather_rotate_backward (core/edgewise.c gather_rotate_backward)
- * dy [n][9][2C] M-order. d_x[source] += D^T dy^L[:, 0:C], d_x[target] += D^T dy^L[:, C:2C]
- * (fixed point); d_wigner[e][i][j] += sum_c dy^L[i][c] x_s[j][c] + dy^L[i][C + c] x_t[j][c].
- * One block per edge, threads over the channels.
+ * gather_rotate_backward (core/edgewise.c gather_rotate_backward) and umas_fast_gpu's one-pass
+ * producer backward, one kernel:
+ *   dy [n][9][2C] M-order, the adjoint of the gathered rows (gather_rotate_backward) or of the
+ *   radially scaled ones (producer backward: u = D x and the scaled adjoint dy * radial then live
+ *   in registers only, re-gathered and rotated per (edge, channel); d_radial [n][12C] is
+ *   written, the uses of a slot summed in the same order as scale_by_radial_backward);
+ *   d_x[source] += D^T dy^L[:, 0:C], d_x[target] += D^T dy^L[:, C:2C] (fixed point);
+ *   d_wigner[e][i][j] += sum_c dy^L[i][c] x_s[j][c] + dy^L[i][C + c] x_t[j][c].
+ * A block walks PRODUCER_EDGES consecutive edges, threads over the channels; per edge a block
+ * sum gives d_wigner. With one channel per thread the target rows are summed in a target_run;
+ * the sources (in no order) take their atomics per edge. Both variants do the same products
+ * and sums in the same order, so the one-pass backward equals the three kernels bit for bit.
  * ------------------------------------------------------------------------------------------- */
 
-/* Channel c's part of a gather's adjoint, given the L-order adjoints dys, dyt of the rotated
- * source and target columns xs, xt (rows s, t of x): d_x[s] += D^T dys, d_x[t] += D^T dyt
- * (fixed point), acc (the 34 Wigner entries) += dys xs^T + dyt xt^T. */
-HD void scatter_gather_adjoint(const float W[34], const float dys[9], const float dyt[9],
-                               const float xs[9], const float xt[9], size_t s, size_t t, int C,
-                               int c, unsigned long long *d_x, float acc[34]) {
-    float ds[9], dt[9];
+#define PRODUCER_EDGES 8
+
+/* The adjoint of one gathered channel, given the L-order adjoints dys, dyt of the rotated
+ * source and target columns xs, xt: ds = D^T dys, dt = D^T dyt (into the node rows),
+ * acc (the 34 Wigner entries) += dys xs^T + dyt xt^T. */
+HD void gather_adjoint(const float W[34], const float dys[9], const float dyt[9], const float xs[9],
+                       const float xt[9], float ds[9], float dt[9], float acc[34]) {
     rotate_transpose(W, dys, ds);
     rotate_transpose(W, dyt, dt);
-#pragma unroll
-    for (int j = 0; j < 9; j++) {
-        accumulate(d_x, s + (size_t)j * C + c, ds[j]);
-        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
-    }
     outer_accumulate(dys, xs, acc);
     outer_accumulate(dyt, xt, acc);
 }
 
-/* Channel c of edge e: scatters d_x, adds the 34 dot-product terms into acc. */
-HD void gather_rotate_backward_one(int e, int c, const int *source, const int *target,
-                                   const cu_wigner *wigner, int C, const float *x, const float *dy,
-                                   unsigned long long *d_x, float acc[34]) {
-    float W[34], xs[9], xt[9], dys[9], dyt[9];
-    load_wigner(&wigner[e], W);
-    size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
-    load_column(x + s, C, c, xs);
-    load_column(x + t, C, c, xt);
+/* Channel c of edge e: the L-order adjoints dys, dyt of its gathered source and target columns.
+ * Without radial (gather_rotate_backward) they are dy as it is; with it (the producer backward)
+ * dy * radial, and d_radial[e] (channel c) is written from dy and u = D x. */
+HD void gathered_adjoint(int e, int c, const float W[34], const float xs[9], const float xt[9],
+                         int C, const float *radial, const float *dy, float *d_radial, float dys[9],
+                         float dyt[9]) {
     const float *dye = dy + (size_t)e * 18 * C;
+    if (!radial) {
 #pragma unroll
-    for (int p = 0; p < 9; p++) { /* M -> L */
-        dys[m_to_l(p)] = dye[(size_t)p * 2 * C + c];
-        dyt[m_to_l(p)] = dye[(size_t)p * 2 * C + C + c];
-    }
-    scatter_gather_adjoint(W, dys, dyt, xs, xt, s, t, C, c, d_x, acc);
-}
-
-__global__ void gather_rotate_backward_kernel(const int *source, const int *target,
-                                              const cu_wigner *wigner, int C, const float *x,
-                                              const float *dy, unsigned long long *d_x,
-                                              cu_wigner *d_wigner) {
-    __shared__ float total[34];
-    int e = blockIdx.x;
-    float acc[34];
-#pragma unroll
-    for (int k = 0; k < 34; k++)
-        acc[k] = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        gather_rotate_backward_one(e, c, source, target, wigner, C, x, dy, d_x, acc);
-    block_sum<34>(acc, total);
-    if (threadIdx.x < 34)
-        ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
-}
-
-void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
-                               int C, const float *x, const float *dy, unsigned long long *d_x,
-                               cu_wigner *d_wigner, cudaStream_t stream) {
-    if (n <= 0 || C <= 0)
+        for (int p = 0; p < 9; p++) { /* M -> L */
+            dys[m_to_l(p)] = dye[(size_t)p * 2 * C + c];
+            dyt[m_to_l(p)] = dye[(size_t)p * 2 * C + C + c];
+        }
         return;
-    gather_rotate_backward_kernel<<<n, edge_threads(C), 0, stream>>>(source, target, wigner, C, x,
-                                                                     dy, d_x, d_wigner);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * umas_fast_gpu: the backward of the whole producer (gather, rotate, radial scaling) in one pass.
- * Equals gather_rotate (unscaled u), scale_by_radial_backward and gather_rotate_backward in a
- * row, but u and the scaled adjoint live in registers only: per (edge, channel) it re-gathers
- * x[source], x[target], rotates them (u), reads dy (the adjoint of the scaled y, M-order
- * [n][9][2C], not modified), writes d_radial [n][12C] (overwrite; the uses of a slot summed in
- * the same order as scale_by_radial_backward) and scatters D^T (dy * radial) into d_x (fixed
- * point), with d_wigner[e] += <(dy * radial)^L, x>. One block per edge, threads over channels.
- * ------------------------------------------------------------------------------------------- */
-
-HD void producer_backward_one(int e, int c, const int *source, const int *target,
-                              const cu_wigner *wigner, int C, const float *x, const float *radial,
-                              const float *dy, float *d_radial, unsigned long long *d_x,
-                              float acc[34]) {
-    float W[34], xs[9], xt[9], us[9], ut[9], dys[9], dyt[9], dr[12];
-    load_wigner(&wigner[e], W);
-    size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
-    load_column(x + s, C, c, xs);
-    load_column(x + t, C, c, xt);
+    }
+    float us[9], ut[9], dr[12];
     rotate(W, xs, us);
     rotate(W, xt, ut);
-    const float *dye = dy + (size_t)e * 18 * C, *re = radial + (size_t)e * 12 * C;
+    const float *re = radial + (size_t)e * 12 * C;
 #pragma unroll
     for (int j = 0; j < 12; j++)
         dr[j] = 0.0f;
@@ -395,34 +406,78 @@ HD void producer_backward_one(int e, int c, const int *source, const int *target
 #pragma unroll
     for (int j = 0; j < 12; j++)
         dre[(size_t)j * C + c] = dr[j];
-    scatter_gather_adjoint(W, dys, dyt, xs, xt, s, t, C, c, d_x, acc);
 }
 
-__global__ void producer_backward_kernel(const int *source, const int *target,
-                                         const cu_wigner *wigner, int C, const float *x,
-                                         const float *radial, const float *dy, float *d_radial,
-                                         unsigned long long *d_x, cu_wigner *d_wigner) {
+/* radial null: gather_rotate_backward; else the producer backward (d_radial written). */
+__global__ void gather_backward_kernel(int n, const int *source, const int *target,
+                                       const cu_wigner *wigner, int C, const float *x,
+                                       const float *radial, const float *dy, float *d_radial,
+                                       unsigned long long *d_x, cu_wigner *d_wigner) {
     __shared__ float total[34];
-    int e = blockIdx.x;
-    float acc[34];
+    const bool one_channel = C <= (int)blockDim.x; /* then the target rows go through a run */
+    target_run run;
+    for (long long e0 = (long long)blockIdx.x * PRODUCER_EDGES; e0 < n;
+         e0 += (long long)gridDim.x * PRODUCER_EDGES) {
+        int end = n - e0 < PRODUCER_EDGES ? n : (int)e0 + PRODUCER_EDGES;
+        for (int e = (int)e0; e < end; e++) {
+            float acc[34];
 #pragma unroll
-    for (int k = 0; k < 34; k++)
-        acc[k] = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        producer_backward_one(e, c, source, target, wigner, C, x, radial, dy, d_radial, d_x, acc);
-    block_sum<34>(acc, total);
-    if (threadIdx.x < 34)
-        ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
+            for (int k = 0; k < 34; k++)
+                acc[k] = 0.0f;
+            size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
+            for (int c = threadIdx.x; c < C; c += blockDim.x) {
+                float W[34], xs[9], xt[9], dys[9], dyt[9], ds[9], dt[9];
+                load_wigner(&wigner[e], W);
+                load_column(x + s, C, c, xs);
+                load_column(x + t, C, c, xt);
+                gathered_adjoint(e, c, W, xs, xt, C, radial, dy, d_radial, dys, dyt);
+                gather_adjoint(W, dys, dyt, xs, xt, ds, dt, acc);
+#pragma unroll
+                for (int j = 0; j < 9; j++)
+                    accumulate(d_x, s + (size_t)j * C + c, ds[j]);
+                if (one_channel) {
+                    run.add(t, dt, C, c, d_x);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 9; j++)
+                        accumulate(d_x, t + (size_t)j * C + c, dt[j]);
+                }
+            }
+            block_sum<34>(acc, total);
+            if (threadIdx.x < 34)
+                ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
+        }
+    }
+    if (one_channel && (int)threadIdx.x < C)
+        run.flush(C, threadIdx.x, d_x);
+}
+
+static void launch_gather_backward(int n, const int *source, const int *target,
+                                   const cu_wigner *wigner, int C, const float *x,
+                                   const float *radial, const float *dy, float *d_radial,
+                                   unsigned long long *d_x, cu_wigner *d_wigner,
+                                   cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    size_t spans = ((size_t)n + PRODUCER_EDGES - 1) / PRODUCER_EDGES;
+    unsigned blocks = (unsigned)(spans < (size_t)1 << 30 ? spans : (size_t)1 << 30);
+    gather_backward_kernel<<<blocks, edge_threads(C), 0, stream>>>(
+        n, source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner);
+}
+
+void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
+                               int C, const float *x, const float *dy, unsigned long long *d_x,
+                               cu_wigner *d_wigner, cudaStream_t stream) {
+    launch_gather_backward(n, source, target, wigner, C, x, nullptr, dy, nullptr, d_x, d_wigner,
+                           stream);
 }
 
 void cu_producer_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
                           int C, const float *x, const float *radial, const float *dy,
                           float *d_radial, unsigned long long *d_x, cu_wigner *d_wigner,
                           cudaStream_t stream) {
-    if (n <= 0 || C <= 0)
-        return;
-    producer_backward_kernel<<<n, edge_threads(C), 0, stream>>>(
-        source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner);
+    launch_gather_backward(n, source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner,
+                           stream);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -466,27 +521,6 @@ void cu_scale_by_radial_backward(int n, int C, const float *radial, const float 
         return;
     scale_by_radial_backward_kernel<<<flat_blocks((size_t)n * 12 * C), FLAT_THREADS, 0, stream>>>(
         n, C, radial, unscaled, dy, d_radial);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * copy_rows (the memcpy of conv1's m = 0 outputs in core/edgewise.c edgewise_messages)
- * dst[r][0:cols] = src[r][0:cols], row strides ld_src, ld_dst.
- * ------------------------------------------------------------------------------------------- */
-
-__global__ void copy_rows_kernel(int rows, int cols, const float *src, int ld_src, float *dst,
-                                 int ld_dst) {
-    FLAT_LOOP(i, (size_t)rows * cols) {
-        size_t r = i / cols, k = i % cols;
-        dst[r * ld_dst + k] = src[r * ld_src + k];
-    }
-}
-
-void cu_copy_rows(int rows, int cols, const float *src, int ld_src, float *dst, int ld_dst,
-                  cudaStream_t stream) {
-    if (rows <= 0 || cols <= 0)
-        return;
-    copy_rows_kernel<<<flat_blocks((size_t)rows * cols), FLAT_THREADS, 0, stream>>>(
-        rows, cols, src, ld_src, dst, ld_dst);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -630,31 +664,41 @@ void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float
 /* ---------------------------------------------------------------------------------------------
  * rotate_back_scatter (core/edgewise.c rotate_back_scatter)
  * x_out[target[e]][j][c] += env[e] sum_i D[i][j] z^L[i][c] (fixed point); z [n][9][C] M-order,
- * x_out [N][9][C]. One thread per (edge, channel), 9 atomics each.
+ * x_out [N][9][C]. Thread (x, y) walks a span of RUN_EDGES edges for channels x, x + blockDim.x,
+ * ..., summing each run of equal targets before its atomics (target_run).
  * ------------------------------------------------------------------------------------------- */
 
-HD void rotate_back_scatter_one(int e, int c, const int *target, const cu_wigner *wigner,
-                                const float *envelope, int C, const float *z,
-                                unsigned long long *x_out) {
-    float W[34], zl[9], out[9];
+/* Channel c of edge e's message, rotated back and enveloped: out[j] = env sum_i D[i][j] z^L[i]. */
+HD void rotate_back_one(int e, int c, const cu_wigner *wigner, const float *envelope, int C,
+                        const float *z, float out[9]) {
+    float W[34], zl[9], back[9];
     load_wigner(&wigner[e], W);
     const float *ze = z + (size_t)e * 9 * C;
 #pragma unroll
     for (int p = 0; p < 9; p++) /* M -> L */
         zl[m_to_l(p)] = ze[(size_t)p * C + c];
-    rotate_transpose(W, zl, out);
+    rotate_transpose(W, zl, back);
     float env = envelope[e];
-    size_t row = (size_t)target[e] * 9 * C;
 #pragma unroll
     for (int j = 0; j < 9; j++)
-        accumulate(x_out, row + (size_t)j * C + c, env * out[j]);
+        out[j] = env * back[j];
 }
 
 __global__ void rotate_back_scatter_kernel(int n, const int *target, const cu_wigner *wigner,
                                            const float *envelope, int C, const float *z,
                                            unsigned long long *x_out) {
-    FLAT_LOOP(i, (size_t)n * C)
-    rotate_back_scatter_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, z, x_out);
+    SPAN_LOOP(e0, n) {
+        int end = n - e0 < RUN_EDGES ? n : (int)e0 + RUN_EDGES;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            target_run run;
+            for (int e = (int)e0; e < end; e++) {
+                float out[9];
+                rotate_back_one(e, c, wigner, envelope, C, z, out);
+                run.add((size_t)target[e] * 9 * C, out, C, c, x_out);
+            }
+            run.flush(C, c, x_out);
+        }
+    }
 }
 
 void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
@@ -662,8 +706,9 @@ void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
                             cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
-    rotate_back_scatter_kernel<<<flat_blocks((size_t)n * C), FLAT_THREADS, 0, stream>>>(
-        n, target, wigner, envelope, C, z, x_out);
+    span_launch launch(n, C);
+    rotate_back_scatter_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, target, wigner,
+                                                                             envelope, C, z, x_out);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -739,32 +784,40 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
  * edge_degree_forward (core/edgewise.c umas_edge_degree_forward)
  * x_out[target[e]] += (env / 5) rho[l] (x) (m = 0 row of D^l), rho = radial [n][3C]:
  * row 0 += a rho0, rows 1 + j += a D^1[1][j] rho1, rows 4 + j += a D^2[2][j] rho2 (fixed
- * point).
- * One thread per (edge, channel).
+ * point). Spans of edges with target runs, as rotate_back_scatter.
  * ------------------------------------------------------------------------------------------- */
 
-HD void edge_degree_forward_one(int e, int c, const int *target, const cu_wigner *wigner,
-                                const float *envelope, int C, const float *radial,
-                                unsigned long long *x_out) {
+/* Channel c of edge e's embedding term, the 9 coefficients of its target row. */
+HD void edge_degree_one(int e, int c, const cu_wigner *wigner, const float *envelope, int C,
+                        const float *radial, float out[9]) {
     const float *W = (const float *)&wigner[e];
     const float *rho = radial + (size_t)e * 3 * C;
     float a = envelope[e] / 5.0f; /* fairchem's rescale factor 5 */
     float r0 = rho[c], r1 = rho[C + c], r2 = rho[2 * C + c];
-    size_t row = (size_t)target[e] * 9 * C;
-    accumulate(x_out, row + c, a * r0);
+    out[0] = a * r0;
 #pragma unroll
     for (int j = 0; j < 3; j++)
-        accumulate(x_out, row + (size_t)(1 + j) * C + c, a * W[W_L1_M0 + j] * r1);
+        out[1 + j] = a * W[W_L1_M0 + j] * r1;
 #pragma unroll
     for (int j = 0; j < 5; j++)
-        accumulate(x_out, row + (size_t)(4 + j) * C + c, a * W[W_L2_M0 + j] * r2);
+        out[4 + j] = a * W[W_L2_M0 + j] * r2;
 }
 
 __global__ void edge_degree_forward_kernel(int n, const int *target, const cu_wigner *wigner,
                                            const float *envelope, int C, const float *radial,
                                            unsigned long long *x_out) {
-    FLAT_LOOP(i, (size_t)n * C)
-    edge_degree_forward_one((int)(i / C), (int)(i % C), target, wigner, envelope, C, radial, x_out);
+    SPAN_LOOP(e0, n) {
+        int end = n - e0 < RUN_EDGES ? n : (int)e0 + RUN_EDGES;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            target_run run;
+            for (int e = (int)e0; e < end; e++) {
+                float out[9];
+                edge_degree_one(e, c, wigner, envelope, C, radial, out);
+                run.add((size_t)target[e] * 9 * C, out, C, c, x_out);
+            }
+            run.flush(C, c, x_out);
+        }
+    }
 }
 
 void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
@@ -772,7 +825,8 @@ void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
                             unsigned long long *x_out, cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
-    edge_degree_forward_kernel<<<flat_blocks((size_t)n * C), FLAT_THREADS, 0, stream>>>(
+    span_launch launch(n, C);
+    edge_degree_forward_kernel<<<launch.blocks, launch.threads, 0, stream>>>(
         n, target, wigner, envelope, C, radial, x_out);
 }
 

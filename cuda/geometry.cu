@@ -130,14 +130,14 @@ __device__ static void row_statistics(const float *row, int n, int lane, double 
  * (ROW_THREADS / 32 rows per block, grid-stride over the rows); lane handles the elements
  * lane, lane + 32, ... of its row (consecutive lanes read consecutive floats). */
 static __global__ void layer_norm_silu_kernel(int rows, int n, const float *__restrict__ in,
-                                              const float *__restrict__ weight,
+                                              size_t ld_in, const float *__restrict__ weight,
                                               const float *__restrict__ bias,
                                               float *__restrict__ out) {
     const int lane = threadIdx.x & 31;
     const size_t warps_per_block = blockDim.x >> 5;
     for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
          row += gridDim.x * warps_per_block) { /* the same for all lanes of a warp */
-        const float *x = in + row * n;
+        const float *x = in + row * ld_in;
         float *y = out + row * n;
         double mean, inv_std;
         row_statistics(x, n, lane, &mean, &inv_std);
@@ -146,22 +146,21 @@ static __global__ void layer_norm_silu_kernel(int rows, int n, const float *__re
     }
 }
 
-void cu_layer_norm_silu(int rows, int n, const float *in, const float *weight, const float *bias,
-                        float *out, cudaStream_t stream) {
+void cu_layer_norm_silu(int rows, int n, const float *in, int ld_in, const float *weight,
+                        const float *bias, float *out, cudaStream_t stream) {
     if (rows <= 0 || n <= 0)
         return;
     layer_norm_silu_kernel<<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0, stream>>>(
-        rows, n, in, weight, bias, out);
+        rows, n, in, (size_t)ld_in, weight, bias, out);
 }
 
 /* core/nn.c norm_silu_backward: with y = LayerNorm(x), g = weight * d_out * SiLU'(y),
- * x_hat = (x - mean) s: d_in = s (g - mean(g) - x_hat mean(g x_hat)); in, d_out, d_in
- * [rows][n]. One warp per row as in the forward. d_in may alias d_out: element i of a row is
- * read and written only by lane i % 32 (every pass uses i = lane, lane + 32, ...), which reads
- * its d_out[i] for the sums before it writes d_in[i] in the last pass (so d_out and d_in are
- * not __restrict__). */
-static __global__ void layer_norm_silu_backward_kernel(int rows, int n,
-                                                       const float *__restrict__ in,
+ * x_hat = (x - mean) s: d_in = s (g - mean(g) - x_hat mean(g x_hat)); d_out [rows][n], in and
+ * d_in rows of n with stride ld. One warp per row as in the forward. d_in may alias d_out (then
+ * ld = n) or in: element i of a row is read and written only by lane i % 32 (every pass uses
+ * i = lane, lane + 32, ...), which reads its in[i] and d_out[i] before it writes d_in[i] in the
+ * last pass (so in, d_out and d_in are not __restrict__). */
+static __global__ void layer_norm_silu_backward_kernel(int rows, int n, const float *in, size_t ld,
                                                        const float *__restrict__ weight,
                                                        const float *__restrict__ bias,
                                                        const float *d_out, float *d_in) {
@@ -169,9 +168,9 @@ static __global__ void layer_norm_silu_backward_kernel(int rows, int n,
     const size_t warps_per_block = blockDim.x >> 5;
     for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
          row += gridDim.x * warps_per_block) { /* the same for all lanes of a warp */
-        const float *x = in + row * n;
+        const float *x = in + row * ld;
         const float *dy = d_out + row * n;
-        float *dx = d_in + row * n;
+        float *dx = d_in + row * ld;
         double mean, inv_std;
         row_statistics(x, n, lane, &mean, &inv_std);
         double sums[2] = {0.0, 0.0}; /* sum g, sum g x_hat */
@@ -193,13 +192,13 @@ static __global__ void layer_norm_silu_backward_kernel(int rows, int n,
     }
 }
 
-void cu_layer_norm_silu_backward(int rows, int n, const float *in, const float *weight,
+void cu_layer_norm_silu_backward(int rows, int n, const float *in, int ld, const float *weight,
                                  const float *bias, const float *d_out, float *d_in,
                                  cudaStream_t stream) {
     if (rows <= 0 || n <= 0)
         return;
     layer_norm_silu_backward_kernel<<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0,
-                                      stream>>>(rows, n, in, weight, bias, d_out, d_in);
+                                      stream>>>(rows, n, in, (size_t)ld, weight, bias, d_out, d_in);
 }
 
 /* core/radial.c umas_gaussian_backward for n edges: d_distance[e] +=

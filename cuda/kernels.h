@@ -42,13 +42,13 @@ void cu_radial_input(int n, const int *source, const int *target, const int *ato
                      const float *source_embedding, const float *target_embedding, int Ce,
                      float *out, cudaStream_t stream);
 
-/* out[rows][n] = SiLU(LayerNorm(in)) (core/nn.c norm_silu; eps 1e-5, biased variance). out may
- * not alias in. */
-void cu_layer_norm_silu(int rows, int n, const float *in, const float *weight, const float *bias,
-                        float *out, cudaStream_t stream);
-/* d_in[rows][n] from in (the LayerNorm input) and d_out (core/nn.c norm_silu_backward).
- * d_in may alias d_out. */
-void cu_layer_norm_silu_backward(int rows, int n, const float *in, const float *weight,
+/* out[rows][n] = SiLU(LayerNorm(in)) (core/nn.c norm_silu; eps 1e-5, biased variance); in rows
+ * of n with stride ld_in. out may not alias in. */
+void cu_layer_norm_silu(int rows, int n, const float *in, int ld_in, const float *weight,
+                        const float *bias, float *out, cudaStream_t stream);
+/* d_in from in (the LayerNorm input) and d_out [rows][n] (core/nn.c norm_silu_backward); in and
+ * d_in rows of n with stride ld. d_in may alias d_out (ld = n) or in. */
+void cu_layer_norm_silu_backward(int rows, int n, const float *in, int ld, const float *weight,
                                  const float *bias, const float *d_out, float *d_in,
                                  cudaStream_t stream);
 
@@ -96,10 +96,6 @@ void cu_producer_backward(int n, const int *source, const int *target, const cu_
  * dy *= radial. */
 void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,
                                  float *dy, float *d_radial, cudaStream_t stream);
-
-/* dst[r][0:cols] = src[r][0:cols] with row strides ld_src, ld_dst (for the conv1 m = 0 copy). */
-void cu_copy_rows(int rows, int cols, const float *src, int ld_src, float *dst, int ld_dst,
-                  cudaStream_t stream);
 
 /* so2_m_forward's combine: out_r[e][k] = pr[e][k] - pi[e][half + k],
  * out_i[e][k] = pr[e][half + k] + pi[e][k]; pr, pi [n][2 half]; out rows stride ldo. */

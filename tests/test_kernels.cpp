@@ -227,17 +227,21 @@ double orthogonality_error(const double *M, int n) {
     return worst;
 }
 
+// A test graph's size. by_target: the edges sorted by target, as pair_umas and core/graph.c
+// give them (the node sums then take long runs of equal targets); else in random order.
 struct Size {
     int N, E, C;
+    bool by_target = false;
 };
 
 std::string size_label(const ::testing::TestParamInfo<Size> &info) {
     const Size &s = info.param;
-    return "N" + std::to_string(s.N) + "_E" + std::to_string(s.E) + "_C" + std::to_string(s.C);
+    return "N" + std::to_string(s.N) + "_E" + std::to_string(s.E) + "_C" + std::to_string(s.C) +
+           (s.by_target ? "_by_target" : "");
 }
 
 void PrintTo(const Size &s, std::ostream *os) {
-    *os << "N=" << s.N << " E=" << s.E << " C=" << s.C;
+    *os << "N=" << s.N << " E=" << s.E << " C=" << s.C << (s.by_target ? " sorted by target" : "");
 }
 
 // A random graph with its edge geometry: float32 values for the GPU, the same values widened to
@@ -268,12 +272,18 @@ Graph random_graph(const Size &size, std::mt19937 &rng) {
     std::uniform_int_distribution<int> node(0, g.N - 1);
     std::uniform_real_distribution<double> cube(-1.0, 1.0);
     const double axes[6][3] = {{1, 0, 0}, {-1, 0, 0}, {0, 1, 0}, {0, -1, 0}, {0, 0, 1}, {0, 0, -1}};
-    for (int e = 0; e < g.E; e++) {
-        int s = node(rng), t = node(rng);
+    std::vector<std::pair<int, int>> ends(g.E); // (target, source)
+    for (auto &[t, s] : ends) {
+        s = node(rng), t = node(rng);
         while (t == s)
             t = node(rng);
-        g.source.push_back(s);
-        g.target.push_back(t);
+    }
+    if (size.by_target)
+        std::stable_sort(ends.begin(), ends.end(),
+                         [](const auto &a, const auto &b) { return a.first < b.first; });
+    for (int e = 0; e < g.E; e++) {
+        g.source.push_back(ends[e].second);
+        g.target.push_back(ends[e].first);
 
         double u[3], norm = 0;
         if (e < 6) { // the coordinate axes, where the edge frame's choice of axis switches
@@ -782,11 +792,14 @@ TEST_P(EdgeKernels, EdgeDegreeBackwardEqualsCpuPerLBlock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, EdgeKernels,
-                         ::testing::Values(Size{100, 3000, 128}, // the seed's size
-                                           Size{5, 10, 128},     // tiny graph
-                                           Size{100, 3000, 256}, // wide features
-                                           Size{5, 10, 7},       // a partial warp
-                                           Size{50, 500, 320}),  // C > threads per edge block
+                         ::testing::Values(Size{100, 3000, 128},       // the seed's size
+                                           Size{100, 3000, 128, true}, // as LAMMPS orders them
+                                           Size{5, 10, 128},           // tiny graph
+                                           Size{100, 3000, 256},       // wide features
+                                           Size{5, 10, 7},             // a partial warp
+                                           Size{50, 500, 320},         // C > threads per edge block
+                                           Size{50, 500, 320, true},
+                                           Size{3, 1000, 7, true}), // runs over many spans
                          size_label);
 
 // ---------------------------------------------------------------------------------------------
@@ -872,7 +885,7 @@ TEST_P(NormSiluKernels, ForwardEqualsCpuNormSilu) {
     for (auto &run : runs) {
         DeviceArray<float> y(size()); // overwritten
         y.fill_bytes(nan_bytes);
-        cu_layer_norm_silu(rows, n, dx.get(), dweight.get(), dbias.get(), y.get(), 0);
+        cu_layer_norm_silu(rows, n, dx.get(), n, dweight.get(), dbias.get(), y.get(), 0);
         finish("cu_layer_norm_silu");
         run = y.download();
     }
@@ -891,7 +904,7 @@ TEST_P(NormSiluKernels, BackwardEqualsCpuNormSiluBackwardAlsoInPlace) {
     for (auto &run : runs) {
         DeviceArray<float> d_in(size()); // overwritten
         d_in.fill_bytes(nan_bytes);
-        cu_layer_norm_silu_backward(rows, n, dx.get(), dweight.get(), dbias.get(), dd_out.get(),
+        cu_layer_norm_silu_backward(rows, n, dx.get(), n, dweight.get(), dbias.get(), dd_out.get(),
                                     d_in.get(), 0);
         finish("cu_layer_norm_silu_backward");
         run = d_in.download();
@@ -903,13 +916,51 @@ TEST_P(NormSiluKernels, BackwardEqualsCpuNormSiluBackwardAlsoInPlace) {
 
     // in place: d_in = d_out, as umas_fast_gpu calls it; the same bits as the separate output
     DeviceArray<float> in_place(d_out);
-    cu_layer_norm_silu_backward(rows, n, dx.get(), dweight.get(), dbias.get(), in_place.get(),
+    cu_layer_norm_silu_backward(rows, n, dx.get(), n, dweight.get(), dbias.get(), in_place.get(),
                                 in_place.get(), 0);
     finish("cu_layer_norm_silu_backward (d_in = d_out)");
     std::vector<float> in_place_gpu = in_place.download();
     check("layer_norm_silu_backward_in_place", overall(d_in_ref, in_place_gpu), Bound::relative);
     EXPECT_TRUE(same_bits(in_place_gpu, runs[0]))
         << "in place (d_in = d_out) differs from the separate output";
+}
+
+// umas_fast's radial MLP reads its LayerNorm input in place, as one block's slice of the unified
+// first layer (rows of n with a longer stride), and writes the adjoint back over it: the same
+// bits as the contiguous calls, and nothing between the slices touched.
+TEST_P(NormSiluKernels, StridedInputAndInPlaceAdjointGiveTheSameBits) {
+    const int ld = n + 5;
+    const float guard = -7.25f;
+    std::vector<float> strided((size_t)rows * ld, guard); // [rows][ld], x in the first n
+    for (int r = 0; r < rows; r++)
+        std::copy(x.begin() + (size_t)r * n, x.begin() + (size_t)(r + 1) * n,
+                  strided.begin() + (size_t)r * ld);
+    std::vector<float> d_out = random_values(rng, size());
+    DeviceArray<float> dx(x), dweight(p.weight), dbias(p.bias), dd_out(d_out);
+    DeviceArray<float> y(size()), d_in(size());
+    cu_layer_norm_silu(rows, n, dx.get(), n, dweight.get(), dbias.get(), y.get(), 0);
+    cu_layer_norm_silu_backward(rows, n, dx.get(), n, dweight.get(), dbias.get(), dd_out.get(),
+                                d_in.get(), 0);
+    finish("contiguous LayerNorm+SiLU");
+
+    DeviceArray<float> dstrided(strided), y_strided(size());
+    cu_layer_norm_silu(rows, n, dstrided.get(), ld, dweight.get(), dbias.get(), y_strided.get(), 0);
+    cu_layer_norm_silu_backward(rows, n, dstrided.get(), ld, dweight.get(), dbias.get(),
+                                dd_out.get(), dstrided.get(), 0);
+    finish("strided LayerNorm+SiLU, adjoint over its input");
+    EXPECT_TRUE(same_bits(y_strided.download(), y.download()));
+    std::vector<float> back = dstrided.download(), expected = d_in.download();
+    bool same = true, guards = true;
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < ld; k++) {
+            float v = back[(size_t)r * ld + k];
+            if (k < n)
+                same = same && std::memcmp(&v, &expected[(size_t)r * n + k], sizeof v) == 0;
+            else
+                guards = guards && v == guard;
+        }
+    EXPECT_TRUE(same) << "the in-place adjoint differs from the contiguous one";
+    EXPECT_TRUE(guards) << "a value between the rows was written";
 }
 
 // rows = 0: nothing is launched and nothing is written.
@@ -920,9 +971,10 @@ TEST(NormSiluKernelsEmpty, ZeroRowsIsANoOp) {
     std::mt19937 rng{20240613};
     std::vector<float> values = random_values(rng, n);
     DeviceArray<float> in(values), weight(values), bias(values), out(values);
-    cu_layer_norm_silu(0, n, in.get(), weight.get(), bias.get(), out.get(), 0);
+    cu_layer_norm_silu(0, n, in.get(), n, weight.get(), bias.get(), out.get(), 0);
     finish("cu_layer_norm_silu (rows = 0)");
-    cu_layer_norm_silu_backward(0, n, in.get(), weight.get(), bias.get(), in.get(), out.get(), 0);
+    cu_layer_norm_silu_backward(0, n, in.get(), n, weight.get(), bias.get(), in.get(), out.get(),
+                                0);
     finish("cu_layer_norm_silu_backward (rows = 0)");
     EXPECT_TRUE(same_bits(out.download(), values)) << "rows = 0 wrote to the output";
 }
