@@ -227,20 +227,69 @@ struct span_launch {
     }
 };
 
+/* One halving step of warp_sum_scatter: lanes L and L ^ half pair up; the lane whose `half` bit
+ * is clear keeps values [0, half) of v, the other keeps [half, 2 half), and each adds in its
+ * partner's copy of the half it keeps. On return v[0..half) holds the kept half. */
+template <int half> __device__ __forceinline__ void halve(float *v, int lane) {
+    const bool upper = lane & half;
+#pragma unroll
+    for (int i = 0; i < half; i++) {
+        float keep = upper ? v[half + i] : v[i], send = upper ? v[i] : v[half + i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, half);
+    }
+}
+
+/* Sums over the 32 lanes of a warp, K >= 32 values per lane: on return v[0] of lane L holds the
+ * sum of value L (L < 32) and v[32..K) of every lane the sums of values 32..K-1. The first 32
+ * values take a reduce-scatter (each step sends half of what is left: 16 + 8 + 4 + 2 + 1
+ * shuffles in all, against 32 x 5 for a shuffle tree per value), the rest a shuffle tree each.
+ * The order of the additions is fixed, so the sums are the same bits in every run. */
+template <int K> __device__ void warp_sum_scatter(float (&v)[K], int lane) {
+    static_assert(K >= 32, "warp_sum_scatter needs a value per lane");
+#pragma unroll
+    for (int k = 32; k < K; k++)
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2)
+            v[k] += __shfl_xor_sync(0xffffffffu, v[k], offset);
+    halve<16>(v, lane); /* all unrolled: v stays in registers */
+    halve<8>(v, lane);
+    halve<4>(v, lane);
+    halve<2>(v, lane);
+    halve<1>(v, lane);
+}
+
+/* After warp_sum_scatter: the sum of value 32 + lane (lane < K - 32), from v[32..K). */
+template <int K> __device__ float tail_sum(const float (&v)[K], int lane) {
+    float mine = 0.0f;
+#pragma unroll
+    for (int k = 32; k < K; k++)
+        if (lane == k - 32)
+            mine = v[k];
+    return mine;
+}
+
 /* Block-wide sums of the per-thread values v[0..K) (blockDim.x a multiple of 32, at most
- * EDGE_THREADS_MAX): a shuffle tree within each warp, then a sum over the warps. Every thread
- * of the block must call it; on return total[0..K) (shared) holds the sums. */
+ * EDGE_THREADS_MAX): sums within each warp, then over the warps. Every thread of the block must
+ * call it; on return total[0..K) (shared) holds the sums. K >= 32: lane L of each warp ends up
+ * with value L (warp_sum_scatter); K < 32: a shuffle tree per value. */
 template <int K> __device__ void block_sum(float (&v)[K], float *total) {
     __shared__ float warp_sums[EDGE_THREADS_MAX / 32][K];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    if constexpr (K >= 32) {
+        warp_sum_scatter<K>(v, lane);
+        warp_sums[warp][lane] = v[0];
+        if (lane < K - 32)
+            warp_sums[warp][32 + lane] = tail_sum(v, lane);
+    } else {
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-        float s = v[k];
+        for (int k = 0; k < K; k++) {
+            float s = v[k];
 #pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2)
-            s += __shfl_xor_sync(0xffffffffu, s, offset);
-        if (lane == 0)
-            warp_sums[warp][k] = s;
+            for (int offset = 16; offset > 0; offset /= 2)
+                s += __shfl_xor_sync(0xffffffffu, s, offset);
+            if (lane == 0)
+                warp_sums[warp][k] = s;
+        }
     }
     __syncthreads();
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
@@ -717,7 +766,7 @@ void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
  *   dz[e][p][c] = env (D a)[m_to_l(p)][c]                    (overwrite)
  *   d_wigner[e][i][j] += env sum_c z^L[i][c] a[j][c]
  *   d_envelope[e]     += sum_c sum_i z^L[i][c] (D a)[i][c]
- * One block per edge, threads over the channels.
+ * One warp per edge, lanes over the channels.
  * ------------------------------------------------------------------------------------------- */
 
 /* Channel c of edge e: writes dz, adds <z^L[i], a[j]> into acc[0..34), <z^L, D a> into acc[34]. */
@@ -744,29 +793,38 @@ HD void rotate_back_backward_one(int e, int c, const int *target, const cu_wigne
 }
 
 /* Entry k < 35 of the edge's sums over the channels (as acc) into d_wigner[e] / d_envelope[e]. */
-HD void rotate_back_backward_finish(int e, int k, const float *envelope, const float total[35],
+HD void rotate_back_backward_finish(int e, int k, const float *envelope, float total,
                                     cu_wigner *d_wigner, float *d_envelope) {
     if (k < 34)
-        ((float *)&d_wigner[e])[k] += envelope[e] * total[k];
+        ((float *)&d_wigner[e])[k] += envelope[e] * total;
     else
-        d_envelope[e] += total[34];
+        d_envelope[e] += total;
 }
 
-__global__ void rotate_back_backward_kernel(const int *target, const cu_wigner *wigner,
+/* Warps (edges at a time) per block of a one-warp-per-edge kernel. */
+#define EDGE_WARPS 8
+
+/* One warp per edge, lanes over the channels (c = lane, lane + 32, ...): each lane sums its
+ * channels' terms in registers, one warp_sum_scatter gives the edge's 35 sums. */
+__global__ void rotate_back_backward_kernel(int n, const int *target, const cu_wigner *wigner,
                                             const float *envelope, int C, const float *z,
                                             const float *d_out, float *dz, cu_wigner *d_wigner,
                                             float *d_envelope) {
-    __shared__ float total[35];
-    int e = blockIdx.x;
-    float acc[35];
+    const int lane = threadIdx.x % 32;
+    for (long long e = (long long)blockIdx.x * EDGE_WARPS + threadIdx.x / 32; e < n;
+         e += (long long)gridDim.x * EDGE_WARPS) { /* the same for all lanes of a warp */
+        float acc[35];
 #pragma unroll
-    for (int k = 0; k < 35; k++)
-        acc[k] = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        rotate_back_backward_one(e, c, target, wigner, envelope, C, z, d_out, dz, acc);
-    block_sum<35>(acc, total);
-    if (threadIdx.x < 35)
-        rotate_back_backward_finish(e, threadIdx.x, envelope, total, d_wigner, d_envelope);
+        for (int k = 0; k < 35; k++)
+            acc[k] = 0.0f;
+        for (int c = lane; c < C; c += 32)
+            rotate_back_backward_one((int)e, c, target, wigner, envelope, C, z, d_out, dz, acc);
+        warp_sum_scatter<35>(acc, lane);
+        rotate_back_backward_finish((int)e, lane, envelope, acc[0], d_wigner, d_envelope);
+        if (lane < 3)
+            rotate_back_backward_finish((int)e, 32 + lane, envelope, tail_sum(acc, lane), d_wigner,
+                                        d_envelope);
+    }
 }
 
 void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
@@ -775,9 +833,10 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
                              cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
-    /* edge_threads(C) >= 64 > 35: threads 0..34 exist for the final writes */
-    rotate_back_backward_kernel<<<n, edge_threads(C), 0, stream>>>(target, wigner, envelope, C, z,
-                                                                   d_out, dz, d_wigner, d_envelope);
+    size_t groups = ((size_t)n + EDGE_WARPS - 1) / EDGE_WARPS;
+    unsigned blocks = (unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30);
+    rotate_back_backward_kernel<<<blocks, 32 * EDGE_WARPS, 0, stream>>>(
+        n, target, wigner, envelope, C, z, d_out, dz, d_wigner, d_envelope);
 }
 
 /* ---------------------------------------------------------------------------------------------
