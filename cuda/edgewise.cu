@@ -204,6 +204,20 @@ static int edge_threads(int C) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (total);                    \
          i += (size_t)gridDim.x * blockDim.x)
 
+/* One-warp-per-edge kernels: EDGE_WARPS warps per block, warp w of block b takes edges
+ * b EDGE_WARPS + w, then + gridDim.x EDGE_WARPS, ... (e is the same for all lanes of a warp);
+ * lanes over the channels. */
+#define EDGE_WARPS 8
+
+#define WARP_EDGE_LOOP(e, n)                                                                       \
+    for (long long e = (long long)blockIdx.x * EDGE_WARPS + threadIdx.x / 32; e < (n);             \
+         e += (long long)gridDim.x * EDGE_WARPS)
+
+static unsigned warp_edge_blocks(int n) {
+    size_t groups = ((size_t)n + EDGE_WARPS - 1) / EDGE_WARPS;
+    return (unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30);
+}
+
 /* Span-walking kernels: thread row y of a block takes RUN_EDGES consecutive edges at a time
  * (a grid-stride loop over such spans, e0 its first edge), threads x over the channels. */
 #define RUN_EDGES 16
@@ -227,6 +241,16 @@ struct span_launch {
     }
 };
 
+/* Sums v[0..K) over the 32 lanes of a warp, a shuffle tree per value: every lane gets the sums
+ * (the same bits: the butterfly's additions are commutative), in a fixed order. */
+template <int K> __device__ void warp_sum(float (&v)[K]) {
+#pragma unroll
+    for (int k = 0; k < K; k++)
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2)
+            v[k] += __shfl_xor_sync(0xffffffffu, v[k], offset);
+}
+
 /* One halving step of warp_sum_scatter: lanes L and L ^ half pair up; the lane whose `half` bit
  * is clear keeps values [0, half) of v, the other keeps [half, 2 half), and each adds in its
  * partner's copy of the half it keeps. On return v[0..half) holds the kept half. */
@@ -247,7 +271,7 @@ template <int half> __device__ __forceinline__ void halve(float *v, int lane) {
 template <int K> __device__ void warp_sum_scatter(float (&v)[K], int lane) {
     static_assert(K >= 32, "warp_sum_scatter needs a value per lane");
 #pragma unroll
-    for (int k = 32; k < K; k++)
+    for (int k = 32; k < K; k++) /* the values past the lanes: a shuffle tree each */
 #pragma unroll
         for (int offset = 16; offset > 0; offset /= 2)
             v[k] += __shfl_xor_sync(0xffffffffu, v[k], offset);
@@ -271,26 +295,14 @@ template <int K> __device__ float tail_sum(const float (&v)[K], int lane) {
 /* Block-wide sums of the per-thread values v[0..K) (blockDim.x a multiple of 32, at most
  * EDGE_THREADS_MAX): sums within each warp, then over the warps. Every thread of the block must
  * call it; on return total[0..K) (shared) holds the sums. K >= 32: lane L of each warp ends up
- * with value L (warp_sum_scatter); K < 32: a shuffle tree per value. */
+ * with value L (warp_sum_scatter). */
 template <int K> __device__ void block_sum(float (&v)[K], float *total) {
     __shared__ float warp_sums[EDGE_THREADS_MAX / 32][K];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    if constexpr (K >= 32) {
-        warp_sum_scatter<K>(v, lane);
-        warp_sums[warp][lane] = v[0];
-        if (lane < K - 32)
-            warp_sums[warp][32 + lane] = tail_sum(v, lane);
-    } else {
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            float s = v[k];
-#pragma unroll
-            for (int offset = 16; offset > 0; offset /= 2)
-                s += __shfl_xor_sync(0xffffffffu, s, offset);
-            if (lane == 0)
-                warp_sums[warp][k] = s;
-        }
-    }
+    warp_sum_scatter<K>(v, lane);
+    warp_sums[warp][lane] = v[0];
+    if (lane < K - 32)
+        warp_sums[warp][32 + lane] = tail_sum(v, lane);
     __syncthreads();
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
         float s = 0.0f;
@@ -801,9 +813,6 @@ HD void rotate_back_backward_finish(int e, int k, const float *envelope, float t
         d_envelope[e] += total;
 }
 
-/* Warps (edges at a time) per block of a one-warp-per-edge kernel. */
-#define EDGE_WARPS 8
-
 /* One warp per edge, lanes over the channels (c = lane, lane + 32, ...): each lane sums its
  * channels' terms in registers, one warp_sum_scatter gives the edge's 35 sums. */
 __global__ void rotate_back_backward_kernel(int n, const int *target, const cu_wigner *wigner,
@@ -811,8 +820,7 @@ __global__ void rotate_back_backward_kernel(int n, const int *target, const cu_w
                                             const float *d_out, float *dz, cu_wigner *d_wigner,
                                             float *d_envelope) {
     const int lane = threadIdx.x % 32;
-    for (long long e = (long long)blockIdx.x * EDGE_WARPS + threadIdx.x / 32; e < n;
-         e += (long long)gridDim.x * EDGE_WARPS) { /* the same for all lanes of a warp */
+    WARP_EDGE_LOOP(e, n) {
         float acc[35];
 #pragma unroll
         for (int k = 0; k < 35; k++)
@@ -833,9 +841,7 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
                              cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
-    size_t groups = ((size_t)n + EDGE_WARPS - 1) / EDGE_WARPS;
-    unsigned blocks = (unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30);
-    rotate_back_backward_kernel<<<blocks, 32 * EDGE_WARPS, 0, stream>>>(
+    rotate_back_backward_kernel<<<warp_edge_blocks(n), 32 * EDGE_WARPS, 0, stream>>>(
         n, target, wigner, envelope, C, z, d_out, dz, d_wigner, d_envelope);
 }
 
@@ -896,7 +902,7 @@ void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
  *   [2][c] = scale sum_j D^2[2][j] a[4 + j][c]                                   (overwrite)
  *   d_wigner[e].l1[1][j] += scale <rho1, a[1 + j]>, .l2[2][j] += scale <rho2, a[4 + j]>
  *   d_envelope[e] += (<rho0, a0> + sum_j D^1[1][j] <rho1, a[1+j]> + sum_j D^2[2][j] <rho2, a[4+j]>)
- * / 5 One block per edge, threads over the channels.
+ * / 5. One warp per edge, lanes over the channels.
  * ------------------------------------------------------------------------------------------- */
 
 /* Channel c of edge e: writes d_radial, adds the 9 dot-product terms into acc:
@@ -947,21 +953,22 @@ HD void edge_degree_backward_finish(int e, const cu_wigner *wigner, const float 
     d_envelope[e] += rho_dot / 5.0f;
 }
 
-__global__ void edge_degree_backward_kernel(const int *target, const cu_wigner *wigner,
+__global__ void edge_degree_backward_kernel(int n, const int *target, const cu_wigner *wigner,
                                             const float *envelope, int C, const float *radial,
                                             const float *d_out, float *d_radial,
                                             cu_wigner *d_wigner, float *d_envelope) {
-    __shared__ float total[9];
-    int e = blockIdx.x;
-    float acc[9];
+    WARP_EDGE_LOOP(e, n) {
+        float acc[9];
 #pragma unroll
-    for (int k = 0; k < 9; k++)
-        acc[k] = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        edge_degree_backward_one(e, c, target, wigner, envelope, C, radial, d_out, d_radial, acc);
-    block_sum<9>(acc, total);
-    if (threadIdx.x == 0)
-        edge_degree_backward_finish(e, wigner, envelope, total, d_wigner, d_envelope);
+        for (int k = 0; k < 9; k++)
+            acc[k] = 0.0f;
+        for (int c = threadIdx.x % 32; c < C; c += 32)
+            edge_degree_backward_one((int)e, c, target, wigner, envelope, C, radial, d_out,
+                                     d_radial, acc);
+        warp_sum<9>(acc);
+        if (threadIdx.x % 32 == 0)
+            edge_degree_backward_finish((int)e, wigner, envelope, acc, d_wigner, d_envelope);
+    }
 }
 
 void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
@@ -970,8 +977,8 @@ void cu_edge_degree_backward(int n, const int *target, const cu_wigner *wigner,
                              cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
-    edge_degree_backward_kernel<<<n, edge_threads(C), 0, stream>>>(
-        target, wigner, envelope, C, radial, d_out, d_radial, d_wigner, d_envelope);
+    edge_degree_backward_kernel<<<warp_edge_blocks(n), 32 * EDGE_WARPS, 0, stream>>>(
+        n, target, wigner, envelope, C, radial, d_out, d_radial, d_wigner, d_envelope);
 }
 
 /* ---------------------------------------------------------------------------------------------
