@@ -73,14 +73,14 @@ struct buffer {
 struct edge_tape {
     buffer pre_norm1, pre_norm2; /* [n][Ce] radial MLP LayerNorm inputs */
     buffer radial;               /* [n][12C] radial MLP output (conv1's per-m weights) */
-    buffer conv1_m0;             /* [n][5H] conv1 m = 0 output: gate inputs, then 3 rows */
+    buffer gates;                /* [n][2H] conv1 m = 0 outputs 0..2H: the gate inputs */
     buffer gated;                /* [n][9][H] conv1 output before the gate, M-order */
     buffer messages;             /* [n][9][C] conv2 output, M-order */
 };
 const int tape_buffers = 6;
 buffer *tape_buffer(edge_tape &t, int i) {
     buffer *all[tape_buffers] = {&t.pre_norm1, &t.pre_norm2, &t.radial,
-                                 &t.conv1_m0,  &t.gated,     &t.messages};
+                                 &t.gates,     &t.gated,     &t.messages};
     return all[i];
 }
 
@@ -131,8 +131,10 @@ struct cuda_state {
     buffer z, h, u, ffn_out, ffn_pre, ffn_hidden, head_hidden, node_output, saved, dh, du, d_tmp,
         ffn_d_pre, ffn_d_r;
     /* per chunk */
+    /* rotated: conv1's input y [n][9][2C] in the forward, its adjoint dy in the backward (the
+     * two are never needed at once) */
     buffer radial_input, hidden, d_radial, d_gauss, radial_work, rotated, product_r, product_i,
-        d_rotated, d_gated, d_conv1_m0, d_messages, unscaled;
+        d_gated, d_conv1_m0, d_messages, unscaled;
     /* The activations the backward of a chunk needs: one tape shared by all blocks (recompute),
      * or one per block over all edges (store). tapes[0] also serves the edge-degree MLP. */
     std::vector<edge_tape> tapes;
@@ -640,13 +642,13 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     float *g = keep_gate_input ? F(s->d_gated) : o;
     cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
                      unscaled, y, st);
-    linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.conv1_m0), 5 * H);
+    linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
     linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
                 o + 8 * H, 9 * H);
-    cu_gate_forward(n, H, F(t.conv1_m0), o, g, st);
+    cu_gate_forward(n, H, F(t.gates), o, g, st);
     linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
     so2_forward(s, b.conv2_m1, b.block_conv2_m1, n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
                 z + 5 * C, 9 * C);
@@ -677,7 +679,7 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cudaStream_t st = s->stream;
     if (!s->store)
         edgewise_messages(s, b, C, H, n, first, x, t, s->fused ? nullptr : F(s->unscaled), true);
-    float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->d_rotated);
+    float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->rotated);
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                             F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
     linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
@@ -685,7 +687,7 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
                  dg + 5 * H, 9 * H);
     so2_backward(s, b.conv2_m2, b.block_conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H,
                  dg + 8 * H, 9 * H);
-    cu_gate_backward(n, H, F(t.conv1_m0), F(t.gated), dg, F(s->d_conv1_m0), st);
+    cu_gate_backward(n, H, F(t.gates), F(t.gated), dg, F(s->d_conv1_m0), st);
     linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
     so2_backward(s, b.conv1_m1, b.block_conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
                  dy + 10 * C, 18 * C);
@@ -763,17 +765,17 @@ void cuda_destroy(umas_context *ctx) {
     for (void *p : s->weight_memory)
         cudaFree(p);
     buffer *all[] = {
-        &s->vec,         &s->src,         &s->tgt,         &s->distance,    &s->envelope,
-        &s->wigner,      &s->d_wigner,    &s->d_envelope,  &s->d_distance,  &s->gradient,
-        &s->z,           &s->h,           &s->u,           &s->ffn_out,     &s->ffn_pre,
-        &s->ffn_hidden,  &s->head_hidden, &s->node_output, &s->saved,       &s->dh,
-        &s->du,          &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,     &s->radial_input,
-        &s->hidden,      &s->d_radial,    &s->d_gauss,     &s->radial_work, &s->rotated,
-        &s->product_r,   &s->product_i,   &s->d_rotated,   &s->d_gated,     &s->d_conv1_m0,
-        &s->d_messages,  &s->unscaled,    &s->list_source, &s->list_target, &s->list_image,
-        &s->list_vector, &s->keep,        &s->slot,        &s->kept,        &s->select_scratch,
-        &s->flags,       &s->positions,   &s->cell,        &s->forces,      &s->virial,
-        &s->node_virial, &s->first,       &s->split_hi,    &s->split_lo,    &s->node_sums};
+        &s->vec,        &s->src,         &s->tgt,         &s->distance,       &s->envelope,
+        &s->wigner,     &s->d_wigner,    &s->d_envelope,  &s->d_distance,     &s->gradient,
+        &s->z,          &s->h,           &s->u,           &s->ffn_out,        &s->ffn_pre,
+        &s->ffn_hidden, &s->head_hidden, &s->node_output, &s->saved,          &s->dh,
+        &s->du,         &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,        &s->radial_input,
+        &s->hidden,     &s->d_radial,    &s->d_gauss,     &s->radial_work,    &s->rotated,
+        &s->product_r,  &s->product_i,   &s->d_gated,     &s->d_conv1_m0,     &s->d_messages,
+        &s->unscaled,   &s->list_source, &s->list_target, &s->list_image,     &s->list_vector,
+        &s->keep,       &s->slot,        &s->kept,        &s->select_scratch, &s->flags,
+        &s->positions,  &s->cell,        &s->forces,      &s->virial,         &s->node_virial,
+        &s->first,      &s->split_hi,    &s->split_lo,    &s->node_sums};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -795,18 +797,31 @@ void cuda_destroy(umas_context *ctx) {
     ctx->backend_state = nullptr;
 }
 
-/* Floats per edge of one edge_tape, and of the per-chunk scratch besides the tape. */
-size_t tape_floats_per_edge(const umas_weights *w) {
-    size_t C = w->C, H = w->H;
-    return 2 * (size_t)w->Ce + 12 * C + 5 * H + 9 * H + 9 * C;
+/* Floats per edge of block l's edge_tape, buffer by buffer (tape_buffer order), as
+ * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first,
+ * so only tapes[0] (which also serves the edge-degree MLP) and general's tape keep pre_norm1. */
+void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
+    size_t C = w->C, H = w->H, Ce = w->Ce;
+    const size_t sizes[tape_buffers] = {s->fast && l > 0 ? 0 : Ce, Ce, 12 * C, 2 * H, 9 * H, 9 * C};
+    for (int i = 0; i < tape_buffers; i++)
+        floats[i] = sizes[i];
 }
-size_t scratch_floats_per_edge(const umas_weights *w) {
-    size_t C = w->C, H = w->H, wide = 4 * (C > H ? C : H);
-    return (size_t)w->F + (size_t)w->Ce + 12 * C + (size_t)w->B + 2 * (size_t)w->Ce + 18 * C * 3 +
-           5 * H + 9 * H + 2 * wide + 9 * C;
+size_t tape_floats_per_edge(const cuda_state *s, const umas_weights *w, size_t l) {
+    size_t floats[tape_buffers], total = 0;
+    tape_sizes(s, w, l, floats);
+    for (size_t f : floats)
+        total += f;
+    return total;
 }
-size_t chunk_floats_per_edge(const umas_weights *w) {
-    return tape_floats_per_edge(w) + scratch_floats_per_edge(w);
+/* Floats per edge of the per-chunk scratch besides the tapes (reserve_buffers' per-chunk items;
+ * the few per-edge geometry arrays are left out). */
+size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
+    size_t C = w->C, H = w->H, Ce = w->Ce, wide = 4 * (C > H ? C : H);
+    return (size_t)w->F + Ce + 12 * C + (size_t)w->B + 2 * Ce /* radial MLP and its adjoints */
+           + 18 * C                                           /* rotated */
+           + (s->fast ? 0 : 2 * wide)                         /* product_r, product_i */
+           + 9 * H + 5 * H + 9 * C                            /* d_gated, d_conv1_m0, d_messages */
+           + (s->fused ? 0 : 18 * C);                         /* unscaled */
 }
 
 int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
@@ -909,7 +924,8 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
             return umas_fail(err, "out of GPU memory for the model weights");
 
     /* chunk: about 1 GB of per-edge work space */
-    size_t per_edge = chunk_floats_per_edge(w) * sizeof(float);
+    size_t per_edge =
+        (tape_floats_per_edge(s, w, 0) + scratch_floats_per_edge(s, w)) * sizeof(float);
     size_t chunk = ((size_t)1 << 30) / per_edge;
     s->recompute_chunk = (int)(chunk < 1024 ? 1024 : chunk > (1 << 20) ? (1 << 20) : chunk);
     s->chunk = s->recompute_chunk;
@@ -983,7 +999,6 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         /* general's real/imag products; umas_fast's block-form GEMMs need none */
         {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
-        {&s->d_rotated, n * 18 * C * f, "edge adjoints"},
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
         {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
         {&s->d_messages, n * 9 * C * f, "edge adjoints"},
@@ -996,13 +1011,14 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
             return -1;
-    size_t tape_bytes[tape_buffers] = {n * w->Ce * f, n * w->Ce * f, n * 12 * C * f,
-                                       n * 5 * H * f, n * 9 * H * f, n * 9 * C * f};
-    for (size_t l = 0; l < (s->store ? L : 1); l++)
+    for (size_t l = 0; l < (s->store ? L : 1); l++) {
+        size_t floats[tape_buffers];
+        tape_sizes(s, w, l, floats);
         for (int i = 0; i < tape_buffers; i++)
-            if (reserve(s, *tape_buffer(s->tapes[l], i), tape_bytes[i], "saved edge activations", a,
-                        e, err))
+            if (reserve(s, *tape_buffer(s->tapes[l], i), n * floats[i] * f,
+                        "saved edge activations", a, e, err))
                 return -1;
+    }
     return 0;
 }
 
@@ -1029,8 +1045,10 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         if (!fits) {
             size_t free_bytes = 0, total = 0;
             cudaMemGetInfo(&free_bytes, &total);
-            size_t per_edge =
-                (L * tape_floats_per_edge(w) + scratch_floats_per_edge(w)) * sizeof(float);
+            size_t floats = scratch_floats_per_edge(s, w) + (s->fast ? L * w->Ce : 0); /* + first */
+            for (size_t l = 0; l < L; l++)
+                floats += tape_floats_per_edge(s, w, l);
+            size_t per_edge = floats * sizeof(float);
             fits = (double)E * per_edge <= 0.8 * (double)(free_bytes + s->buffer_bytes);
         }
         if (fits) {

@@ -642,13 +642,13 @@ void cu_so2_stack(int n, int half, const float *do_r, const float *do_i, int ldo
 
 /* ---------------------------------------------------------------------------------------------
  * gate_forward (core/edgewise.c gate_forward)
- * g[e][0][c] = SiLU(o[e][0][c]); g[e][p][c] = o[e][p][c] sigmoid(conv1_m0[e][(l - 1) H + c]),
- * l = degree_of_m(p). o, g [n][9][H] (g may alias o), conv1_m0 [n][5H]. One thread per
- * (edge, channel).
+ * g[e][0][c] = SiLU(o[e][0][c]); g[e][p][c] = o[e][p][c] sigmoid(gates[e][(l - 1) H + c]),
+ * l = degree_of_m(p). o, g [n][9][H] (g may alias o), gates [n][2H] (conv1's m = 0 outputs 0..2H).
+ * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
-HD void gate_forward_one(int e, int c, int H, const float *conv1_m0, const float *o, float *g) {
-    const float *gate = conv1_m0 + (size_t)e * 5 * H;
+HD void gate_forward_one(int e, int c, int H, const float *gates, const float *o, float *g) {
+    const float *gate = gates + (size_t)e * 2 * H;
     float s1 = sigmoidf_(gate[c]), s2 = sigmoidf_(gate[H + c]);
     size_t base = (size_t)e * 9 * H + c;
     float o0 = o[base];
@@ -658,17 +658,16 @@ HD void gate_forward_one(int e, int c, int H, const float *conv1_m0, const float
         g[base + (size_t)p * H] = o[base + (size_t)p * H] * (degree_of_m(p) == 1 ? s1 : s2);
 }
 
-__global__ void gate_forward_kernel(int n, int H, const float *conv1_m0, const float *o, float *g) {
+__global__ void gate_forward_kernel(int n, int H, const float *gates, const float *o, float *g) {
     FLAT_LOOP(i, (size_t)n * H)
-    gate_forward_one((int)(i / H), (int)(i % H), H, conv1_m0, o, g);
+    gate_forward_one((int)(i / H), (int)(i % H), H, gates, o, g);
 }
 
-void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float *g,
+void cu_gate_forward(int n, int H, const float *gates, const float *o, float *g,
                      cudaStream_t stream) {
     if (n <= 0 || H <= 0)
         return;
-    gate_forward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, conv1_m0, o,
-                                                                                 g);
+    gate_forward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, gates, o, g);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -679,9 +678,9 @@ void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float 
  * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
-HD void gate_backward_one(int e, int c, int H, const float *conv1_m0, const float *o, float *dg,
+HD void gate_backward_one(int e, int c, int H, const float *gates, const float *o, float *dg,
                           float *d_conv1_m0) {
-    const float *gate = conv1_m0 + (size_t)e * 5 * H;
+    const float *gate = gates + (size_t)e * 2 * H;
     float *dce = d_conv1_m0 + (size_t)e * 5 * H;
     float a1 = gate[c], a2 = gate[H + c];
     float s1 = sigmoidf_(a1), s2 = sigmoidf_(a2);
@@ -708,17 +707,17 @@ HD void gate_backward_one(int e, int c, int H, const float *conv1_m0, const floa
     dce[4 * H + c] = dg[base + 2 * (size_t)H];
 }
 
-__global__ void gate_backward_kernel(int n, int H, const float *conv1_m0, const float *o, float *dg,
+__global__ void gate_backward_kernel(int n, int H, const float *gates, const float *o, float *dg,
                                      float *d_conv1_m0) {
     FLAT_LOOP(i, (size_t)n * H)
-    gate_backward_one((int)(i / H), (int)(i % H), H, conv1_m0, o, dg, d_conv1_m0);
+    gate_backward_one((int)(i / H), (int)(i % H), H, gates, o, dg, d_conv1_m0);
 }
 
-void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float *dg,
+void cu_gate_backward(int n, int H, const float *gates, const float *o, float *dg,
                       float *d_conv1_m0, cudaStream_t stream) {
     if (n <= 0 || H <= 0)
         return;
-    gate_backward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, conv1_m0, o,
+    gate_backward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, gates, o,
                                                                                   dg, d_conv1_m0);
 }
 

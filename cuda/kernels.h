@@ -106,11 +106,13 @@ void cu_so2_combine(int n, int half, const float *product_r, const float *produc
 void cu_so2_stack(int n, int half, const float *do_r, const float *do_i, int ldo, float *stack_r,
                   float *stack_i, cudaStream_t stream);
 
-/* gate_forward: g = gate(o) with gates conv1_m0[e][0:2H]; g may alias o. o, g [n][9][H]. */
-void cu_gate_forward(int n, int H, const float *conv1_m0, const float *o, float *g,
+/* gate_forward: g = gate(o) with gates [n][2H] (conv1's m = 0 outputs 0..2H); g may alias o.
+ * o, g [n][9][H]. */
+void cu_gate_forward(int n, int H, const float *gates, const float *o, float *g,
                      cudaStream_t stream);
-/* gate_backward: dg (in place -> dO), d_conv1_m0[e][0:2H] gate inputs, [2H:5H] = dO rows 0..2. */
-void cu_gate_backward(int n, int H, const float *conv1_m0, const float *o, float *dg,
+/* gate_backward: dg (in place -> dO); d_conv1_m0 [n][5H]: [0:2H] the gates' adjoints,
+ * [2H:5H] = dO rows 0..2. */
+void cu_gate_backward(int n, int H, const float *gates, const float *o, float *dg,
                       float *d_conv1_m0, cudaStream_t stream);
 
 /* rotate_back_scatter: x_out[target[e]] += env D^T z^L (fixed point [N][9][C]). z [n][9][C]
