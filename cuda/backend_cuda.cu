@@ -87,7 +87,7 @@ buffer *tape_buffer(edge_tape &t, int i) {
 /* One captured step (forward, backward, forces) and what it was captured for. */
 struct step_graph {
     int N = 0, E = 0, energy_nodes = 0;
-    bool node_virial = false, store = false;
+    bool node_virial = false, store = false, keep_radial = true;
     unsigned long generation = 0;
     cudaGraphExec_t exec = nullptr;
 };
@@ -122,7 +122,12 @@ struct cuda_state {
     /* umas_fast_gpu: keep each block's edge activations from the forward for the backward when
      * they fit in device memory (`store`), instead of recomputing them chunk by chunk */
     bool fused = false, store = false, force_recompute = false;
-    size_t stored_edges = 0; /* edges the kept activations have room for (0: none) */
+    /* With `store`: whether the kept tapes hold each block's radial MLP output too. Without it
+     * (when the whole tape does not fit) the blocks share tapes[0]'s, and the backward runs the
+     * MLP's last layer again: +4 % of the GEMM work for 18 KB less per edge (UMA-S). */
+    bool keep_radial = true, force_no_radial = false;
+    size_t stored_edges = 0;        /* edges the kept activations have room for (0: none) */
+    bool stored_keep_radial = true; /* ... and whether they include the radial outputs */
     /* per edge */
     buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
     /* per node */
@@ -134,7 +139,7 @@ struct cuda_state {
     /* rotated: conv1's input y [n][9][2C] in the forward, its adjoint dy in the backward (the
      * two are never needed at once) */
     buffer radial_input, hidden, d_radial, d_gauss, radial_work, rotated, product_r, product_i,
-        d_gated, d_conv1_m0, d_messages, unscaled;
+        d_gated, d_conv1_m0, unscaled;
     /* The activations the backward of a chunk needs: one tape shared by all blocks (recompute),
      * or one per block over all edges (store). tapes[0] also serves the edge-degree MLP. */
     std::vector<edge_tape> tapes;
@@ -494,15 +499,27 @@ edge_tape &tape(cuda_state *s, int l) {
     return s->tapes[s->store && l > 0 ? l : 0];
 }
 
-/* The radial MLP after its first layer: pre_norm1 [n][Ce] (row stride ld) -> t.radial [n][out]. */
+/* Where tape t's radial MLP output [n][out] lives: in t, or in tapes[0]'s when the kept tapes
+ * leave it out (s->keep_radial false; each block then recomputes it in its backward). */
+float *radial_of(cuda_state *s, edge_tape &t) {
+    return F(s->keep_radial ? t.radial : s->tapes[0].radial);
+}
+
+/* The radial MLP's last layer: t.pre_norm2 [n][Ce] -> radial_of(t). */
+void radial_mlp_last(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
+    int ce = m.fc1.out;
+    cu_layer_norm_silu(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, F(s->hidden),
+                       s->stream);
+    linear_forward(s, m.fc3, n, F(s->hidden), ce, radial_of(s, t), m.fc3.out);
+}
+
+/* The radial MLP after its first layer: pre_norm1 [n][Ce] (row stride ld) -> radial_of(t). */
 void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n, const float *pre_norm1, int ld,
                      edge_tape &t) {
     int ce = m.fc1.out;
     cu_layer_norm_silu(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, F(s->hidden), s->stream);
     linear_forward(s, m.fc2, n, F(s->hidden), ce, F(t.pre_norm2), ce);
-    cu_layer_norm_silu(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, F(s->hidden),
-                       s->stream);
-    linear_forward(s, m.fc3, n, F(s->hidden), ce, F(t.radial), m.fc3.out);
+    radial_mlp_last(s, m, n, t);
 }
 
 void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
@@ -640,7 +657,7 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cudaStream_t st = s->stream;
     float *y = F(s->rotated), *o = F(t.gated), *z = F(t.messages);
     float *g = keep_gate_input ? F(s->d_gated) : o;
-    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, F(t.radial),
+    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, radial_of(s, t),
                      unscaled, y, st);
     linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
     linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
@@ -679,7 +696,11 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cudaStream_t st = s->stream;
     if (!s->store)
         edgewise_messages(s, b, C, H, n, first, x, t, s->fused ? nullptr : F(s->unscaled), true);
-    float *dz = F(s->d_messages), *dg = F(s->d_gated), *dy = F(s->rotated);
+    else if (!s->keep_radial)
+        radial_mlp_last(s, b.radial, n, t); /* the tape kept its input, not its output */
+    /* dz lives in conv1's operand buffer: dead there since conv1's forward, and read only
+     * by conv2's backward, before conv1's backward writes dy over it */
+    float *dz = F(s->rotated), *dg = F(s->d_gated), *dy = F(s->rotated);
     cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                             F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
     linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
@@ -695,10 +716,11 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
                  dy + 16 * C, 18 * C);
     if (s->fused) {
         cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                             F(t.radial), dy, F(s->d_radial), U(s->node_sums), dW(s, first), st);
+                             radial_of(s, t), dy, F(s->d_radial), U(s->node_sums), dW(s, first),
+                             st);
         return;
     }
-    cu_scale_by_radial_backward(n, C, F(t.radial), F(s->unscaled), dy, F(s->d_radial), st);
+    cu_scale_by_radial_backward(n, C, radial_of(s, t), F(s->unscaled), dy, F(s->d_radial), st);
     cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy,
                               U(s->node_sums), dW(s, first), st);
 }
@@ -764,18 +786,59 @@ void cuda_destroy(umas_context *ctx) {
         return;
     for (void *p : s->weight_memory)
         cudaFree(p);
-    buffer *all[] = {
-        &s->vec,        &s->src,         &s->tgt,         &s->distance,       &s->envelope,
-        &s->wigner,     &s->d_wigner,    &s->d_envelope,  &s->d_distance,     &s->gradient,
-        &s->z,          &s->h,           &s->u,           &s->ffn_out,        &s->ffn_pre,
-        &s->ffn_hidden, &s->head_hidden, &s->node_output, &s->saved,          &s->dh,
-        &s->du,         &s->d_tmp,       &s->ffn_d_pre,   &s->ffn_d_r,        &s->radial_input,
-        &s->hidden,     &s->d_radial,    &s->d_gauss,     &s->radial_work,    &s->rotated,
-        &s->product_r,  &s->product_i,   &s->d_gated,     &s->d_conv1_m0,     &s->d_messages,
-        &s->unscaled,   &s->list_source, &s->list_target, &s->list_image,     &s->list_vector,
-        &s->keep,       &s->slot,        &s->kept,        &s->select_scratch, &s->flags,
-        &s->positions,  &s->cell,        &s->forces,      &s->virial,         &s->node_virial,
-        &s->first,      &s->split_hi,    &s->split_lo,    &s->node_sums};
+    buffer *all[] = {&s->vec,
+                     &s->src,
+                     &s->tgt,
+                     &s->distance,
+                     &s->envelope,
+                     &s->wigner,
+                     &s->d_wigner,
+                     &s->d_envelope,
+                     &s->d_distance,
+                     &s->gradient,
+                     &s->z,
+                     &s->h,
+                     &s->u,
+                     &s->ffn_out,
+                     &s->ffn_pre,
+                     &s->ffn_hidden,
+                     &s->head_hidden,
+                     &s->node_output,
+                     &s->saved,
+                     &s->dh,
+                     &s->du,
+                     &s->d_tmp,
+                     &s->ffn_d_pre,
+                     &s->ffn_d_r,
+                     &s->radial_input,
+                     &s->hidden,
+                     &s->d_radial,
+                     &s->d_gauss,
+                     &s->radial_work,
+                     &s->rotated,
+                     &s->product_r,
+                     &s->product_i,
+                     &s->d_gated,
+                     &s->d_conv1_m0,
+                     &s->unscaled,
+                     &s->list_source,
+                     &s->list_target,
+                     &s->list_image,
+                     &s->list_vector,
+                     &s->keep,
+                     &s->slot,
+                     &s->kept,
+                     &s->select_scratch,
+                     &s->flags,
+                     &s->positions,
+                     &s->cell,
+                     &s->forces,
+                     &s->virial,
+                     &s->node_virial,
+                     &s->first,
+                     &s->split_hi,
+                     &s->split_lo,
+                     &s->node_sums};
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -798,11 +861,14 @@ void cuda_destroy(umas_context *ctx) {
 }
 
 /* Floats per edge of block l's edge_tape, buffer by buffer (tape_buffer order), as
- * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first,
- * so only tapes[0] (which also serves the edge-degree MLP) and general's tape keep pre_norm1. */
+ * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first, *
+ * so only tapes[0] (which also serves the edge-degree MLP) and general's tape keep pre_norm1;
+ * without keep_radial the kept tapes of blocks 1.. have no radial output either. */
 void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
     size_t C = w->C, H = w->H, Ce = w->Ce;
-    const size_t sizes[tape_buffers] = {s->fast && l > 0 ? 0 : Ce, Ce, 12 * C, 2 * H, 9 * H, 9 * C};
+    const bool shared_radial = s->store && !s->keep_radial && l > 0; /* in tapes[0]'s */
+    const size_t sizes[tape_buffers] = {
+        s->fast && l > 0 ? 0 : Ce, Ce, shared_radial ? 0 : 12 * C, 2 * H, 9 * H, 9 * C};
     for (int i = 0; i < tape_buffers; i++)
         floats[i] = sizes[i];
 }
@@ -820,7 +886,7 @@ size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
     return (size_t)w->F + Ce + 12 * C + (size_t)w->B + 2 * Ce /* radial MLP and its adjoints */
            + 18 * C                                           /* rotated */
            + (s->fast ? 0 : 2 * wide)                         /* product_r, product_i */
-           + 9 * H + 5 * H + 9 * C                            /* d_gated, d_conv1_m0, d_messages */
+           + 9 * H + 5 * H                                    /* d_gated, d_conv1_m0 */
            + (s->fused ? 0 : 18 * C);                         /* unscaled */
 }
 
@@ -841,6 +907,7 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     s->fused = fused;
     const char *recompute = getenv("UMAS_CUDA_RECOMPUTE");
     s->force_recompute = recompute && strcmp(recompute, "1") == 0;
+    s->force_no_radial = recompute && strcmp(recompute, "radial") == 0;
     s->tapes.resize(fused ? w->num_layers : 1);
     s->precision = ctx->precision;
     cudaGetDevice(&s->device);
@@ -1000,9 +1067,8 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
-        {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
-        {&s->d_messages, n * 9 * C * f, "edge adjoints"},
-        /* umas_fast_gpu's producer backward recomputes these in registers */
+        {&s->d_conv1_m0, n * 5 * H * f,
+         "edge adjoints"}, /* umas_fast_gpu's producer backward recomputes these in registers */
         {&s->unscaled, s->fused ? 0 : n * 18 * C * f, "edge features"},
         {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
         {&s->split_hi, split * f, "3xtf32 operands"},
@@ -1031,41 +1097,71 @@ void release(cuda_state *s, buffer &b) {
     b = buffer();
 }
 
+/* Bytes per edge of the kept activations of every block with the scratch for one chunk of all
+ * edges (the keep-or-recompute estimate; s->store and s->keep_radial as they would be). */
+size_t kept_bytes_per_edge(const cuda_state *s, const umas_weights *w) {
+    size_t L = w->num_layers, floats = scratch_floats_per_edge(s, w) + (s->fast ? L * w->Ce : 0);
+    for (size_t l = 0; l < L; l++)
+        floats += tape_floats_per_edge(s, w, l);
+    return floats * sizeof(float);
+}
+
+/* Gives back the kept activations of blocks 1.. (their radial outputs alone, or all). */
+void release_kept_tapes(cuda_state *s, bool radial_only) {
+    for (size_t l = 1; l < s->tapes.size(); l++)
+        for (int i = 0; i < tape_buffers; i++)
+            if (!radial_only || tape_buffer(s->tapes[l], i) == &s->tapes[l].radial)
+                release(s, *tape_buffer(s->tapes[l], i));
+}
+
 /* umas_fast_gpu keeps every block's edge activations (s->store, one chunk of all edges) when
- * they take at most 80 % of the device memory that is free or already ours; otherwise, or when
- * that fails, it recomputes them in the backward chunk by chunk, like umas_fast. */
+ * they take at most 80 % of the device memory that is free or already ours; if the whole tape
+ * does not fit, the tape without the blocks' radial MLP outputs (keep_radial false); otherwise,
+ * or when allocating fails, it recomputes them in the backward chunk by chunk, like umas_fast.
+ * UMAS_CUDA_RECOMPUTE=1 forces recomputing, =radial the tape without radial outputs. */
 int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
-    size_t L = w->num_layers, E = g.E > 0 ? g.E : 1;
+    size_t E = g.E > 0 ? g.E : 1;
     s->store = false;
+    s->keep_radial = true;
     s->chunk = s->recompute_chunk;
     if (s->fused && !s->force_recompute) {
-        bool fits = E <= s->stored_edges; /* the steps of one list: decided already */
-        if (!fits) {
-            size_t free_bytes = 0, total = 0;
-            cudaMemGetInfo(&free_bytes, &total);
-            size_t floats = scratch_floats_per_edge(s, w) + (s->fast ? L * w->Ce : 0); /* + first */
-            for (size_t l = 0; l < L; l++)
-                floats += tape_floats_per_edge(s, w, l);
-            size_t per_edge = floats * sizeof(float);
-            fits = (double)E * per_edge <= 0.8 * (double)(free_bytes + s->buffer_bytes);
-        }
-        if (fits) {
+        for (bool keep_radial : {true, false}) {
+            if (keep_radial && s->force_no_radial)
+                continue;
+            bool fits;
+            if (E <= s->stored_edges) { /* the steps of one list: decided already */
+                fits = keep_radial == s->stored_keep_radial;
+            } else {
+                size_t free_bytes = 0, total = 0;
+                cudaMemGetInfo(&free_bytes, &total);
+                s->store = true;
+                s->keep_radial = keep_radial;
+                fits = (double)E * kept_bytes_per_edge(s, w) <=
+                       0.8 * (double)(free_bytes + s->buffer_bytes);
+            }
+            if (!fits)
+                continue;
             s->store = true;
+            s->keep_radial = keep_radial;
             s->chunk = (int)E;
+            if (!keep_radial)
+                release_kept_tapes(s, true);
             if (reserve_buffers(ctx, g, err) == 0) {
                 s->stored_edges = std::max(s->stored_edges, E);
+                s->stored_keep_radial = keep_radial;
                 return 0;
             }
             s->stored_edges = 0;
             cudaGetLastError();
-            for (size_t l = 1; l < L; l++) /* give the kept activations back, then recompute */
-                for (int i = 0; i < tape_buffers; i++)
-                    release(s, *tape_buffer(s->tapes[l], i));
-            s->store = false;
-            s->chunk = s->recompute_chunk;
+            release_kept_tapes(s, false);
         }
+        s->store = false; /* recompute: the kept tapes of blocks 1.. are not needed */
+        s->keep_radial = true;
+        s->chunk = s->recompute_chunk;
+        s->stored_edges = 0;
+        release_kept_tapes(s, false);
     }
     return reserve_buffers(ctx, g, err);
 }
@@ -1367,7 +1463,7 @@ int launch_step_graph(umas_context *ctx, cuda_state *s, const graph_view &g, dou
     for (const step_graph &sg : s->graphs)
         if (sg.N == g.N && sg.E == g.E && sg.energy_nodes == g.energy_nodes &&
             sg.node_virial == (node_virial != nullptr) && sg.store == s->store &&
-            sg.generation == s->generation)
+            sg.keep_radial == s->keep_radial && sg.generation == s->generation)
             return check(cudaGraphLaunch(sg.exec, st), "launching the step graph", err);
     step_graph sg;
     sg.N = g.N;
@@ -1375,6 +1471,7 @@ int launch_step_graph(umas_context *ctx, cuda_state *s, const graph_view &g, dou
     sg.energy_nodes = g.energy_nodes;
     sg.node_virial = node_virial != nullptr;
     sg.store = s->store;
+    sg.keep_radial = s->keep_radial;
     sg.generation = s->generation;
     cudaGraph_t graph = nullptr;
     bool captured = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;

@@ -35,43 +35,45 @@ bool have_gpu() {
     return umas_cuda_device_count() > 0;
 }
 
-// A reference case on one of the GPU backends, in one precision ("" = exact fp32); `recompute`
-// forces umas_fast_gpu to recompute its edge activations in the backward (UMAS_CUDA_RECOMPUTE=1),
-// the path it takes when keeping them does not fit in GPU memory.
+// A reference case on one of the GPU backends, in one precision ("" = exact fp32). `keep` forces
+// umas_fast_gpu's choice for its edge activations (UMAS_CUDA_RECOMPUTE): "" keeps them all (as
+// when they fit in GPU memory), "recompute" recomputes them in the backward (=1: when keeping
+// them does not fit), "radial" keeps them without the radial MLP outputs (=radial: when only
+// that fits).
 struct CudaCase {
     CaseId id;
-    std::string backend, precision;
-    bool recompute;
+    std::string backend, precision, keep;
 };
 
 std::vector<CudaCase> cuda_cases() {
     std::vector<CudaCase> cases;
     struct mode {
-        const char *backend, *precision;
-        bool recompute;
-    } modes[] = {{"general", "", false},
-                 {"umas_fast", "", false},
-                 {"umas_fast", "3xtf32", false},
-                 {"umas_fast", "tf32", false},
-                 {"umas_fast_gpu", "", false},
-                 {"umas_fast_gpu", "", true},
-                 {"umas_fast_gpu", "3xtf32", false},
-                 {"umas_fast_gpu", "3xtf32", true},
-                 {"umas_fast_gpu", "tf32", false}};
+        const char *backend, *precision, *keep;
+    } modes[] = {{"general", "", ""},
+                 {"umas_fast", "", ""},
+                 {"umas_fast", "3xtf32", ""},
+                 {"umas_fast", "tf32", ""},
+                 {"umas_fast_gpu", "", ""},
+                 {"umas_fast_gpu", "", "recompute"},
+                 {"umas_fast_gpu", "", "radial"},
+                 {"umas_fast_gpu", "3xtf32", ""},
+                 {"umas_fast_gpu", "3xtf32", "recompute"},
+                 {"umas_fast_gpu", "3xtf32", "radial"},
+                 {"umas_fast_gpu", "tf32", ""}};
     for (const mode &m : modes)
         for (const CaseId &id : all_cases())
-            cases.push_back({id, m.backend, m.precision, m.recompute});
+            cases.push_back({id, m.backend, m.precision, m.keep});
     return cases;
 }
 
 std::string cuda_case_label(const ::testing::TestParamInfo<CudaCase> &info) {
     const CudaCase &c = info.param;
-    return c.backend + (c.recompute ? "_recompute" : "") +
+    return c.backend + (c.keep.empty() ? "" : "_" + c.keep) +
            (c.precision.empty() ? "" : "_" + c.precision) + "_" + c.id.model + "_" + c.id.name;
 }
 
 void PrintTo(const CudaCase &c, std::ostream *os) {
-    *os << c.backend << (c.recompute ? " (recompute)" : "") << " "
+    *os << c.backend << (c.keep.empty() ? "" : " (" + c.keep + ")") << " "
         << (c.precision.empty() ? "fp32" : c.precision) << " " << c.id.model << "/" << c.id.name;
 }
 
@@ -114,7 +116,10 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     if (!file_exists(model_path(id.model)))
         GTEST_SKIP() << "model " << model_path(id.model) << " not converted (optional)";
     ReferenceCase c = load_case(id.model, id.name);
-    ScopedEnv recompute("UMAS_CUDA_RECOMPUTE", GetParam().recompute ? "1" : "0");
+    const std::string &keep = GetParam().keep;
+    ScopedEnv recompute("UMAS_CUDA_RECOMPUTE", keep == "recompute" ? "1"
+                                               : keep == "radial"  ? "radial"
+                                                                   : "0");
     Evaluation ev;
     ev.setup(model_path(id.model), c, backend, "cuda",
              precision.empty() ? nullptr : precision.c_str());
