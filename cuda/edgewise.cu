@@ -744,31 +744,38 @@ HD void rotate_back_one(int e, int c, const cu_wigner *wigner, const float *enve
         out[j] = env * back[j];
 }
 
-__global__ void rotate_back_scatter_kernel(int n, const int *target, const cu_wigner *wigner,
-                                           const float *envelope, int C, const float *z,
-                                           unsigned long long *x_out) {
+/* The scatter of per-(edge, channel) terms into the target rows shared by rotate_back_scatter and
+ * edge_degree_forward: x_out[target[e]][j][c] += term(e, c)[j] over spans with target runs.
+ * TERM(e, c, wigner, envelope, C, in, out[9]) computes the 9 coefficients from the edge
+ * features `in`. */
+typedef void (*target_term)(int, int, const cu_wigner *, const float *, int, const float *,
+                            float *);
+
+template <target_term TERM>
+__global__ void scatter_to_targets_kernel(int n, const int *target, const cu_wigner *wigner,
+                                          const float *envelope, int C, const float *in,
+                                          unsigned long long *x_out) {
     SPAN_LOOP(e0, n) {
         int end = n - e0 < RUN_EDGES ? n : (int)e0 + RUN_EDGES;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
             target_run run;
             for (int e = (int)e0; e < end; e++) {
                 float out[9];
-                rotate_back_one(e, c, wigner, envelope, C, z, out);
+                TERM(e, c, wigner, envelope, C, in, out);
                 run.add((size_t)target[e] * 9 * C, out, C, c, x_out);
             }
             run.flush(C, c, x_out);
         }
     }
 }
-
 void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
                             const float *envelope, int C, const float *z, unsigned long long *x_out,
                             cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
     span_launch launch(n, C);
-    rotate_back_scatter_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, target, wigner,
-                                                                             envelope, C, z, x_out);
+    scatter_to_targets_kernel<rotate_back_one>
+        <<<launch.blocks, launch.threads, 0, stream>>>(n, target, wigner, envelope, C, z, x_out);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -867,30 +874,13 @@ HD void edge_degree_one(int e, int c, const cu_wigner *wigner, const float *enve
         out[4 + j] = a * W[W_L2_M0 + j] * r2;
 }
 
-__global__ void edge_degree_forward_kernel(int n, const int *target, const cu_wigner *wigner,
-                                           const float *envelope, int C, const float *radial,
-                                           unsigned long long *x_out) {
-    SPAN_LOOP(e0, n) {
-        int end = n - e0 < RUN_EDGES ? n : (int)e0 + RUN_EDGES;
-        for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            target_run run;
-            for (int e = (int)e0; e < end; e++) {
-                float out[9];
-                edge_degree_one(e, c, wigner, envelope, C, radial, out);
-                run.add((size_t)target[e] * 9 * C, out, C, c, x_out);
-            }
-            run.flush(C, c, x_out);
-        }
-    }
-}
-
 void cu_edge_degree_forward(int n, const int *target, const cu_wigner *wigner,
                             const float *envelope, int C, const float *radial,
                             unsigned long long *x_out, cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
     span_launch launch(n, C);
-    edge_degree_forward_kernel<<<launch.blocks, launch.threads, 0, stream>>>(
+    scatter_to_targets_kernel<edge_degree_one><<<launch.blocks, launch.threads, 0, stream>>>(
         n, target, wigner, envelope, C, radial, x_out);
 }
 
