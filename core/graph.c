@@ -227,12 +227,22 @@ void umas_edge_list_free(umas_edge_list *edges) {
 
 int umas_build_edges(int num_atoms, const double *positions, const double cell[9], const int pbc[3],
                      double cutoff, umas_edge_list *edges, umas_error *err) {
+    return umas_build_edges_to(num_atoms, num_atoms, positions, cell, pbc, cutoff, edges, err);
+}
+
+int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
+                        const double cell[9], const int pbc[3], double cutoff,
+                        umas_edge_list *edges, umas_error *err) {
     if (edges == NULL) {
         return umas_fail(err, "umas_build_edges: edges is NULL");
     }
     memset(edges, 0, sizeof *edges);
     if (num_atoms < 0) {
         return umas_fail(err, "umas_build_edges: num_atoms = %d is negative", num_atoms);
+    }
+    if (num_targets < 0 || num_targets > num_atoms) {
+        return umas_fail(err, "umas_build_edges: num_targets = %d is not in [0, %d]", num_targets,
+                         num_atoms);
     }
     if (!(cutoff > 0) || !isfinite(cutoff)) {
         return umas_fail(err, "umas_build_edges: the cutoff (%g) must be positive and finite",
@@ -451,19 +461,17 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
             region *= extent[a] > delta[a] ? extent[a] : delta[a];
         }
         double expected = (double)num_ghosts / region * 4.18879 * cutoff * cutoff * cutoff;
-        double guess = num_atoms * (1.1 * (isfinite(expected) ? expected : 0) + 8) + 256;
-        double most = (double)num_atoms * (double)num_ghosts;
+        double guess = num_targets * (1.1 * (isfinite(expected) ? expected : 0) + 8) + 256;
+        double most = (double)num_targets * (double)num_ghosts;
         guess = guess < most ? guess : most;
         guess = guess < 4194304.0 ? guess : 4194304.0; /* beyond this, grow when needed */
         if (reserve_edges(edges, &capacity, (size_t)guess) != 0) {
             umas_fail(err, "umas_build_edges: out of memory (%.0f edges)", guess);
             goto done;
         }
-    }
-
-    /* For each target: its neighbours among the ghosts of its bin and the 26 around it, sorted
-     * by ghost index, i.e. by (source, n). */
-    for (int i = 0; i < num_atoms; i++) {
+    } /* For each target: its neighbours among the ghosts of its bin and the 26 around it, sorted
+       * by ghost index, i.e. by (source, n). */
+    for (int i = 0; i < num_targets; i++) {
         const double *ri = positions + 3 * (size_t)i;
         const int *bi = atom_bin + 3 * (size_t)i;
         size_t num_hits = 0;

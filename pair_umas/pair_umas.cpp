@@ -420,9 +420,11 @@ void PairUMAS::build_list() {
     const double cell[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     const int no_pbc[3] = {0, 0, 0}; /* ghosts are explicit images */
     umas_edge_list all = {0, nullptr, nullptr, nullptr, nullptr};
-    umas_error err;
-    if (umas_build_edges(model_atoms, positions.data(), cell, no_pbc, info->cutoff + neighbor->skin,
-                         &all, &err))
+    umas_error err; /* local mode: the ghosts are sources only, so only the owned atoms need their
+                       neighbours */
+    int targets = mode == LOCAL ? owned : model_atoms;
+    if (umas_build_edges_to(model_atoms, targets, positions.data(), cell, no_pbc,
+                            info->cutoff + neighbor->skin, &all, &err))
         fail_with_atom_ids(err.message);
     std::vector<int> incoming(model_atoms, 0);
     for (int e = 0; e < all.num_edges; e++)

@@ -520,6 +520,44 @@ TEST(BuildEdges, SimpleCubicSelfImages) {
     EXPECT_EQ(exact.size(), 6);
 }
 
+// Edges into the first k atoms only: the full list without the other targets' edges, in the same
+// order and with the same vectors, for every k (pair_umas' local mode: ghosts are only sources).
+TEST(BuildEdges, IntoTheFirstTargetsIsThePrefixOfTheFullList) {
+    std::vector<fs::path> cases = reference_cases();
+    ASSERT_FALSE(cases.empty());
+    Structure s = load_structure(cases.front());
+    Edges all;
+    build(s, 6.0, all);
+    for (int k : {0, 1, s.num_atoms / 2, s.num_atoms}) {
+        SCOPED_TRACE("targets " + std::to_string(k));
+        umas_edge_list part{};
+        umas_error err{};
+        ASSERT_EQ(umas_build_edges_to(s.num_atoms, k, s.positions.data(), s.cell, s.pbc, 6.0, &part,
+                                      &err),
+                  0)
+            << err.message;
+        int expected = 0;
+        while (expected < all.size() && all.list.target[expected] < k)
+            expected++; // the full list is sorted by target
+        ASSERT_EQ(part.num_edges, expected);
+        std::vector<Key> want = keys(all.list), got = keys(part);
+        want.resize(expected);
+        EXPECT_EQ(got, want);
+        if (expected > 0) { // (memcmp must not see the null vectors of an empty list)
+            EXPECT_EQ(std::memcmp(part.vector, all.list.vector, sizeof(double) * 3 * expected), 0);
+        }
+        umas_edge_list_free(&part);
+    }
+    umas_edge_list e{};
+    umas_error err{};
+    EXPECT_NE(umas_build_edges_to(s.num_atoms, s.num_atoms + 1, s.positions.data(), s.cell, s.pbc,
+                                  6.0, &e, &err),
+              0);
+    EXPECT_NE(std::string(err.message).find("num_targets"), std::string::npos) << err.message;
+    EXPECT_NE(
+        umas_build_edges_to(s.num_atoms, -1, s.positions.data(), s.cell, s.pbc, 6.0, &e, &err), 0);
+}
+
 TEST(BuildEdges, ZeroAtoms) {
     double cell[9] = {10, 0, 0, 0, 10, 0, 0, 0, 10};
     int pbc[3] = {1, 1, 1};
