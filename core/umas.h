@@ -217,7 +217,8 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
 /* The same edges into the first num_targets atoms only (0 <= num_targets <= num_atoms; sources
  * are all atoms), in the same order: umas_build_edges's list without the edges whose target is
  * num_targets or later, for the cost of those targets alone (pair_umas: owned atoms first, then
- * the ghosts, which are only sources in its local mode). */
+ * the ghosts, which are only sources in its local mode). Atoms on top of each other are found
+ * when one of them is a target. */
 int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
                         const double cell[9], const int pbc[3], double cutoff,
                         umas_edge_list *edges, umas_error *err);

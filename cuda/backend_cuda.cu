@@ -1130,8 +1130,8 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         for (bool keep_radial : {true, false}) {
             if (keep_radial && s->force_no_radial)
                 continue;
-            bool fits;
-            if (E <= s->stored_edges) { /* the steps of one list: decided already */
+            bool fits, decided = E <= s->stored_edges; /* the steps of one list: decided already */
+            if (decided) {
                 fits = keep_radial == s->stored_keep_radial;
             } else {
                 size_t free_bytes = 0, total = 0;
@@ -1146,7 +1146,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
             s->store = true;
             s->keep_radial = keep_radial;
             s->chunk = (int)E;
-            if (!keep_radial)
+            if (!keep_radial && !decided) /* once: releasing changes the buffers (graphs) */
                 release_kept_tapes(s, true);
             if (reserve_buffers(ctx, g, err) == 0) {
                 s->stored_edges = std::max(s->stored_edges, E);
