@@ -469,8 +469,10 @@ int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
             umas_fail(err, "umas_build_edges: out of memory (%.0f edges)", guess);
             goto done;
         }
-    } /* For each target: its neighbours among the ghosts of its bin and the 26 around it, sorted
-       * by ghost index, i.e. by (source, n). */
+    }
+
+    /* For each target: its neighbours among the ghosts of its bin and the 26 around it, sorted
+     * by ghost index, i.e. by (source, n). */
     for (int i = 0; i < num_targets; i++) {
         const double *ri = positions + 3 * (size_t)i;
         const int *bi = atom_bin + 3 * (size_t)i;

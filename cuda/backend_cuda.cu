@@ -786,59 +786,21 @@ void cuda_destroy(umas_context *ctx) {
         return;
     for (void *p : s->weight_memory)
         cudaFree(p);
-    buffer *all[] = {&s->vec,
-                     &s->src,
-                     &s->tgt,
-                     &s->distance,
-                     &s->envelope,
-                     &s->wigner,
-                     &s->d_wigner,
-                     &s->d_envelope,
-                     &s->d_distance,
-                     &s->gradient,
-                     &s->z,
-                     &s->h,
-                     &s->u,
-                     &s->ffn_out,
-                     &s->ffn_pre,
-                     &s->ffn_hidden,
-                     &s->head_hidden,
-                     &s->node_output,
-                     &s->saved,
-                     &s->dh,
-                     &s->du,
-                     &s->d_tmp,
-                     &s->ffn_d_pre,
-                     &s->ffn_d_r,
-                     &s->radial_input,
-                     &s->hidden,
-                     &s->d_radial,
-                     &s->d_gauss,
-                     &s->radial_work,
-                     &s->rotated,
-                     &s->product_r,
-                     &s->product_i,
-                     &s->d_gated,
-                     &s->d_conv1_m0,
-                     &s->unscaled,
-                     &s->list_source,
-                     &s->list_target,
-                     &s->list_image,
-                     &s->list_vector,
-                     &s->keep,
-                     &s->slot,
-                     &s->kept,
-                     &s->select_scratch,
-                     &s->flags,
-                     &s->positions,
-                     &s->cell,
-                     &s->forces,
-                     &s->virial,
-                     &s->node_virial,
-                     &s->first,
-                     &s->split_hi,
-                     &s->split_lo,
-                     &s->node_sums};
+    /* every buffer, five to a row (clang-format would give each its own line) */
+    // clang-format off
+    buffer *all[] = {
+        &s->vec,          &s->src,          &s->tgt,          &s->distance,     &s->envelope,
+        &s->wigner,       &s->d_wigner,     &s->d_envelope,   &s->d_distance,   &s->gradient,
+        &s->z,            &s->h,            &s->u,            &s->ffn_out,      &s->ffn_pre,
+        &s->ffn_hidden,   &s->head_hidden,  &s->node_output,  &s->saved,        &s->dh,
+        &s->du,           &s->d_tmp,        &s->ffn_d_pre,    &s->ffn_d_r,      &s->radial_input,
+        &s->hidden,       &s->d_radial,     &s->d_gauss,      &s->radial_work,  &s->rotated,
+        &s->product_r,    &s->product_i,    &s->d_gated,      &s->d_conv1_m0,   &s->unscaled,
+        &s->list_source,  &s->list_target,  &s->list_image,   &s->list_vector,  &s->keep,
+        &s->slot,         &s->kept,         &s->select_scratch, &s->flags,        &s->positions,
+        &s->cell,         &s->forces,       &s->virial,       &s->node_virial,  &s->first,
+        &s->split_hi,     &s->split_lo,     &s->node_sums};
+    // clang-format on
     for (buffer *b : all)
         if (b->ptr)
             cudaFree(b->ptr);
@@ -861,7 +823,7 @@ void cuda_destroy(umas_context *ctx) {
 }
 
 /* Floats per edge of block l's edge_tape, buffer by buffer (tape_buffer order), as
- * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first, *
+ * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first,
  * so only tapes[0] (which also serves the edge-degree MLP) and general's tape keep pre_norm1;
  * without keep_radial the kept tapes of blocks 1.. have no radial output either. */
 void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
@@ -1067,8 +1029,8 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
         {&s->d_gated, n * 9 * H * f, "edge adjoints"},
-        {&s->d_conv1_m0, n * 5 * H * f,
-         "edge adjoints"}, /* umas_fast_gpu's producer backward recomputes these in registers */
+        {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
+        /* umas_fast_gpu's producer backward recomputes these in registers */
         {&s->unscaled, s->fused ? 0 : n * 18 * C * f, "edge features"},
         {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
         {&s->split_hi, split * f, "3xtf32 operands"},

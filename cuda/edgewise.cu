@@ -18,8 +18,10 @@
  *     target stays the same, with one atomic per row when it changes. Edges come sorted by
  *     target (pair_umas, core/graph.c), so that is about one atomic per node and span instead
  *     of one per edge; the spans are fixed, so the bits still do not change from run to run;
- *   - per-edge dot products over the channels (d_wigner, d_envelope): one block per edge,
- *     threads over the channels, a shuffle tree per warp then a sum over the (<= 8) warps.
+ *   - per-edge dot products over the channels (d_wigner, d_envelope): one warp per edge, lanes
+ *     over the channels, then a sum over the lanes (rotate_back_backward, edge_degree_backward);
+ *     in the gather backward, whose block walks a few edges, per edge a reduce-scatter over the
+ *     lanes of each warp and a sum over the (<= 8) warps (block_sum);
  * The per-(edge, channel) math lives in __host__ __device__ functions so that it can be checked
  * on the host against the CPU code; accumulate() is an atomic add on the device, += on the
  * host. */
@@ -768,6 +770,7 @@ __global__ void scatter_to_targets_kernel(int n, const int *target, const cu_wig
         }
     }
 }
+
 void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
                             const float *envelope, int C, const float *z, unsigned long long *x_out,
                             cudaStream_t stream) {

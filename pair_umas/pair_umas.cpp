@@ -420,8 +420,8 @@ void PairUMAS::build_list() {
     const double cell[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     const int no_pbc[3] = {0, 0, 0}; /* ghosts are explicit images */
     umas_edge_list all = {0, nullptr, nullptr, nullptr, nullptr};
-    umas_error err; /* local mode: the ghosts are sources only, so only the owned atoms need their
-                       neighbours */
+    umas_error err;
+    /* local mode: the ghosts are sources only, so only the owned atoms need their neighbours */
     int targets = mode == LOCAL ? owned : model_atoms;
     if (umas_build_edges_to(model_atoms, targets, positions.data(), cell, no_pbc,
                             info->cutoff + neighbor->skin, &all, &err))

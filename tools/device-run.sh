@@ -5,7 +5,7 @@
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
 # part out; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
 # optionally with :VARIABLE=value for that run's environment (e.g. umas_fast_gpu:3xtf32:
-# UMAS_TC_CHUNK=4). UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
+# UMAS_CUDA_RECOMPUTE=radial). UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
 # holds (wgmma instructions, local-memory spills).
 set -uo pipefail
 source tools/device-env.sh
