@@ -66,10 +66,13 @@ static int find_precision(const char *name, const char *device, umas_precision *
         *precision = UMAS_PRECISION_3XTF32;
     else if (gpu && strcmp(name, "tf32") == 0)
         *precision = UMAS_PRECISION_TF32;
+    else if (gpu && strcmp(name, "ozaki") == 0)
+        *precision = UMAS_PRECISION_OZAKI;
     else
         return umas_fail(err, "precision '%s' is not available on device '%s' (%s)", name,
                          device ? device : "cpu",
-                         gpu ? "cuda has fp32, 3xtf32 and tf32" : "the CPU computes in fp64");
+                         gpu ? "cuda has fp32, 3xtf32, tf32 and ozaki"
+                             : "the CPU computes in fp64");
     return 0;
 }
 

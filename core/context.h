@@ -57,6 +57,7 @@ typedef enum umas_precision {
     UMAS_PRECISION_EXACT,  /* fp64 on the CPU, fp32 on the GPU */
     UMAS_PRECISION_3XTF32, /* GPU: three TF32 tensor-core products (high/low split) */
     UMAS_PRECISION_TF32,   /* GPU: one TF32 tensor-core product */
+    UMAS_PRECISION_OZAKI,  /* GPU: fp32-accurate products from int8 slices (Hopper) */
 } umas_precision;
 
 struct umas_context {

@@ -105,8 +105,10 @@ typedef struct umas_options {
     /* Arithmetic of the matrix products. NULL: the device's exact default, "fp64" on the CPU,
      * "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split into
      * high and low TF32 parts: float32 accuracy, within the same bounds against float64; on
-     * Hopper GPUs umas's own tensor-core kernel, faster than fp32) and "tf32" (one TF32
-     * product: fastest, forces to about 1e-2 eV/A). */
+     * Hopper GPUs umas's own tensor-core kernel, faster than fp32), "ozaki" (float32
+     * accuracy from int8 tensor-core products: each operand row in three int8 slices with one
+     * power-of-two scale, six products summed exactly in int32; Hopper GPUs only, elsewhere it
+     * computes as fp32) and "tf32" (one TF32 product: fastest, forces to about 1e-2 eV/A). */
     const char *precision;
 } umas_options;
 

@@ -7,6 +7,7 @@
  * Memory: one set of per-edge, per-node and per-chunk buffers, grown when a graph needs more and
  * reused across calls; a failed cudaMalloc reports the bytes asked for with the atom and edge
  * counts. */
+#include "gemm_i8.h"
 #include "gemm_tc.h"
 #include "kernels.h"
 
@@ -35,9 +36,12 @@ struct dev_linear {
     /* 3xtf32: the transpose [in][out] split the same way, for the backward's NT products on
      * Hopper (tc_gemm_nt_tma); else null */
     float *weight_t = nullptr, *weight_t_lo = nullptr;
-    /* 3xtf32: the weight in fp32, [out][in], for products too small to fill the GPU with the
-     * tensor-core kernel's tiles (exact fp32 SGEMM instead); else null */
+    /* 3xtf32 and ozaki: the weight in fp32, [out][in], for products too small to fill the GPU
+     * with the tensor-core kernel's tiles (exact fp32 SGEMM instead); else null */
     float *weight_f32 = nullptr;
+    /* ozaki on Hopper: the int8 slices of the weight [out][in] (the forward's operand) and of
+     * its transpose [in][out] (the backward's), gemm_i8.h; else empty */
+    i8_sliced sliced = {}, sliced_t = {};
     float *bias = nullptr; /* [out] or null */
 };
 struct dev_layer_norm {
@@ -100,9 +104,11 @@ struct cuda_state {
     bool fast = false; /* umas_fast: block-form SO(2) GEMMs and the unified radial MLP */
     umas_precision precision = UMAS_PRECISION_EXACT;
     /* 3xtf32 on a Hopper GPU: products by the split-precision tensor-core kernels of gemm_tc.h
-     * (no activation split buffers); elsewhere three cuBLAS TF32 products */
+     * (no activation split buffers); elsewhere three cuBLAS TF32 products. ozaki on a Hopper
+     * GPU: products by the int8 kernel of gemm_i8.h; elsewhere exact fp32 SGEMMs. */
     bool tensor_core_gemm = false;
     int multiprocessors = 0; /* of the device */
+    int ozaki_rows = 0;      /* ozaki: rows of an activation sliced at a time (s->sliced) */
     int widest = 0;          /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
@@ -145,6 +151,9 @@ struct cuda_state {
     std::vector<edge_tape> tapes;
     /* 3xtf32: the TF32 parts of a product's activation operand */
     buffer split_hi, split_lo;
+    /* ozaki: a product's activation operand, sliced (gemm_i8.h), for up to ozaki_rows rows at a
+     * time: [ozaki_rows] exponents, then the three planes */
+    buffer sliced;
     /* umas_fast, per edge: every block's first radial layer output [E][L Ce]; in the backward
      * block l's slice is overwritten by its adjoint once block l is done */
     buffer first;
@@ -220,6 +229,36 @@ float *upload(cuda_state *s, const double *host, size_t n) {
     return upload_floats(s, std::vector<float>(host, host + n));
 }
 
+/* ozaki: the int8 slices (gemm_i8.h) of the fp32 matrix a [rows][cols], made on the device and
+ * kept with the weights (null pointers when out of memory: the caller's check finds them). */
+i8_sliced upload_sliced(cuda_state *s, const std::vector<float> &a, int rows, int cols) {
+    i8_sliced d = {};
+    d.ld = i8_slice_ld(cols);
+    d.plane = (size_t)rows * d.ld;
+    void *slices = nullptr, *exponents = nullptr;
+    float *matrix = nullptr;
+    if (cudaMalloc(&slices, 3 * d.plane) != cudaSuccess)
+        slices = nullptr;
+    if (cudaMalloc(&exponents, (size_t)rows * sizeof(int)) != cudaSuccess)
+        exponents = nullptr;
+    s->weight_memory.push_back(slices);
+    s->weight_memory.push_back(exponents);
+    s->weight_bytes += 3 * d.plane + (size_t)rows * sizeof(int);
+    if (!slices || !exponents ||
+        cudaMalloc(reinterpret_cast<void **>(&matrix), a.size() * sizeof(float)) != cudaSuccess) {
+        cudaGetLastError();
+        s->weight_memory.push_back(nullptr); /* reported as out of memory */
+        return d;
+    }
+    d.slices = static_cast<int8_t *>(slices);
+    d.exponents = static_cast<int *>(exponents);
+    cudaMemcpy(matrix, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice);
+    i8_slice(rows, cols, matrix, (size_t)cols, &d, s->stream);
+    cudaStreamSynchronize(s->stream);
+    cudaFree(matrix);
+    return d;
+}
+
 /* A linear layer [out][in] from float64 weights (and bias). With 3xtf32 the weight goes up as its
  * TF32 part and the float32 remainder (split once here, in double). */
 dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *weight,
@@ -246,6 +285,19 @@ dev_linear upload_linear_weights(cuda_state *s, int out, int in, const double *w
         d.weight_t = upload_floats(s, hi_t);
         d.weight_t_lo = upload_floats(s, lo_t);
         d.weight_f32 = upload(s, weight, n);
+    } else if (s->precision == UMAS_PRECISION_OZAKI) {
+        d.weight = upload(s, weight, n);
+        d.weight_f32 = d.weight;
+        if (s->tensor_core_gemm) {
+            std::vector<float> f(n), t(n);
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    f[(size_t)o * in + i] = (float)weight[(size_t)o * in + i];
+                    t[(size_t)i * out + o] = f[(size_t)o * in + i];
+                }
+            d.sliced = upload_sliced(s, f, out, in);
+            d.sliced_t = upload_sliced(s, t, in, out);
+        }
     } else if (s->precision == UMAS_PRECISION_TF32) {
         std::vector<float> rounded(n);
         for (size_t k = 0; k < n; k++)
@@ -268,6 +320,11 @@ dev_linear output_rows(const dev_linear &lin, int first, int count) {
     d.weight = lin.weight + offset;
     d.weight_lo = lin.weight_lo ? lin.weight_lo + offset : nullptr;
     d.weight_f32 = lin.weight_f32 ? lin.weight_f32 + offset : nullptr;
+    if (lin.sliced.slices) {
+        d.sliced = lin.sliced;
+        d.sliced.slices += (size_t)first * lin.sliced.ld;
+        d.sliced.exponents += first;
+    }
     d.bias = lin.bias ? lin.bias + first : nullptr;
     return d;
 }
@@ -316,12 +373,40 @@ void gemm_with(cuda_state *s, cublasComputeType_t compute, cublasOperation_t op_
                  &beta, c, CUDA_R_32F, ldc, compute, CUBLAS_GEMM_DEFAULT);
 }
 
+/* Whether the context's cuBLAS products are exact fp32: precision fp32, and ozaki's products
+ * that its int8 kernel does not take. */
+bool fp32_products(const cuda_state *s) {
+    return s->precision == UMAS_PRECISION_EXACT || s->precision == UMAS_PRECISION_OZAKI;
+}
+
 void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const float *a, int lda,
           const float *b, int ldb, float beta, float *c, int ldc) {
-    gemm_with(s,
-              s->precision == UMAS_PRECISION_EXACT ? CUBLAS_COMPUTE_32F_PEDANTIC
-                                                   : CUBLAS_COMPUTE_32F_FAST_TF32,
+    gemm_with(s, fp32_products(s) ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F_FAST_TF32,
               op_a, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* ozaki on Hopper: c[rows][m] = beta c + act[rows][k] W^T (+ bias) by the int8 kernel
+ * (gemm_i8.h) on the weight's slices (w: the weight's, or its transpose's), the activation
+ * sliced into s->sliced up to ozaki_rows rows at a time. Returns false (nothing done) when the
+ * kernel does not take the product. */
+bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const float *act,
+                int ldact, const float *bias, float beta, float *c, int ldc) {
+    const size_t ld = i8_slice_ld(k);
+    const size_t exponent_bytes = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16;
+    const size_t chunk = s->ozaki_rows;
+    if (!w.slices || chunk == 0 || s->sliced.bytes < exponent_bytes + 3 * chunk * ld)
+        return false;
+    unsigned char *base = static_cast<unsigned char *>(s->sliced.ptr);
+    i8_sliced x = {reinterpret_cast<int8_t *>(base + exponent_bytes), reinterpret_cast<int *>(base),
+                   ld, chunk * ld};
+    if (!i8_gemm_nt(0, m, k, &x, &w, bias, beta, c, (size_t)ldc, s->stream))
+        return false; /* asks whether the kernel takes these operands */
+    for (size_t r0 = 0; r0 < (size_t)rows; r0 += chunk) {
+        const int n = (int)std::min(chunk, (size_t)rows - r0);
+        i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
+        i8_gemm_nt(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, s->stream);
+    }
+    return true;
 }
 
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
@@ -343,6 +428,20 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
     if (!s->tensor_core_gemm)
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
+    if (s->precision == UMAS_PRECISION_OZAKI) {
+        const bool few = i8_gemm_nt_blocks(rows, m) < (size_t)s->multiprocessors;
+        if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
+                               beta, c, ldc))
+            return true;
+        if (bias && rows > 0) {
+            broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(
+                rows, m, bias, c, ldc);
+            beta = 1.0f;
+        }
+        gemm_with(s, CUBLAS_COMPUTE_32F_PEDANTIC, op_w, m, rows, k, lin.weight_f32, lin.in, act,
+                  ldact, beta, c, ldc);
+        return true;
+    }
     const bool small = tc_gemm_nt_tma_blocks(rows, m) < (size_t)s->multiprocessors;
     if (!small &&
         tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, rows, m, k, act, (size_t)ldact,
@@ -371,7 +470,7 @@ void gemm_split(cuda_state *s, const dev_linear &lin, cublasOperation_t op_w, in
                 int rows, const float *act, int ldact, int width, float beta, float *c, int ldc) {
     if (gemm_tensor_cores(s, lin, op_w, m, k, rows, act, ldact, nullptr, beta, c, ldc))
         return;
-    if (s->precision == UMAS_PRECISION_EXACT) {
+    if (fp32_products(s)) {
         gemm(s, op_w, m, rows, k, lin.weight, lin.in, act, ldact, beta, c, ldc);
         return;
     }
@@ -397,9 +496,8 @@ bool linear_forward_bias_epilogue(cuda_state *s, const dev_linear &lin, int rows
                                   int ldx, float *y, int ldy) {
     if (!s->blas_lt || !lin.bias || s->precision == UMAS_PRECISION_3XTF32)
         return false;
-    const cublasComputeType_t compute = s->precision == UMAS_PRECISION_EXACT
-                                            ? CUBLAS_COMPUTE_32F_PEDANTIC
-                                            : CUBLAS_COMPUTE_32F_FAST_TF32;
+    const cublasComputeType_t compute =
+        fp32_products(s) ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F_FAST_TF32;
     const cublasOperation_t transpose = CUBLAS_OP_T, none = CUBLAS_OP_N;
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
     const float one = 1.0f, zero = 0.0f;
@@ -799,7 +897,7 @@ void cuda_destroy(umas_context *ctx) {
         &s->list_source,  &s->list_target,  &s->list_image,   &s->list_vector,  &s->keep,
         &s->slot,         &s->kept,         &s->select_scratch, &s->flags,        &s->positions,
         &s->cell,         &s->forces,       &s->virial,       &s->node_virial,  &s->first,
-        &s->split_hi,     &s->split_lo,     &s->node_sums};
+        &s->split_hi,     &s->split_lo,     &s->node_sums,    &s->sliced};
     // clang-format on
     for (buffer *b : all)
         if (b->ptr)
@@ -877,6 +975,14 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
         alignas(16) static const float aligned[4] = {0, 0, 0, 0};
         s->tensor_core_gemm = tc_gemm_nt_tma(TC_ACCUM_CHUNK_JAM, 2, 0, 4, 4, aligned, 4, aligned,
                                              aligned, 4, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
+        cudaDeviceGetAttribute(&s->multiprocessors, cudaDevAttrMultiProcessorCount, s->device);
+    }
+    if (s->precision == UMAS_PRECISION_OZAKI) { /* rows = 0: asks whether the kernel runs here */
+        alignas(16) static int8_t slices[16];
+        static int exponents[1];
+        const i8_sliced probe = {slices, exponents, 16, 16};
+        s->tensor_core_gemm =
+            i8_gemm_nt(0, 4, 4, &probe, &probe, nullptr, 0.0f, nullptr, 4, nullptr) != 0;
         cudaDeviceGetAttribute(&s->multiprocessors, cudaDevAttrMultiProcessorCount, s->device);
     }
     if (check(cudaStreamCreate(&s->stream), "cudaStreamCreate", err))
@@ -989,6 +1095,13 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t split = s->precision == UMAS_PRECISION_3XTF32 && !s->tensor_core_gemm
                        ? std::max(n, N) * s->widest
                        : 0;
+    /* ozaki: the sliced activation of the largest product, at most 2^17 rows at a time */
+    size_t ozaki = 0;
+    if (s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm) {
+        s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 17);
+        ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
+                3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
+    }
     struct item {
         buffer *b;
         size_t bytes;
@@ -1034,6 +1147,7 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         {&s->unscaled, s->fused ? 0 : n * 18 * C * f, "edge features"},
         {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
         {&s->split_hi, split * f, "3xtf32 operands"},
+        {&s->sliced, ozaki, "ozaki operands"},
         {&s->split_lo, split * f, "3xtf32 operands"},
     };
     for (const item &it : items)

@@ -42,6 +42,7 @@
  * 4. Any rows, out, K: the copy engine fills what lies outside the matrices with zeros. */
 #include "gemm_tc.h"
 #include "gemm_tc_common.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 #include <cuda.h>
@@ -69,70 +70,6 @@ constexpr unsigned STAGE_BYTES = X_TILE_BYTES + 2 * W_TILE_BYTES; /* X, W_hi, W_
 /* the stages (1,024-byte aligned for the swizzle atoms), then full[] and empty[] barriers */
 constexpr size_t SMEM_BYTES = 1024 + STAGES * (size_t)STAGE_BYTES + 2 * STAGES * sizeof(uint64_t);
 static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
-
-/* ---- mbarriers and bulk tensor copies (PTX ISA: mbarrier, cp.async.bulk.tensor) ----------- */
-
-__device__ __forceinline__ unsigned smem_address(const void *p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void barrier_init(uint64_t *bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
-                 : "memory");
-}
-
-/* Makes the barriers' initialisation visible to the copy engine (and the other threads, after
- * the block barrier that follows). */
-__device__ __forceinline__ void barrier_init_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-
-/* One arrival that also announces `bytes` of copies completing on this barrier's phase. */
-__device__ __forceinline__ void barrier_arrive_expect(uint64_t *bar, unsigned bytes) {
-    asm volatile(
-        "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)),
-        "r"(bytes)
-        : "memory");
-}
-
-__device__ __forceinline__ void barrier_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
-}
-
-/* Waits until the barrier's phase with this parity (0, 1, 0, ... for its rounds) completed. */
-__device__ __forceinline__ void barrier_wait(uint64_t *bar, unsigned parity) {
-    unsigned done = 0;
-    do {
-        asm volatile("{\n.reg .pred p;\n"
-                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(smem_address(bar)), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-
-/* Copies the box ([BM][32] or [BN][32]) at (k, row) of `map` into dst; completes on bar. */
-__device__ __forceinline__ void copy_tile(void *dst, const CUtensorMap *map, int k, int row,
-                                          uint64_t *bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
-                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_address(dst)),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(smem_address(bar))
-                 : "memory");
-}
-
-/* Descriptor of a K-major B tile in the 128-byte swizzle (PTX ISA, "matrix descriptor"): start
- * address / 16; leading byte offset unused (1); stride byte offset 1,024 / 16 between 8-row
- * atoms; layout type 1 (128-byte swizzle) in bits 62-63. k-step s of a stage starts 32 s bytes
- * into the rows (the hardware applies the swizzle to the computed addresses). */
-__device__ __forceinline__ uint64_t b_descriptor_sw128(const void *tile, int kstep) {
-    const unsigned address = smem_address(tile) + 32u * (unsigned)kstep;
-    uint64_t d = (uint64_t)((address & 0x3ffffu) >> 4);
-    d |= (uint64_t)1 << 16;
-    d |= (uint64_t)(1024 >> 4) << 32;
-    d |= (uint64_t)1 << 62;
-    return d;
-}
 
 /* x[r][k] of a swizzled [rows][32] tile. */
 __device__ __forceinline__ float tile_at(const float *tile, int r, int k) {
@@ -229,9 +166,9 @@ __global__ void __launch_bounds__(THREADS, 1)
             if constexpr (ACC == TC_ACCUM_DIRECT) {
 #pragma unroll
                 for (int c = 0; c < CHUNK; c++) {
-                    wgmma_tf32(acc, alo[c], b_descriptor_sw128(w_hi, c0 + c), 1);
-                    wgmma_tf32(acc, ahi[c], b_descriptor_sw128(w_lo, c0 + c), 1);
-                    wgmma_tf32(acc, ahi[c], b_descriptor_sw128(w_hi, c0 + c), 1);
+                    wgmma_tf32(acc, alo[c], descriptor_sw128(w_hi, c0 + c), 1);
+                    wgmma_tf32(acc, ahi[c], descriptor_sw128(w_lo, c0 + c), 1);
+                    wgmma_tf32(acc, ahi[c], descriptor_sw128(w_hi, c0 + c), 1);
                 }
                 wgmma_commit();
                 wgmma_wait<0>();
@@ -239,13 +176,13 @@ __global__ void __launch_bounds__(THREADS, 1)
             } else {
 #pragma unroll
                 for (int c = 0; c < CHUNK; c++) /* fresh accumulator at the first */
-                    wgmma_tf32(p, alo[c], b_descriptor_sw128(w_hi, c0 + c), c > 0);
+                    wgmma_tf32(p, alo[c], descriptor_sw128(w_hi, c0 + c), c > 0);
 #pragma unroll
                 for (int c = 0; c < CHUNK; c++)
-                    wgmma_tf32(p, ahi[c], b_descriptor_sw128(w_lo, c0 + c), 1);
+                    wgmma_tf32(p, ahi[c], descriptor_sw128(w_lo, c0 + c), 1);
 #pragma unroll
                 for (int c = 0; c < CHUNK; c++)
-                    wgmma_tf32(p, ahi[c], b_descriptor_sw128(w_hi, c0 + c), 1);
+                    wgmma_tf32(p, ahi[c], descriptor_sw128(w_hi, c0 + c), 1);
                 wgmma_commit();
                 wgmma_wait<0>();
                 pin(p);
@@ -284,22 +221,6 @@ __global__ void __launch_bounds__(THREADS, 1)
 
 /* ---- host side ---------------------------------------------------------------------------- */
 
-/* The driver's cuTensorMapEncodeTiled, through the runtime (no link to libcuda); null when the
- * driver has none. */
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-    static std::once_flag once;
-    static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
-    std::call_once(once, [] {
-        void *fn = nullptr;
-        cudaDriverEntryPointQueryResult found;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-                                             cudaEnableDefault, &found) == cudaSuccess &&
-            found == cudaDriverEntryPointSuccess)
-            encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-    });
-    return encode;
-}
-
 /* Tensor map of the fp32 matrix a [rows][cols] (row stride ld elements), boxes of box_rows rows x
  * 32 columns in the 128-byte swizzle, zeros outside. */
 bool encode_tiles(CUtensorMap *map, const float *a, int rows, int cols, size_t ld, int box_rows) {
@@ -337,25 +258,6 @@ bool launch(int M, int N, int K, const CUtensorMap &map_x, const CUtensorMap &ma
     kernel<<<(unsigned)blocks, THREADS, SMEM_BYTES, stream>>>(map_x, map_w_hi, map_w_lo, M, N, K,
                                                               bias, beta, Y, ldy, tiles_n);
     return true;
-}
-
-/* Whether the current device is compute capability 9.0, asked once per device. The answer is
- * published before the "known" bit (release), and read after it (acquire). */
-bool device_is_sm90() {
-    static std::atomic<unsigned long long> known{0}, yes{0};
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64)
-        return false;
-    const unsigned long long bit = 1ull << device;
-    if (!(known.load(std::memory_order_acquire) & bit)) {
-        int major = 0, minor = 0;
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-        if (major == 9 && minor == 0)
-            yes.fetch_or(bit, std::memory_order_relaxed);
-        known.fetch_or(bit, std::memory_order_release);
-    }
-    return (yes.load(std::memory_order_relaxed) & bit) != 0;
 }
 
 template <int ACC>

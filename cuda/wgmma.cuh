@@ -1,6 +1,7 @@
-/* wgmma.cuh - Hopper warpgroup-MMA (wgmma) helpers of the split-precision GEMM kernel for sm_90a
- * (gemm_tc_tma.cu): the tf32 m64n128k8 product with A from registers, its fences, commit and
- * wait, and the fp32 add of a chunk's partial sums. Internal (in an anonymous namespace). The
+/* wgmma.cuh - Hopper warpgroup-MMA (wgmma) helpers of the tensor-core GEMM kernels for sm_90a
+ * (gemm_tc_tma.cu, gemm_i8_tma.cu): the tf32 m64n128k8 product with A from registers, the int8
+ * m64n128k32 product with both operands in shared memory, their fences, commit and wait, and the
+ * fp32 add of a chunk's partial sums. Internal (in an anonymous namespace). The
  * product's body exists only when compiled for the architecture-specific target sm_90a
  * (__CUDA_ARCH_FEAT_SM90_ALL). */
 #ifndef UMAS_CUDA_WGMMA_CUH
@@ -30,6 +31,11 @@ __device__ __forceinline__ void pin(float (&d)[64]) {
 #pragma unroll
     for (int i = 0; i < 64; i++)
         asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void pin(int (&d)[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; i++)
+        asm volatile("" : "+r"(d[i])::"memory");
 }
 __device__ __forceinline__ void pin(uint32_t (&a)[4]) {
 #pragma unroll
@@ -65,6 +71,35 @@ __device__ __forceinline__ void wgmma_tf32(float (&d)[64], const uint32_t (&a)[4
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(accumulate), "l"(b));
 #else
     (void)d, (void)a, (void)b, (void)accumulate;
+#endif
+}
+
+/* d += a b for the warpgroup's 64 x 128 tile, k = 32, int8 x int8 summed exactly in int32: a
+ * (64 rows) and b (128 rows) K-major in shared memory, through their descriptors. d[i] holds the
+ * same (row, column) as in wgmma_tf32. */
+__device__ __forceinline__ void wgmma_s8(int (&d)[64], uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, "
+                 "%17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, "
+                 "%47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+                 "%62, %63}, %64, %65, p;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]),
+                   "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]),
+                   "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]),
+                   "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+                   "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]),
+                   "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]),
+                   "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]),
+                   "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
+                   "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]),
+                   "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]),
+                   "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+                 : "l"(a), "l"(b), "r"(1));
+#else
+    (void)d, (void)a, (void)b;
 #endif
 }
 

@@ -59,6 +59,10 @@ std::vector<CudaCase> cuda_cases() {
                  {"umas_fast_gpu", "3xtf32", ""},
                  {"umas_fast_gpu", "3xtf32", "recompute"},
                  {"umas_fast_gpu", "3xtf32", "radial"},
+                 {"umas_fast", "ozaki", ""},
+                 {"umas_fast_gpu", "ozaki", ""},
+                 {"umas_fast_gpu", "ozaki", "recompute"},
+                 {"umas_fast_gpu", "ozaki", "radial"},
                  {"umas_fast_gpu", "tf32", ""}};
     for (const mode &m : modes)
         for (const CaseId &id : all_cases())
@@ -233,7 +237,7 @@ TEST(Precision, TensorCoreModesAreForTheGpuAndNamesAreChecked) {
     if (have_gpu()) {
         umas_options typo = {"umas_fast", "cuda", "fp16"};
         EXPECT_EQ(umas_context_create(model, &sys, &typo, &err), nullptr);
-        EXPECT_NE(std::string(err.message).find("cuda has fp32, 3xtf32 and tf32"),
+        EXPECT_NE(std::string(err.message).find("cuda has fp32, 3xtf32, tf32 and ozaki"),
                   std::string::npos)
             << err.message;
     }

@@ -41,6 +41,13 @@
 //    nothing written. Shapes: the model's 3000 x 768 -> 640, a ragged 1003 x 200 -> 72 with
 //    padded strides and beta = 1, K = 8 (less than one stage), 500 x 96 -> 256 without bias or
 //    beta, 1 row.
+//  * ozaki GEMM (precision ozaki on Hopper, cuda/gemm_i8.h): i8_slice writes each row as its
+//    exponent e (max|row| (1 + 2^-7) < 2^e <= 2 max|row| (1 + 2^-7)) and three signed bytes whose
+//    value 2^(e-23) (2^16 s0 + 2^8 s1 + s2) is within 2^(e-24) of the entry, zeros past K, a
+//    zero row as zeros, a row with inf or NaN marked I8_NOT_FINITE; i8_gemm_nt on sliced
+//    operands meets the split-precision GEMM's bound above on the same shapes (zero rows give
+//    exact zeros, nothing written outside rows x out, the same bits twice), and a non-finite
+//    row of X gives NaN in its row of Y only.
 // Sizes: the seed's N = 100, E = 3000, C = 128; N = 5, E = 10; C = 256; plus C = 7 (a partial
 // warp) and C = 320 (more channels than threads in the one-block-per-edge kernels).
 // Inputs: random edges (source != target, pairs may repeat), the Wigner blocks of random unit
@@ -48,6 +55,7 @@
 // radial weights in [-1, 1], all from std::mt19937 with a fixed seed. The CPU reads the very
 // float32 values the GPU gets, widened to double, so only the kernels' float32 arithmetic shows.
 // Without a GPU every test skips.
+#include "gemm_i8.h"
 #include "gemm_tc.h"
 #include "kernels.h" // cuda/: C++ linkage (compiled by nvcc as C++)
 
@@ -1067,11 +1075,33 @@ class SplitPrecisionGemm : public ::testing::TestWithParam<GemmShape> {
     std::vector<float> x, w, y0, bias; // [rows][ldx], [out][ldw], [rows + 1][ldy], [out]
 };
 
-TEST_P(SplitPrecisionGemm, EqualsFloat64ProductAndWritesOnlyTheOutput) {
-    int launched = 0;
-    std::vector<float> y = run(&launched);
-    ASSERT_EQ(launched, 1) << "the kernel declined aligned operands on a Hopper GPU";
-    double worst = 0; // max |y - ref| / (sum |x w| + |beta y0| + |bias|)
+// The ozaki GEMM on the same operands: X and W sliced on the device, then one product.
+class OzakiGemm : public SplitPrecisionGemm {
+  protected:
+    std::vector<float> run_ozaki(int *launched) {
+        DeviceArray<float> dx(x), dw(w), dy(y0);
+        DeviceArray<float> dbias(bias.empty() ? std::vector<float>(1, 0.0f) : bias);
+        const size_t ld = i8_slice_ld(g.K);
+        DeviceArray<int8_t> xs(3 * (size_t)g.rows * ld), ws(3 * (size_t)g.out * ld);
+        DeviceArray<int> xe(g.rows), we(g.out);
+        const i8_sliced x8 = {xs.get(), xe.get(), ld, (size_t)g.rows * ld};
+        const i8_sliced w8 = {ws.get(), we.get(), ld, (size_t)g.out * ld};
+        i8_slice(g.rows, g.K, dx.get(), ldx, &x8, 0);
+        i8_slice(g.out, g.K, dw.get(), ldw, &w8, 0);
+        finish("i8_slice");
+        *launched = i8_gemm_nt(g.rows, g.out, g.K, &x8, &w8, g.bias ? dbias.get() : nullptr, g.beta,
+                               dy.get(), ldy, 0);
+        finish("i8_gemm_nt");
+        return dy.download();
+    }
+};
+
+// max |y - ref| / (sum |x w| + |beta y0| + |bias|) over Y, asserting finite outputs and exact
+// zeros where every term is zero.
+double worst_gemm_error(const GemmShape &g, const std::vector<float> &x, size_t ldx,
+                        const std::vector<float> &w, size_t ldw, const std::vector<float> &y0,
+                        const std::vector<float> &bias, const std::vector<float> &y, size_t ldy) {
+    double worst = 0;
     for (int r = 0; r < g.rows; r++)
         for (int o = 0; o < g.out; o++) {
             double ref = 0, scale = 0;
@@ -1089,20 +1119,116 @@ TEST_P(SplitPrecisionGemm, EqualsFloat64ProductAndWritesOnlyTheOutput) {
                 scale += std::fabs((double)bias[o]);
             }
             const float got = y[(size_t)r * ldy + o];
-            ASSERT_TRUE(std::isfinite(got)) << "Y[" << r << "][" << o << "] = " << got;
+            EXPECT_TRUE(std::isfinite(got)) << "Y[" << r << "][" << o << "] = " << got;
             if (scale == 0.0) {
-                ASSERT_EQ(got, 0.0f) << "a zero row gave Y[" << r << "][" << o << "] = " << got;
+                EXPECT_EQ(got, 0.0f) << "a zero row gave Y[" << r << "][" << o << "] = " << got;
                 continue;
             }
             worst = std::max(worst, std::fabs(got - ref) / scale);
         }
+    return worst;
+}
+
+// The padding columns and the guard row of Y are still NaN.
+void expect_only_output_written(const GemmShape &g, const std::vector<float> &y, size_t ldy) {
+    for (int r = 0; r <= g.rows; r++)
+        for (int o = r < g.rows ? g.out : 0; o < (int)ldy; o++)
+            ASSERT_TRUE(std::isnan(y[(size_t)r * ldy + o])) << "wrote Y[" << r << "][" << o << "]";
+}
+
+TEST_P(SplitPrecisionGemm, EqualsFloat64ProductAndWritesOnlyTheOutput) {
+    int launched = 0;
+    std::vector<float> y = run(&launched);
+    ASSERT_EQ(launched, 1) << "the kernel declined aligned operands on a Hopper GPU";
+    const double worst = worst_gemm_error(g, x, ldx, w, ldw, y0, bias, y, ldy);
     std::printf("[ measured ] tc_gemm_nt_tma %d x %d -> %d: max |y - ref| / sum|terms| %.3e\n",
                 g.rows, g.K, g.out, worst);
     RecordProperty("max_relative_error", std::to_string(worst));
     EXPECT_LE(worst, 1e-5);
-    for (int r = 0; r <= g.rows; r++) // padding columns and the guard row: untouched NaN
-        for (int o = r < g.rows ? g.out : 0; o < (int)ldy; o++)
-            ASSERT_TRUE(std::isnan(y[(size_t)r * ldy + o])) << "wrote Y[" << r << "][" << o << "]";
+    expect_only_output_written(g, y, ldy);
+}
+
+TEST_P(OzakiGemm, EqualsFloat64ProductAndWritesOnlyTheOutput) {
+    int launched = 0;
+    std::vector<float> y = run_ozaki(&launched);
+    ASSERT_EQ(launched, 1) << "the kernel declined sliced operands on a Hopper GPU";
+    const double worst = worst_gemm_error(g, x, ldx, w, ldw, y0, bias, y, ldy);
+    std::printf("[ measured ] i8_gemm_nt %d x %d -> %d: max |y - ref| / sum|terms| %.3e\n", g.rows,
+                g.K, g.out, worst);
+    RecordProperty("max_relative_error", std::to_string(worst));
+    EXPECT_LE(worst, 1e-5);
+    expect_only_output_written(g, y, ldy);
+}
+
+TEST_P(OzakiGemm, GivesTheSameBitsTwice) {
+    int launched = 0;
+    std::vector<float> first = run_ozaki(&launched), second = run_ozaki(&launched);
+    ASSERT_EQ(launched, 1);
+    EXPECT_TRUE(same_bits(first, second)) << "two runs differ";
+}
+
+TEST_P(OzakiGemm, ANonFiniteRowOfXGivesNaNInItsRowOfYOnly) {
+    const int bad = g.rows / 2;
+    x[(size_t)bad * ldx] = std::numeric_limits<float>::infinity();
+    int launched = 0;
+    std::vector<float> y = run_ozaki(&launched);
+    ASSERT_EQ(launched, 1);
+    for (int r = 0; r < g.rows; r++)
+        for (int o = 0; o < g.out; o++)
+            ASSERT_EQ(std::isnan(y[(size_t)r * ldy + o]), r == bad)
+                << "Y[" << r << "][" << o << "] = " << y[(size_t)r * ldy + o];
+}
+
+TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnit) {
+    if (!have_gpu())
+        GTEST_SKIP() << "no CUDA device";
+    // rows: uniform, mixed magnitudes 10^[-6, 6], one entry large, all zero, tiny (subnormal
+    // range), NaN, ragged K with padding to the next 16 bytes
+    const int rows = 7, K = 45;
+    const size_t lda = 48, ld = i8_slice_ld(K);
+    ASSERT_EQ(ld, 48u);
+    std::mt19937 rng{20241204};
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> a((size_t)rows * lda, 0.0f);
+    for (int k = 0; k < K; k++) {
+        a[0 * lda + k] = u(rng);
+        a[1 * lda + k] = u(rng) * std::pow(10.0f, 12.0f * (0.5f + 0.5f * u(rng)) - 6.0f);
+        a[2 * lda + k] = k == 7 ? 1e30f : u(rng);
+        a[4 * lda + k] = u(rng) * 1e-41f;
+        a[5 * lda + k] = k == 3 ? std::numeric_limits<float>::quiet_NaN() : u(rng);
+        a[6 * lda + k] = 255.875f * (k % 3 - 1); // exact halves of the low byte's unit
+    }
+    DeviceArray<float> da(a);
+    DeviceArray<int8_t> slices(3 * rows * ld);
+    slices.fill_bytes(0x55); // the padding columns must be written as zero
+    DeviceArray<int> exponents(rows);
+    const i8_sliced out = {slices.get(), exponents.get(), ld, rows * ld};
+    i8_slice(rows, K, da.get(), lda, &out, 0);
+    finish("i8_slice");
+    const std::vector<int8_t> s = slices.download();
+    const std::vector<int> e = exponents.download();
+    for (int r = 0; r < rows; r++) {
+        if (r == 5) {
+            EXPECT_EQ(e[r], (int)I8_NOT_FINITE) << "a NaN entry must mark its row";
+            continue;
+        }
+        double largest = 0;
+        for (int k = 0; k < K; k++)
+            largest = std::max(largest, std::fabs((double)a[r * lda + k]));
+        if (largest > 0) {
+            const double top = largest * (1.0 + std::ldexp(1.0, -7));
+            EXPECT_LT(top, std::ldexp(1.0, e[r])) << "row " << r;
+            EXPECT_GE(2 * top, std::ldexp(1.0, e[r])) << "row " << r;
+        }
+        for (size_t k = 0; k < ld; k++) {
+            const int s0 = s[r * ld + k], s1 = s[rows * ld + r * ld + k],
+                      s2 = s[2 * rows * ld + r * ld + k];
+            const double value = std::ldexp(65536.0 * s0 + 256.0 * s1 + s2, e[r] - 23);
+            const double entry = k < (size_t)K ? a[r * lda + k] : 0.0;
+            EXPECT_LE(std::fabs(value - entry), std::ldexp(1.0, e[r] - 24))
+                << "row " << r << " column " << k << ": " << entry << " sliced as " << value;
+        }
+    }
 }
 
 TEST_P(SplitPrecisionGemm, GivesTheSameBitsTwice) {
@@ -1134,6 +1260,15 @@ INSTANTIATE_TEST_SUITE_P(Shapes, SplitPrecisionGemm,
                                            GemmShape{300, 130, 8, 0, 0.0f, true},    // K < BK
                                            GemmShape{500, 256, 96, 0, 0.0f, false},  // zero rows: 0
                                            GemmShape{1, 128, 64, 0, 0.5f, true}),    // one row
+                         gemm_shape_label);
+
+INSTANTIATE_TEST_SUITE_P(Shapes, OzakiGemm,
+                         ::testing::Values(GemmShape{3000, 640, 768, 0, 0.0f, true}, // conv1 m=0
+                                           GemmShape{1003, 72, 200, 4, 1.0f, false}, // ragged
+                                           GemmShape{300, 130, 8, 0, 0.0f, true},    // K < BK
+                                           GemmShape{500, 256, 96, 0, 0.0f, false},  // zero rows: 0
+                                           GemmShape{1, 128, 64, 0, 0.5f, true},     // one row
+                                           GemmShape{700, 128, 300, 0, 0.0f, false}), // 3 stages
                          gemm_shape_label);
 
 } // namespace

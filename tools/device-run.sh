@@ -56,7 +56,7 @@ if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
 fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
-    for variant in ${UMAS_BENCH_VARIANTS:-general,umas_fast,umas_fast_gpu:fp32 umas_fast_gpu:3xtf32 umas_fast_gpu:tf32}; do
+    for variant in ${UMAS_BENCH_VARIANTS:-general,umas_fast,umas_fast_gpu:fp32 umas_fast_gpu:3xtf32 umas_fast_gpu:ozaki umas_fast_gpu:tf32}; do
         set -- ${variant//:/ }
         echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU ${3:-}"
         env ${3:-} /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \

@@ -17,7 +17,10 @@
  * so NN cases run it on the split transposed weight, as umas's backward does; chunks of 1 and 2
  * k-steps per fresh accumulator, -cN; tma-jam-c2 is the model's, shown for information: its
  * shrink of about -2e-8 on same-sign data fails the SGEMM-level bias criterion below, and the
- * model's own bounds are checked by test_cuda; skipped where it does not take the operands).
+ * model's own bounds are checked by test_cuda; skipped where it does not take the operands),
+ * and the int8 "ozaki" GEMM (gemm_i8.h: i8_gemm_nt on weights sliced once; "ozaki" times the
+ * slicing of X with the product, "ozaki-gemm" the product alone; shown for information, as
+ * tma-jam-c2: its criterion is the model's strict bounds in test_cuda).
  *
  * Columns: maxrel = max|y - ref| / max|ref|; bias = sum(y - ref) / sum|ref|; shrink =
  * sum((y - ref) sign(ref)) / sum|ref| (negative: results pulled toward zero, what truncating
@@ -31,6 +34,7 @@
  *
  * Exit status: 0 pass; 1 the default kernel failed on max error, NaN or writes outside Y (a bug);
  * 2 it failed on bias only; 3 CUDA, cuBLAS or reference errors. */
+#include "gemm_i8.h"
 #include "gemm_tc.h"
 
 #include <cublas_v2.h>
@@ -239,9 +243,9 @@ static void cublas_gemm(cublasHandle_t h, cublasComputeType_t compute, bool nn, 
                             (int)ldy, compute, CUBLAS_GEMM_DEFAULT));
 }
 
-/* The split-precision kernels compared: mma.sync (tc_gemm), warpgroup MMA fed by bulk tensor
- * copies (tc_gemm_nt_tma). */
-enum Kernel { MMA_SYNC = 0, TMA = 1, KERNELS = 2 };
+/* The tensor-core kernels compared: mma.sync (tc_gemm), warpgroup MMA fed by bulk tensor
+ * copies (tc_gemm_nt_tma), the int8 ozaki GEMM (i8_gemm_nt). */
+enum Kernel { MMA_SYNC = 0, TMA = 1, OZAKI = 2, KERNELS = 3 };
 
 struct Method {
     const char *name;
@@ -406,6 +410,7 @@ int main(int argc, char **argv) {
                                         nullptr, beta, Y, ldy, 0) != 0;
         kernel_cases[MMA_SYNC]++;
         kernel_cases[TMA] += tma;
+        kernel_cases[OZAKI]++;
 
         /* Sampled rows: all, or the first and last 64 and random others. */
         std::vector<int> sample;
@@ -548,6 +553,31 @@ int main(int argc, char **argv) {
         }
         if (!tma)
             printf("  (tma kernel: not for these operands or this device)\n");
+        /* the ozaki GEMM: W^T [n][K] sliced once, X sliced per call (or once, for the product
+         * alone) */
+        const size_t lds = i8_slice_ld(K);
+        int8_t *xs = nullptr, *ws = nullptr;
+        int *xe = nullptr, *we = nullptr;
+        CUDA_CHECK(cudaMalloc(&xs, 3 * (size_t)rows * lds));
+        CUDA_CHECK(cudaMalloc(&ws, 3 * (size_t)n * lds));
+        CUDA_CHECK(cudaMalloc(&xe, (size_t)rows * sizeof(int)));
+        CUDA_CHECK(cudaMalloc(&we, (size_t)n * sizeof(int)));
+        const i8_sliced x8 = {xs, xe, lds, (size_t)rows * lds};
+        const i8_sliced w8 = {ws, we, lds, (size_t)n * lds};
+        i8_slice(n, K, Wt, ldwt, &w8, 0);
+        i8_slice(rows, K, X, ldx, &x8, 0);
+        CUDA_CHECK(cudaGetLastError());
+        if (i8_gemm_nt(0, n, K, &x8, &w8, nullptr, beta, Y, ldy, 0)) {
+            methods.push_back({"ozaki", TC_ACCUM_CHUNK_JAM, OZAKI, false, [&] {
+                                   i8_slice(rows, K, X, ldx, &x8, 0);
+                                   i8_gemm_nt(rows, n, K, &x8, &w8, nullptr, beta, Y, ldy, 0);
+                               }});
+            methods.push_back({"ozaki-gemm", TC_ACCUM_CHUNK_JAM, OZAKI, false, [&] {
+                                   i8_gemm_nt(rows, n, K, &x8, &w8, nullptr, beta, Y, ldy, 0);
+                               }});
+        } else {
+            printf("  (ozaki kernel: not for these operands or this device)\n");
+        }
 
         printf("  %-22s %10s %11s %11s %10s %9s %8s  %s\n", "method", "maxrel", "bias", "shrink",
                "SE", "ms", "TFLOP/s", "verdict");
@@ -592,6 +622,10 @@ int main(int argc, char **argv) {
             CUDA_CHECK(cudaFree(Wtlo));
         }
 
+        CUDA_CHECK(cudaFree(xs));
+        CUDA_CHECK(cudaFree(ws));
+        CUDA_CHECK(cudaFree(xe));
+        CUDA_CHECK(cudaFree(we));
         CUDA_CHECK(cudaFree(X));
         CUDA_CHECK(cudaFree(Xhi));
         CUDA_CHECK(cudaFree(Xlo));
@@ -613,15 +647,17 @@ int main(int argc, char **argv) {
         printf("  %-26s %10.2f %10.2f %10.2f %10.2f %10.2f %7.2fx %10.2f %7.2fx\n", s.name.c_str(),
                s.sgemm_pedantic, s.sgemm, s.tf32, s.cublas3, s.tc, s.tc / s.sgemm_pedantic,
                s.tma_jam2, s.tma_jam2 / s.sgemm_pedantic);
-    const char *kernel_names[KERNELS] = {"tc", "tma"};
+    const char *kernel_names[KERNELS] = {"tc", "tma", "ozaki"};
     printf("\ncases passing the criteria (tma-jam, tma-chunk: both chunk lengths together):");
-    for (int k = 0; k < KERNELS; k++) {
+    for (int k = 0; k < OZAKI; k++) {
         const int variants = k == TMA ? 2 : 1;
         printf(" %s-jam %d/%d, %s-chunk %d/%d, %s-direct %d/%d;", kernel_names[k],
                info_pass[k][TC_ACCUM_CHUNK_JAM], variants * kernel_cases[k], kernel_names[k],
                info_pass[k][TC_ACCUM_CHUNK], variants * kernel_cases[k], kernel_names[k],
                info_pass[k][TC_ACCUM_DIRECT], kernel_cases[k]);
     }
+    printf(" %s (with and without the slicing) %d/%d;", kernel_names[OZAKI],
+           info_pass[OZAKI][TC_ACCUM_CHUNK_JAM], 2 * kernel_cases[OZAKI]);
     printf("\n");
     if (!n_cases) {
         printf("no case matched\n");

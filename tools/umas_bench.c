@@ -1,7 +1,7 @@
 /* umas_bench.c - umas-bench: MD-step speed of the backends on rattled Cu FCC boxes.
  *
  *   umas-bench --model M.safetensors [--device cpu|cuda] [--backend general,umas_fast]
- *              [--precision fp32|3xtf32|tf32]
+ *              [--precision fp32|3xtf32|tf32|ozaki]
  *              [--atoms 1000,2000,6000,16000] [--steps 10] [--warmup 2] [--skin 2.0]
  *
  * For each size and backend: a rattled (0.05 A) Cu FCC box of that many atoms (a = 3.61 A), its

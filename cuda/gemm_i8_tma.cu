@@ -1,0 +1,305 @@
+/* gemm_i8_tma.cu - the "ozaki" GEMM (gemm_i8.h): fp32-accurate products from int8 slices on the
+ * tensor cores of Hopper, and the slicing of fp32 matrices.
+ *
+ * Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread issues, per stage,
+ * two bulk tensor copies (the X box [3 planes][128 rows][128 k] and the W box of the same shape,
+ * 48 KiB each) that complete on an mbarrier. Warpgroups 1 and 2 each compute 64 rows of the
+ * block's 128 x 128 tile of Y with m64n128k32 int8 wgmma, both operands from shared memory, in
+ * three int32 accumulators, one per level i + j of the slice products s_i t_j:
+ *     level 0: s0 t0;   level 1: s0 t1 + s1 t0;   level 2: s0 t2 + s1 t1 + s2 t0
+ * (3 x 64 registers per thread; setmaxnreg gives the consumers 240). Each stage holds k = 128
+ * (4 k-steps x 6 products); the consumers keep one stage's products in flight while they issue
+ * the next stage's, and release a stage once its products are complete.
+ * Shared memory: 2 stages of 96 KiB in the 128-byte swizzle (row r's 16-byte chunk c lies at
+ * r * 128 + ((c ^ r % 8) * 16), the K-major layout wgmma reads), then the barriers.
+ *
+ * Epilogue: y = 2^(e_x + e_w - 30) (2^16 L0 + 2^8 L1 + L2), the level sums combined exactly in
+ * int64 and rounded once (through double) to fp32; NaN where a row of X or W was not finite. */
+#include "gemm_i8.h"
+#include "gemm_tc_common.cuh"
+#include "tma.cuh"
+#include "wgmma.cuh"
+
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+namespace {
+
+constexpr int CONSUMERS = 2;                   /* consumer warpgroups, 64 rows each */
+constexpr int BM = 64 * CONSUMERS;             /* rows of Y per block */
+constexpr int BN = 128;                        /* outputs per block: the n of one wgmma */
+constexpr int BK = 128;                        /* k per stage: one 128-byte row of a tile */
+constexpr int KSTEPS = BK / 32;                /* wgmma k-steps per stage */
+constexpr int STAGES = 2;                      /* pipeline depth */
+constexpr int PLANES = 3;                      /* slices per entry */
+constexpr int THREADS = 128 * (1 + CONSUMERS); /* producer warpgroup + consumers */
+constexpr unsigned X_PLANE_BYTES = BM * BK;    /* [BM][128] int8: 16 KiB */
+constexpr unsigned W_PLANE_BYTES = BN * BK;    /* [BN][128] int8: 16 KiB */
+constexpr unsigned X_BOX_BYTES = PLANES * X_PLANE_BYTES;
+constexpr unsigned STAGE_BYTES = X_BOX_BYTES + PLANES * W_PLANE_BYTES;
+/* the stages (1,024-byte aligned for the swizzle atoms), then full[] and empty[] barriers */
+constexpr size_t SMEM_BYTES = 1024 + STAGES * (size_t)STAGE_BYTES + 2 * STAGES * sizeof(uint64_t);
+static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
+constexpr int MAX_K = 32768; /* 3 x 2^14 x K must stay below 2^31 */
+
+/* ---- slicing ------------------------------------------------------------------------------ */
+
+constexpr int SLICE_THREADS = 256;
+
+/* The row exponent e (gemm_i8.h) of a row whose largest magnitude is m; 0 for a zero row. */
+__device__ int row_exponent(float m) {
+    if (m == 0.0f)
+        return 0;
+    int e = 0;
+    frexp((double)m * (1.0 + 0x1p-7), &e); /* m (1 + 2^-7) = f 2^e, f in [0.5, 1) */
+    return e;
+}
+
+/* One warp per row: the row's largest magnitude, then its entries in three signed bytes. */
+__global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_t lda,
+                             i8_sliced out) {
+    const int lane = threadIdx.x & 31;
+    const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
+    for (size_t r = blockIdx.x * (size_t)(blockDim.x / 32) + threadIdx.x / 32; r < (size_t)rows;
+         r += warps) {
+        const float *row = a + r * lda;
+        float m = 0.0f;
+        bool finite = true;
+        for (int k = lane; k < K; k += 32) {
+            const float v = fabsf(row[k]);
+            finite = finite && v <= FLT_MAX;
+            m = fmaxf(m, v);
+        }
+        for (int offset = 16; offset > 0; offset >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        finite = __all_sync(0xffffffffu, finite);
+        const int e = row_exponent(m);
+        const double scale = ldexp(1.0, 23 - e);
+        int8_t *s0 = out.slices + r * out.ld;
+        for (size_t k = 4 * (size_t)lane; k < out.ld; k += 128) {
+            uint32_t packed[PLANES] = {0, 0, 0};
+            for (int j = 0; j < 4; j++) {
+                const float v = finite && k + j < (size_t)K ? row[k + j] : 0.0f;
+                const int A = (int)rint((double)v * scale); /* |A| < 2^23 - 2^15 */
+                const int low = (int)(int8_t)(A & 0xff);
+                const int A1 = (A - low) / 256;
+                const int mid = (int)(int8_t)(A1 & 0xff);
+                const int high = (A1 - mid) / 256;
+                packed[0] |= (uint32_t)(uint8_t)high << (8 * j);
+                packed[1] |= (uint32_t)(uint8_t)mid << (8 * j);
+                packed[2] |= (uint32_t)(uint8_t)low << (8 * j);
+            }
+            for (int p = 0; p < PLANES; p++)
+                *reinterpret_cast<uint32_t *>(s0 + p * out.plane + k) = packed[p];
+        }
+        if (lane == 0)
+            out.exponents[r] = finite ? e : I8_NOT_FINITE;
+    }
+}
+
+/* ---- the GEMM kernel ---------------------------------------------------------------------- */
+
+/* Y tile (blockIdx.x / tiles_n, blockIdx.x % tiles_n) of Y = beta Y + X W^T (+ bias). */
+__global__ void __launch_bounds__(THREADS, 1)
+    i8_gemm_kernel(const __grid_constant__ CUtensorMap map_x,
+                   const __grid_constant__ CUtensorMap map_w, const int *__restrict__ exp_x,
+                   const int *__restrict__ exp_w, int M, int N, int K,
+                   const float *__restrict__ bias, float beta, float *__restrict__ Y, size_t ldy,
+                   int tiles_n) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ unsigned char smem_raw[];
+    unsigned char *const smem = reinterpret_cast<unsigned char *>(
+        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+    uint64_t *const full = reinterpret_cast<uint64_t *>(smem + STAGES * (size_t)STAGE_BYTES);
+    uint64_t *const empty = full + STAGES;
+
+    const int tid = threadIdx.x;
+    const int warpgroup = tid / 128;
+    const int m0 = (int)(blockIdx.x / tiles_n) * BM;
+    const int n0 = (int)(blockIdx.x % tiles_n) * BN;
+    const int ktiles = (K + BK - 1) / BK;
+
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            barrier_init(&full[s], 1);              /* the producer's arrival (+ bytes) */
+            barrier_init(&empty[s], 4 * CONSUMERS); /* one arrival per consumer warp */
+        }
+        barrier_init_fence();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+        if (tid == 0) {
+            for (int kt = 0; kt < ktiles; kt++) {
+                const int s = kt % STAGES, round = kt / STAGES;
+                if (round > 0)
+                    barrier_wait(&empty[s], (round - 1) & 1); /* consumers done with it */
+                unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
+                barrier_arrive_expect(&full[s], STAGE_BYTES);
+                copy_box_3d(stage, &map_x, kt * BK, m0, 0, &full[s]);
+                copy_box_3d(stage + X_BOX_BYTES, &map_w, kt * BK, n0, 0, &full[s]);
+            }
+        }
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n"); /* (65,536 - 128 x 24) / 256 */
+    const int lane = tid & 31, warp = (tid >> 5) & 3;
+    const int consumer = warpgroup - 1;
+
+    int level0[64], level1[64], level2[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        level0[i] = 0;
+        level1[i] = 0;
+        level2[i] = 0;
+    }
+
+#pragma unroll 1
+    for (int kt = 0; kt < ktiles; kt++) {
+        const int s = kt % STAGES;
+        barrier_wait(&full[s], (kt / STAGES) & 1);
+        const unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
+        const unsigned char *x_rows = stage + consumer * 64 * BK; /* this warpgroup's 64 rows */
+        const unsigned char *w_rows = stage + X_BOX_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++) {
+            const uint64_t x0 = descriptor_sw128(x_rows, ks);
+            const uint64_t x1 = descriptor_sw128(x_rows + X_PLANE_BYTES, ks);
+            const uint64_t x2 = descriptor_sw128(x_rows + 2 * X_PLANE_BYTES, ks);
+            const uint64_t w0 = descriptor_sw128(w_rows, ks);
+            const uint64_t w1 = descriptor_sw128(w_rows + W_PLANE_BYTES, ks);
+            const uint64_t w2 = descriptor_sw128(w_rows + 2 * W_PLANE_BYTES, ks);
+            wgmma_s8(level0, x0, w0);
+            wgmma_s8(level1, x0, w1);
+            wgmma_s8(level1, x1, w0);
+            wgmma_s8(level2, x0, w2);
+            wgmma_s8(level2, x1, w1);
+            wgmma_s8(level2, x2, w0);
+        }
+        wgmma_commit();
+        wgmma_wait<1>(); /* the previous stage's products are complete */
+        if (kt > 0) {
+            __syncwarp();
+            if (lane == 0)
+                barrier_arrive(&empty[(kt - 1) % STAGES]);
+        }
+    }
+    wgmma_wait<0>();
+    pin(level0);
+    pin(level1);
+    pin(level2);
+
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = m0 + consumer * 64 + warp * 16 + g;
+#pragma unroll
+    for (int q2 = 0; q2 < 2; q2++) {
+        const int r = row0 + 8 * q2;
+        if (r >= M)
+            continue;
+        const int ex = exp_x[r];
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int q1 = 0; q1 < 2; q1++) {
+                const int col = n0 + 8 * j + 2 * t + q1;
+                if (col >= N)
+                    continue;
+                const int i = 4 * j + 2 * q2 + q1;
+                const int ew = exp_w[col];
+                const long long sum =
+                    (long long)level0[i] * 65536 + (long long)level1[i] * 256 + level2[i];
+                float v = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
+                              ? __int_as_float(0x7fc00000)
+                              : (float)ldexp((double)sum, ex + ew - 30);
+                if (bias)
+                    v += bias[col];
+                float *y = Y + (size_t)r * ldy + col;
+                *y = beta == 0.0f ? v : fmaf(beta, *y, v);
+            }
+    }
+#endif
+}
+
+/* ---- host side ---------------------------------------------------------------------------- */
+
+/* Tensor map of a sliced matrix [3 planes][rows][K] (int8), boxes [3][box_rows][128] in the
+ * 128-byte swizzle, zeros outside. */
+bool encode_sliced(CUtensorMap *map, const i8_sliced *a, int rows, int K, int box_rows) {
+    PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+    if (!encode)
+        return false;
+    const cuuint64_t dims[3] = {(cuuint64_t)K, (cuuint64_t)rows, (cuuint64_t)PLANES};
+    const cuuint64_t strides[2] = {(cuuint64_t)a->ld, (cuuint64_t)a->plane};
+    const cuuint32_t box[3] = {(cuuint32_t)BK, (cuuint32_t)box_rows, (cuuint32_t)PLANES};
+    const cuuint32_t element_strides[3] = {1, 1, 1};
+    return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, a->slices, dims, strides, box,
+                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* The shared-memory opt-in of the kernel, once per device. */
+bool configure_kernel() {
+    static std::atomic<unsigned long long> configured{0};
+    int device = 0;
+    cudaGetDevice(&device);
+    const unsigned long long bit = device >= 0 && device < 64 ? 1ull << device : 0;
+    if (bit && (configured.load(std::memory_order_relaxed) & bit))
+        return true;
+    if (cudaFuncSetAttribute(i8_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)SMEM_BYTES) != cudaSuccess)
+        return false;
+    configured.fetch_or(bit, std::memory_order_relaxed);
+    return true;
+}
+
+bool usable(const i8_sliced *a) {
+    return a && aligned16(a->slices) && a->ld % 16 == 0 && a->plane % 16 == 0 && a->exponents;
+}
+
+} // namespace
+
+extern "C" size_t i8_slice_ld(int K) {
+    return K > 0 ? ((size_t)K + 15) / 16 * 16 : 16;
+}
+
+extern "C" void i8_slice(int rows, int K, const float *a, size_t lda, const i8_sliced *out,
+                         cudaStream_t stream) {
+    if (rows <= 0)
+        return;
+    const size_t warps_per_block = SLICE_THREADS / 32;
+    size_t blocks = ((size_t)rows + warps_per_block - 1) / warps_per_block;
+    if (blocks > (1u << 30))
+        blocks = 1u << 30;
+    slice_kernel<<<(unsigned)blocks, SLICE_THREADS, 0, stream>>>(rows, K, a, lda, *out);
+}
+
+extern "C" int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w,
+                          const float *bias, float beta, float *Y, size_t ldy,
+                          cudaStream_t stream) {
+    if (!device_is_sm90() || !tensor_map_encoder() || !usable(x) || !usable(w) || K <= 0 ||
+        K > MAX_K)
+        return 0;
+    if (rows <= 0 || out <= 0)
+        return 1;
+    CUtensorMap map_x, map_w;
+    if (!encode_sliced(&map_x, x, rows, K, BM) || !encode_sliced(&map_w, w, out, K, BN) ||
+        !configure_kernel())
+        return 0;
+    const int tiles_n = (out + BN - 1) / BN;
+    const size_t blocks = i8_gemm_nt_blocks(rows, out);
+    i8_gemm_kernel<<<(unsigned)blocks, THREADS, SMEM_BYTES, stream>>>(
+        map_x, map_w, x->exponents, w->exponents, rows, out, K, bias, beta, Y, ldy, tiles_n);
+    return 1;
+}
+
+extern "C" size_t i8_gemm_nt_blocks(int rows, int out) {
+    if (rows <= 0 || out <= 0)
+        return 0;
+    return (size_t)((rows + BM - 1) / BM) * (size_t)((out + BN - 1) / BN);
+}
