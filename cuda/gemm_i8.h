@@ -59,6 +59,20 @@ void i8_slice(int rows, int K, const float *a, size_t lda, const i8_sliced *out,
 int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, const float *bias,
                float beta, float *Y, size_t ldy, cudaStream_t stream);
 
+/* For measurements (umas-gemm-check): i8_gemm_nt with another pipeline shape (k per stage x
+ * stages; I8_DEFAULT is i8_gemm_nt's, 64 x 4), or I8_COMPUTE_ONLY (a wrong result: every stage
+ * reuses the first k-tile, so no load is waited for: the tensor cores' own time). */
+enum {
+    I8_DEFAULT = 0,
+    I8_K128_2STAGES = 1,
+    I8_K32_8STAGES = 2,
+    I8_COMPUTE_ONLY = 3,
+    I8_NO_EPILOGUE = 4 /* a wrong result: Y is not written (the epilogue's cost) */
+};
+int i8_gemm_nt_variant(int variant, int rows, int out, int K, const i8_sliced *x,
+                       const i8_sliced *w, const float *bias, float beta, float *Y, size_t ldy,
+                       cudaStream_t stream);
+
 /* Thread blocks (tiles of Y) i8_gemm_nt launches for rows x out. */
 size_t i8_gemm_nt_blocks(int rows, int out);
 

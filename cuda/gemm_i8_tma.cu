@@ -30,19 +30,25 @@ namespace {
 constexpr int CONSUMERS = 2;                   /* consumer warpgroups, 64 rows each */
 constexpr int BM = 64 * CONSUMERS;             /* rows of Y per block */
 constexpr int BN = 128;                        /* outputs per block: the n of one wgmma */
-constexpr int BK = 128;                        /* k per stage: one 128-byte row of a tile */
-constexpr int KSTEPS = BK / 32;                /* wgmma k-steps per stage */
-constexpr int STAGES = 2;                      /* pipeline depth */
 constexpr int PLANES = 3;                      /* slices per entry */
 constexpr int THREADS = 128 * (1 + CONSUMERS); /* producer warpgroup + consumers */
-constexpr unsigned X_PLANE_BYTES = BM * BK;    /* [BM][128] int8: 16 KiB */
-constexpr unsigned W_PLANE_BYTES = BN * BK;    /* [BN][128] int8: 16 KiB */
-constexpr unsigned X_BOX_BYTES = PLANES * X_PLANE_BYTES;
-constexpr unsigned STAGE_BYTES = X_BOX_BYTES + PLANES * W_PLANE_BYTES;
-/* the stages (1,024-byte aligned for the swizzle atoms), then full[] and empty[] barriers */
-constexpr size_t SMEM_BYTES = 1024 + STAGES * (size_t)STAGE_BYTES + 2 * STAGES * sizeof(uint64_t);
-static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
-constexpr int MAX_K = 32768; /* 3 x 2^14 x K must stay below 2^31 */
+constexpr int MAX_K = 32768;                   /* 3 x 2^14 x K must stay below 2^31 */
+
+/* A pipeline shape: BK = k per stage (one swizzled row of BK bytes: 128, 64 or 32) and the
+ * number of stages. */
+template <int BK_, int STAGES_> struct Pipeline {
+    static constexpr int BK = BK_, STAGES = STAGES_;
+    static constexpr int KSTEPS = BK / 32; /* wgmma k-steps per stage */
+    static constexpr unsigned X_PLANE_BYTES = BM * BK, W_PLANE_BYTES = BN * BK;
+    static constexpr unsigned X_BOX_BYTES = PLANES * X_PLANE_BYTES;
+    static constexpr unsigned STAGE_BYTES = X_BOX_BYTES + PLANES * W_PLANE_BYTES;
+    /* the stages (1,024-byte aligned for the swizzle atoms), the full[] and empty[] barriers,
+     * then the block's column scales and biases (the epilogue's, see ColumnTerms) */
+    static constexpr size_t BARRIER_BYTES = 2 * STAGES * sizeof(uint64_t);
+    static constexpr size_t SMEM_BYTES =
+        1024 + STAGES * (size_t)STAGE_BYTES + BARRIER_BYTES + (2 * BN + 1) * sizeof(float);
+    static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
+};
 
 /* ---- slicing ------------------------------------------------------------------------------ */
 
@@ -101,14 +107,37 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
 
 /* ---- the GEMM kernel ---------------------------------------------------------------------- */
 
-/* Y tile (blockIdx.x / tiles_n, blockIdx.x % tiles_n) of Y = beta Y + X W^T (+ bias). */
+/* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 15) and the bias of
+ * each of its BN columns; all_in_range: every column's exponent is in the fast range. */
+struct ColumnTerms {
+    float scale[BN];
+    float bias[BN];
+    int all_in_range;
+};
+
+/* Row and column exponents in [-60, 60] take the fp32 epilogue: 2^(e - 15) is a normal float and
+ * (sum 2^(e_w - 15)) 2^(e_x - 15) neither underflows nor overflows before the last product. The
+ * others (tiny or huge rows, non-finite ones) take the exact int64 / double route. */
+__device__ __forceinline__ bool in_fast_range(int e) {
+    return e >= -60 && e <= 60;
+}
+__device__ __forceinline__ float power_of_two(int e) { /* e in [-126, 127] */
+    return __int_as_float((e + 127) << 23);
+}
+
+/* Y tile (blockIdx.x / tiles_n, blockIdx.x % tiles_n) of Y = beta Y + X W^T (+ bias).
+ * COMPUTE_ONLY (measurements only, a wrong result): every stage reuses the first k-tile, so the
+ * kernel runs without waiting for loads; NO_EPILOGUE (measurements only): Y is not written. */
+template <class P, bool COMPUTE_ONLY, bool NO_EPILOGUE>
 __global__ void __launch_bounds__(THREADS, 1)
     i8_gemm_kernel(const __grid_constant__ CUtensorMap map_x,
                    const __grid_constant__ CUtensorMap map_w, const int *__restrict__ exp_x,
                    const int *__restrict__ exp_w, int M, int N, int K,
                    const float *__restrict__ bias, float beta, float *__restrict__ Y, size_t ldy,
-                   int tiles_n) {
+                   int tiles_n, bool pairs) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int BK = P::BK, STAGES = P::STAGES;
+    constexpr unsigned STAGE_BYTES = P::STAGE_BYTES;
     extern __shared__ unsigned char smem_raw[];
     unsigned char *const smem = reinterpret_cast<unsigned char *>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
@@ -133,14 +162,14 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (warpgroup == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
         if (tid == 0) {
-            for (int kt = 0; kt < ktiles; kt++) {
+            for (int kt = 0; kt < (COMPUTE_ONLY ? 1 : ktiles); kt++) {
                 const int s = kt % STAGES, round = kt / STAGES;
                 if (round > 0)
                     barrier_wait(&empty[s], (round - 1) & 1); /* consumers done with it */
                 unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
                 barrier_arrive_expect(&full[s], STAGE_BYTES);
                 copy_box_3d(stage, &map_x, kt * BK, m0, 0, &full[s]);
-                copy_box_3d(stage + X_BOX_BYTES, &map_w, kt * BK, n0, 0, &full[s]);
+                copy_box_3d(stage + P::X_BOX_BYTES, &map_w, kt * BK, n0, 0, &full[s]);
             }
         }
         return;
@@ -149,6 +178,19 @@ __global__ void __launch_bounds__(THREADS, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n"); /* (65,536 - 128 x 24) / 256 */
     const int lane = tid & 31, warp = (tid >> 5) & 3;
     const int consumer = warpgroup - 1;
+    ColumnTerms &columns =
+        *reinterpret_cast<ColumnTerms *>(smem + STAGES * (size_t)STAGE_BYTES + P::BARRIER_BYTES);
+    if (consumer == 0) { /* thread c of the first consumer: column n0 + c's scale and bias */
+        const int c = tid - 128, col = n0 + c;
+        const int ew = col < N ? exp_w[col] : 0;
+        if (c == 0)
+            columns.all_in_range = 1;
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+        columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 15 : 0);
+        columns.bias[c] = bias && col < N ? bias[col] : 0.0f;
+        if (!in_fast_range(ew))
+            columns.all_in_range = 0;
+    }
 
     int level0[64], level1[64], level2[64];
 #pragma unroll
@@ -160,20 +202,21 @@ __global__ void __launch_bounds__(THREADS, 1)
 
 #pragma unroll 1
     for (int kt = 0; kt < ktiles; kt++) {
-        const int s = kt % STAGES;
-        barrier_wait(&full[s], (kt / STAGES) & 1);
+        const int s = COMPUTE_ONLY ? 0 : kt % STAGES;
+        if (!COMPUTE_ONLY || kt == 0)
+            barrier_wait(&full[s], (kt / STAGES) & 1);
         const unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
         const unsigned char *x_rows = stage + consumer * 64 * BK; /* this warpgroup's 64 rows */
-        const unsigned char *w_rows = stage + X_BOX_BYTES;
+        const unsigned char *w_rows = stage + P::X_BOX_BYTES;
         wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < KSTEPS; ks++) {
-            const uint64_t x0 = descriptor_sw128(x_rows, ks);
-            const uint64_t x1 = descriptor_sw128(x_rows + X_PLANE_BYTES, ks);
-            const uint64_t x2 = descriptor_sw128(x_rows + 2 * X_PLANE_BYTES, ks);
-            const uint64_t w0 = descriptor_sw128(w_rows, ks);
-            const uint64_t w1 = descriptor_sw128(w_rows + W_PLANE_BYTES, ks);
-            const uint64_t w2 = descriptor_sw128(w_rows + 2 * W_PLANE_BYTES, ks);
+        for (int ks = 0; ks < P::KSTEPS; ks++) {
+            const uint64_t x0 = descriptor_swizzled<BK>(x_rows, ks);
+            const uint64_t x1 = descriptor_swizzled<BK>(x_rows + P::X_PLANE_BYTES, ks);
+            const uint64_t x2 = descriptor_swizzled<BK>(x_rows + 2 * P::X_PLANE_BYTES, ks);
+            const uint64_t w0 = descriptor_swizzled<BK>(w_rows, ks);
+            const uint64_t w1 = descriptor_swizzled<BK>(w_rows + P::W_PLANE_BYTES, ks);
+            const uint64_t w2 = descriptor_swizzled<BK>(w_rows + 2 * P::W_PLANE_BYTES, ks);
             wgmma_s8(level0, x0, w0);
             wgmma_s8(level1, x0, w1);
             wgmma_s8(level1, x1, w0);
@@ -183,7 +226,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         wgmma_commit();
         wgmma_wait<1>(); /* the previous stage's products are complete */
-        if (kt > 0) {
+        if (kt > 0 && !COMPUTE_ONLY) {
             __syncwarp();
             if (lane == 0)
                 barrier_arrive(&empty[(kt - 1) % STAGES]);
@@ -194,6 +237,17 @@ __global__ void __launch_bounds__(THREADS, 1)
     pin(level1);
     pin(level2);
 
+    if (NO_EPILOGUE) {
+        int any = 0;
+#pragma unroll
+        for (int i = 0; i < 64; i++)
+            any |= level0[i] ^ level1[i] ^ level2[i];
+        if (any == 0x12345678)
+            Y[0] = 0.0f;
+        return;
+    }
+    /* the column terms, loaded before the main loop, are there for both consumers */
+    asm volatile("bar.sync 1, %0;\n" ::"n"(128 * CONSUMERS) : "memory");
     const int g = lane >> 2, t = lane & 3;
     const int row0 = m0 + consumer * 64 + warp * 16 + g;
 #pragma unroll
@@ -202,34 +256,53 @@ __global__ void __launch_bounds__(THREADS, 1)
         if (r >= M)
             continue;
         const int ex = exp_x[r];
+        const bool fast = columns.all_in_range && in_fast_range(ex);
+        const float row_scale = fast ? power_of_two(ex - 15) : 0.0f;
+        float *y = Y + (size_t)r * ldy;
 #pragma unroll
-        for (int j = 0; j < 16; j++)
+        for (int j = 0; j < 16; j++) {
+            const int c = 8 * j + 2 * t; /* this thread's columns c, c + 1 of the tile */
+            float v[2];
 #pragma unroll
             for (int q1 = 0; q1 < 2; q1++) {
-                const int col = n0 + 8 * j + 2 * t + q1;
-                if (col >= N)
-                    continue;
                 const int i = 4 * j + 2 * q2 + q1;
-                const int ew = exp_w[col];
-                const long long sum =
-                    (long long)level0[i] * 65536 + (long long)level1[i] * 256 + level2[i];
-                float v = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
-                              ? __int_as_float(0x7fc00000)
-                              : (float)ldexp((double)sum, ex + ew - 30);
-                if (bias)
-                    v += bias[col];
-                float *y = Y + (size_t)r * ldy + col;
-                *y = beta == 0.0f ? v : fmaf(beta, *y, v);
+                if (fast) { /* 2^16 L0 + 2^8 L1 + L2, then the two exact power-of-two scales */
+                    const float sum = fmaf((float)level0[i], 65536.0f,
+                                           fmaf((float)level1[i], 256.0f, (float)level2[i]));
+                    v[q1] = sum * columns.scale[c + q1] * row_scale;
+                } else {
+                    const long long sum =
+                        (long long)level0[i] * 65536 + (long long)level1[i] * 256 + level2[i];
+                    const int ew = n0 + c + q1 < N ? exp_w[n0 + c + q1] : 0;
+                    v[q1] = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
+                                ? __int_as_float(0x7fc00000)
+                                : (float)ldexp((double)sum, ex + ew - 30);
+                }
+                v[q1] += columns.bias[c + q1];
             }
+            const int col = n0 + c;
+            if (pairs && col + 1 < N) { /* one 8-byte store */
+                float2 *out = reinterpret_cast<float2 *>(y + col);
+                if (beta != 0.0f) {
+                    const float2 old = *out;
+                    v[0] = fmaf(beta, old.x, v[0]);
+                    v[1] = fmaf(beta, old.y, v[1]);
+                }
+                *out = make_float2(v[0], v[1]);
+            } else {
+                for (int q1 = 0; q1 < 2 && col + q1 < N; q1++)
+                    y[col + q1] = beta == 0.0f ? v[q1] : fmaf(beta, y[col + q1], v[q1]);
+            }
+        }
     }
 #endif
 }
 
 /* ---- host side ---------------------------------------------------------------------------- */
 
-/* Tensor map of a sliced matrix [3 planes][rows][K] (int8), boxes [3][box_rows][128] in the
- * 128-byte swizzle, zeros outside. */
-bool encode_sliced(CUtensorMap *map, const i8_sliced *a, int rows, int K, int box_rows) {
+/* Tensor map of a sliced matrix [3 planes][rows][K] (int8), boxes [3][box_rows][BK] in the
+ * BK-byte swizzle, zeros outside. */
+bool encode_sliced(CUtensorMap *map, const i8_sliced *a, int rows, int K, int box_rows, int BK) {
     PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
     if (!encode)
         return false;
@@ -238,23 +311,38 @@ bool encode_sliced(CUtensorMap *map, const i8_sliced *a, int rows, int K, int bo
     const cuuint32_t box[3] = {(cuuint32_t)BK, (cuuint32_t)box_rows, (cuuint32_t)PLANES};
     const cuuint32_t element_strides[3] = {1, 1, 1};
     return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, a->slices, dims, strides, box,
-                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                  element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  BK == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+                  : BK == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                             : CU_TENSOR_MAP_SWIZZLE_32B,
                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/* The shared-memory opt-in of the kernel, once per device. */
-bool configure_kernel() {
+/* Launches the kernel of pipeline P (its shared-memory opt-in once per device). */
+template <class P, bool COMPUTE_ONLY = false, bool NO_EPILOGUE = false>
+bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, const float *bias,
+            float beta, float *Y, size_t ldy, cudaStream_t stream) {
+    auto kernel = i8_gemm_kernel<P, COMPUTE_ONLY, NO_EPILOGUE>;
     static std::atomic<unsigned long long> configured{0};
     int device = 0;
     cudaGetDevice(&device);
     const unsigned long long bit = device >= 0 && device < 64 ? 1ull << device : 0;
-    if (bit && (configured.load(std::memory_order_relaxed) & bit))
-        return true;
-    if (cudaFuncSetAttribute(i8_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)SMEM_BYTES) != cudaSuccess)
+    if (!bit || !(configured.load(std::memory_order_relaxed) & bit)) {
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)P::SMEM_BYTES) != cudaSuccess)
+            return false;
+        configured.fetch_or(bit, std::memory_order_relaxed);
+    }
+    CUtensorMap map_x, map_w;
+    if (!encode_sliced(&map_x, x, rows, K, BM, P::BK) ||
+        !encode_sliced(&map_w, w, out, K, BN, P::BK))
         return false;
-    configured.fetch_or(bit, std::memory_order_relaxed);
+    const int tiles_n = (out + BN - 1) / BN;
+    const size_t blocks = i8_gemm_nt_blocks(rows, out);
+    kernel<<<(unsigned)blocks, THREADS, P::SMEM_BYTES, stream>>>(
+        map_x, map_w, x->exponents, w->exponents, rows, out, K, bias, beta, Y, ldy, tiles_n,
+        ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
     return true;
 }
 
@@ -279,23 +367,32 @@ extern "C" void i8_slice(int rows, int K, const float *a, size_t lda, const i8_s
     slice_kernel<<<(unsigned)blocks, SLICE_THREADS, 0, stream>>>(rows, K, a, lda, *out);
 }
 
-extern "C" int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w,
-                          const float *bias, float beta, float *Y, size_t ldy,
-                          cudaStream_t stream) {
+extern "C" int i8_gemm_nt_variant(int variant, int rows, int out, int K, const i8_sliced *x,
+                                  const i8_sliced *w, const float *bias, float beta, float *Y,
+                                  size_t ldy, cudaStream_t stream) {
     if (!device_is_sm90() || !tensor_map_encoder() || !usable(x) || !usable(w) || K <= 0 ||
         K > MAX_K)
         return 0;
     if (rows <= 0 || out <= 0)
         return 1;
-    CUtensorMap map_x, map_w;
-    if (!encode_sliced(&map_x, x, rows, K, BM) || !encode_sliced(&map_w, w, out, K, BN) ||
-        !configure_kernel())
-        return 0;
-    const int tiles_n = (out + BN - 1) / BN;
-    const size_t blocks = i8_gemm_nt_blocks(rows, out);
-    i8_gemm_kernel<<<(unsigned)blocks, THREADS, SMEM_BYTES, stream>>>(
-        map_x, map_w, x->exponents, w->exponents, rows, out, K, bias, beta, Y, ldy, tiles_n);
-    return 1;
+    switch (variant) {
+    case I8_K128_2STAGES:
+        return launch<Pipeline<128, 2>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
+    case I8_K32_8STAGES:
+        return launch<Pipeline<32, 8>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
+    case I8_COMPUTE_ONLY:
+        return launch<Pipeline<64, 4>, true>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
+    case I8_NO_EPILOGUE:
+        return launch<Pipeline<64, 4>, false, true>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
+    default:
+        return launch<Pipeline<64, 4>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
+    }
+}
+
+extern "C" int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w,
+                          const float *bias, float beta, float *Y, size_t ldy,
+                          cudaStream_t stream) {
+    return i8_gemm_nt_variant(I8_DEFAULT, rows, out, K, x, w, bias, beta, Y, ldy, stream);
 }
 
 extern "C" size_t i8_gemm_nt_blocks(int rows, int out) {

@@ -66,17 +66,25 @@ __device__ __forceinline__ void copy_tile(void *dst, const CUtensorMap *map, int
                  : "memory");
 }
 
-/* Descriptor of a K-major tile (A or B) in the 128-byte swizzle (PTX ISA, "matrix descriptor"):
- * start address / 16; leading byte offset unused (1); stride byte offset 1,024 / 16 between 8-row
- * atoms; layout type 1 (128-byte swizzle) in bits 62-63. k-step s of a stage starts 32 s bytes
- * into the rows (the hardware applies the swizzle to the computed addresses). */
-__device__ __forceinline__ uint64_t descriptor_sw128(const void *tile, int kstep) {
+/* Descriptor of a K-major tile (A or B) whose rows of ROW_BYTES (128, 64 or 32) bytes are in
+ * the swizzle of that width (PTX ISA, "matrix descriptor"): start address / 16; leading byte
+ * offset unused (1); stride byte offset 8 ROW_BYTES / 16 between 8-row atoms; layout type 1, 2, 3
+ * (128-, 64-, 32-byte swizzle) in bits 62-63. k-step s of a stage starts 32 s bytes into the rows
+ * (the hardware applies the swizzle to the computed addresses). */
+template <int ROW_BYTES>
+__device__ __forceinline__ uint64_t descriptor_swizzled(const void *tile, int kstep) {
+    static_assert(ROW_BYTES == 128 || ROW_BYTES == 64 || ROW_BYTES == 32, "a swizzle width");
+    constexpr uint64_t layout = ROW_BYTES == 128 ? 1 : ROW_BYTES == 64 ? 2 : 3;
     const unsigned address = smem_address(tile) + 32u * (unsigned)kstep;
     uint64_t d = (uint64_t)((address & 0x3ffffu) >> 4);
     d |= (uint64_t)1 << 16;
-    d |= (uint64_t)(1024 >> 4) << 32;
-    d |= (uint64_t)1 << 62;
+    d |= (uint64_t)(8 * ROW_BYTES >> 4) << 32;
+    d |= layout << 62;
     return d;
+}
+
+__device__ __forceinline__ uint64_t descriptor_sw128(const void *tile, int kstep) {
+    return descriptor_swizzled<128>(tile, kstep);
 }
 
 /* Copies the 3-d box at (k, row, plane) of `map` into dst; completes on bar. */

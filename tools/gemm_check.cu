@@ -20,7 +20,9 @@
  * model's own bounds are checked by test_cuda; skipped where it does not take the operands),
  * and the int8 "ozaki" GEMM (gemm_i8.h: i8_gemm_nt on weights sliced once; "ozaki" times the
  * slicing of X with the product, "ozaki-gemm" the product alone; shown for information, as
- * tma-jam-c2: its criterion is the model's strict bounds in test_cuda).
+ * tma-jam-c2: its criterion is the model's strict bounds in test_cuda; ozaki-gemm-k128x2 and
+ * -k32x8 are other pipeline shapes, ozaki-compute-only the tensor cores' own time, a wrong
+ * result).
  *
  * Columns: maxrel = max|y - ref| / max|ref|; bias = sum(y - ref) / sum|ref|; shrink =
  * sum((y - ref) sign(ref)) / sum|ref| (negative: results pulled toward zero, what truncating
@@ -575,6 +577,19 @@ int main(int argc, char **argv) {
             methods.push_back({"ozaki-gemm", TC_ACCUM_CHUNK_JAM, OZAKI, false, [&] {
                                    i8_gemm_nt(rows, n, K, &x8, &w8, nullptr, beta, Y, ldy, 0);
                                }});
+            /* other pipeline shapes, and the tensor cores' own time (a wrong result) */
+            static const struct {
+                const char *name;
+                int variant;
+            } shapes[] = {{"ozaki-gemm-k128x2", I8_K128_2STAGES},
+                          {"ozaki-gemm-k32x8", I8_K32_8STAGES},
+                          {"ozaki-no-epilogue", I8_NO_EPILOGUE},
+                          {"ozaki-compute-only", I8_COMPUTE_ONLY}};
+            for (const auto &v : shapes)
+                methods.push_back({v.name, -1, OZAKI, false, [&, v] {
+                                       i8_gemm_nt_variant(v.variant, rows, n, K, &x8, &w8, nullptr,
+                                                          beta, Y, ldy, 0);
+                                   }});
         } else {
             printf("  (ozaki kernel: not for these operands or this device)\n");
         }
