@@ -109,6 +109,12 @@ struct cuda_state {
     bool tensor_core_gemm = false;
     int multiprocessors = 0; /* of the device */
     int ozaki_rows = 0;      /* ozaki: rows of an activation sliced at a time (s->sliced) */
+    /* ozaki: the caller's promise that the next product's activation is unchanged since the
+     * previous product; that product's slicing is then skipped if s->sliced holds all of it
+     * (sliced_from: the activation it was made from, null if none or only a part). */
+    bool ozaki_same_activation = false;
+    const float *sliced_from = nullptr;
+    int sliced_rows = 0, sliced_k = 0, sliced_ld = 0;
     int widest = 0;          /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
@@ -401,9 +407,14 @@ bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const
                    ld, chunk * ld};
     if (!i8_gemm_nt(0, m, k, &x, &w, bias, beta, c, (size_t)ldc, s->stream))
         return false; /* asks whether the kernel takes these operands */
+    const bool sliced = s->ozaki_same_activation && s->sliced_from == act &&
+                        s->sliced_rows == rows && s->sliced_k == k && s->sliced_ld == ldact;
+    s->sliced_from = (size_t)rows <= chunk ? act : nullptr;
+    s->sliced_rows = rows, s->sliced_k = k, s->sliced_ld = ldact;
     for (size_t r0 = 0; r0 < (size_t)rows; r0 += chunk) {
         const int n = (int)std::min(chunk, (size_t)rows - r0);
-        i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
+        if (!sliced)
+            i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
         i8_gemm_nt(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, s->stream);
     }
     return true;
@@ -433,6 +444,7 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
         if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
                                beta, c, ldc))
             return true;
+        s->sliced_from = nullptr; /* this product sliced nothing */
         if (bias && rows > 0) {
             broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(
                 rows, m, bias, c, ldc);
@@ -758,7 +770,9 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, radial_of(s, t),
                      unscaled, y, st);
     linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
+    s->ozaki_same_activation = true; /* the same m = 0 rows of y */
     linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
+    s->ozaki_same_activation = false;
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
