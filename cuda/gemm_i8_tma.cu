@@ -20,7 +20,9 @@
 #include "tma.cuh"
 #include "wgmma.cuh"
 
+#include <algorithm>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -34,6 +36,14 @@ constexpr int PLANES = 3;                      /* slices per entry */
 constexpr int THREADS = 128 * (1 + CONSUMERS); /* producer warpgroup + consumers */
 constexpr int MAX_K = 32768;                   /* 3 x 2^14 x K must stay below 2^31 */
 
+/* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 15) and the bias of
+ * each of its BN columns; all_in_range: every column's exponent is in the fast range. */
+struct ColumnTerms {
+    float scale[BN];
+    float bias[BN];
+    int all_in_range;
+};
+
 /* A pipeline shape: BK = k per stage (one swizzled row of BK bytes: 128, 64 or 32) and the
  * number of stages. */
 template <int BK_, int STAGES_> struct Pipeline {
@@ -46,7 +56,7 @@ template <int BK_, int STAGES_> struct Pipeline {
      * then the block's column scales and biases (the epilogue's, see ColumnTerms) */
     static constexpr size_t BARRIER_BYTES = 2 * STAGES * sizeof(uint64_t);
     static constexpr size_t SMEM_BYTES =
-        1024 + STAGES * (size_t)STAGE_BYTES + BARRIER_BYTES + (2 * BN + 1) * sizeof(float);
+        1024 + STAGES * (size_t)STAGE_BYTES + BARRIER_BYTES + 2 * sizeof(ColumnTerms);
     static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
 };
 
@@ -63,8 +73,46 @@ __device__ int row_exponent(float m) {
     return e;
 }
 
-/* One warp per row: the row's largest magnitude, then its entries in three signed bytes. */
-__global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_t lda,
+/* Entries k .. k + 3 of row r (v; 0 past K, or all 0 for a non-finite row) as slices: three
+ * 4-byte stores, one per plane. */
+__device__ __forceinline__ void store_slices(const i8_sliced &out, size_t r, size_t k,
+                                             const float (&v)[4], double scale) {
+    uint32_t packed[PLANES] = {0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int A = (int)rint((double)v[j] * scale); /* |A| < 2^23 - 2^15 */
+        const int low = (int)(int8_t)(A & 0xff);
+        const int A1 = (A - low) / 256;
+        const int mid = (int)(int8_t)(A1 & 0xff);
+        const int high = (A1 - mid) / 256;
+        packed[0] |= (uint32_t)(uint8_t)high << (8 * j);
+        packed[1] |= (uint32_t)(uint8_t)mid << (8 * j);
+        packed[2] |= (uint32_t)(uint8_t)low << (8 * j);
+    }
+    int8_t *s0 = out.slices + r * out.ld + k;
+#pragma unroll
+    for (int p = 0; p < PLANES; p++)
+        *reinterpret_cast<uint32_t *>(s0 + p * out.plane) = packed[p];
+}
+
+/* Entries k .. k + 3 of a row, 0 past K; one 16-byte load when `vector` (row 16-byte aligned). */
+__device__ __forceinline__ void load4(const float *row, int K, int k, bool vector, float (&v)[4]) {
+    if (vector && k + 3 < K) {
+        const float4 f = *reinterpret_cast<const float4 *>(row + k);
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            v[j] = k + j < K ? row[k + j] : 0.0f;
+    }
+}
+
+/* One warp per row: the row's largest magnitude, then its entries in three signed bytes. Lane l
+ * takes entries 4 l + 128 q .. + 3 for q = 0, 1, ...: with QUADS > 0 (rows of ld <= 128 QUADS
+ * bytes) they stay in registers between the two steps (one read of the row); QUADS = 0 reads the
+ * row twice (any length). `vector`: lda % 4 == 0 and a 16-byte aligned. */
+template <int QUADS>
+__global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_t lda, bool vector,
                              i8_sliced out) {
     const int lane = threadIdx.x & 31;
     const size_t warps = (size_t)gridDim.x * (blockDim.x / 32);
@@ -73,32 +121,42 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
         const float *row = a + r * lda;
         float m = 0.0f;
         bool finite = true;
-        for (int k = lane; k < K; k += 32) {
-            const float v = fabsf(row[k]);
-            finite = finite && v <= FLT_MAX;
-            m = fmaxf(m, v);
+        float v[QUADS > 0 ? QUADS : 1][4];
+        if (QUADS > 0) {
+#pragma unroll
+            for (int q = 0; q < QUADS; q++) {
+                load4(row, K, 4 * lane + 128 * q, vector, v[q]);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    finite = finite && fabsf(v[q][j]) <= FLT_MAX;
+                    m = fmaxf(m, fabsf(v[q][j]));
+                }
+            }
+        } else {
+            for (int k = lane; k < K; k += 32) {
+                const float x = fabsf(row[k]);
+                finite = finite && x <= FLT_MAX;
+                m = fmaxf(m, x);
+            }
         }
         for (int offset = 16; offset > 0; offset >>= 1)
             m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
         finite = __all_sync(0xffffffffu, finite);
         const int e = row_exponent(m);
-        const double scale = ldexp(1.0, 23 - e);
-        int8_t *s0 = out.slices + r * out.ld;
-        for (size_t k = 4 * (size_t)lane; k < out.ld; k += 128) {
-            uint32_t packed[PLANES] = {0, 0, 0};
-            for (int j = 0; j < 4; j++) {
-                const float v = finite && k + j < (size_t)K ? row[k + j] : 0.0f;
-                const int A = (int)rint((double)v * scale); /* |A| < 2^23 - 2^15 */
-                const int low = (int)(int8_t)(A & 0xff);
-                const int A1 = (A - low) / 256;
-                const int mid = (int)(int8_t)(A1 & 0xff);
-                const int high = (A1 - mid) / 256;
-                packed[0] |= (uint32_t)(uint8_t)high << (8 * j);
-                packed[1] |= (uint32_t)(uint8_t)mid << (8 * j);
-                packed[2] |= (uint32_t)(uint8_t)low << (8 * j);
+        const double scale = finite ? ldexp(1.0, 23 - e) : 0.0; /* a non-finite row: zeros */
+        if (QUADS > 0) {
+#pragma unroll
+            for (int q = 0; q < QUADS; q++) {
+                const size_t k = 4 * (size_t)lane + 128 * q;
+                if (k < out.ld)
+                    store_slices(out, r, k, v[q], scale);
             }
-            for (int p = 0; p < PLANES; p++)
-                *reinterpret_cast<uint32_t *>(s0 + p * out.plane + k) = packed[p];
+        } else {
+            for (size_t k = 4 * (size_t)lane; k < out.ld; k += 128) {
+                float x[4];
+                load4(row, K, (int)k, vector, x);
+                store_slices(out, r, k, x, scale);
+            }
         }
         if (lane == 0)
             out.exponents[r] = finite ? e : I8_NOT_FINITE;
@@ -106,14 +164,6 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
 }
 
 /* ---- the GEMM kernel ---------------------------------------------------------------------- */
-
-/* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 15) and the bias of
- * each of its BN columns; all_in_range: every column's exponent is in the fast range. */
-struct ColumnTerms {
-    float scale[BN];
-    float bias[BN];
-    int all_in_range;
-};
 
 /* Row and column exponents in [-60, 60] take the fp32 epilogue: 2^(e - 15) is a normal float and
  * (sum 2^(e_w - 15)) 2^(e_x - 15) neither underflows nor overflows before the last product. The
@@ -125,16 +175,19 @@ __device__ __forceinline__ float power_of_two(int e) { /* e in [-126, 127] */
     return __int_as_float((e + 127) << 23);
 }
 
-/* Y tile (blockIdx.x / tiles_n, blockIdx.x % tiles_n) of Y = beta Y + X W^T (+ bias).
- * COMPUTE_ONLY (measurements only, a wrong result): every stage reuses the first k-tile, so the
- * kernel runs without waiting for loads; NO_EPILOGUE (measurements only): Y is not written. */
+/* Y = beta Y + X W^T (+ bias), persistent: block b computes the tiles b, b + gridDim.x, ... of Y
+ * (tile t: rows (t / tiles_n) BM, columns (t % tiles_n) BN). The producer runs ahead through the
+ * k-tiles of all its tiles, so the next tile's first stages load while the consumers finish the
+ * last one. COMPUTE_ONLY (measurements only, a wrong result): every stage reuses the first
+ * k-tile, so the kernel runs without waiting for loads; NO_EPILOGUE (measurements only): Y is not
+ * written. */
 template <class P, bool COMPUTE_ONLY, bool NO_EPILOGUE>
 __global__ void __launch_bounds__(THREADS, 1)
     i8_gemm_kernel(const __grid_constant__ CUtensorMap map_x,
                    const __grid_constant__ CUtensorMap map_w, const int *__restrict__ exp_x,
                    const int *__restrict__ exp_w, int M, int N, int K,
                    const float *__restrict__ bias, float beta, float *__restrict__ Y, size_t ldy,
-                   int tiles_n, bool pairs) {
+                   int tiles_n, int tiles, bool pairs) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BK = P::BK, STAGES = P::STAGES;
     constexpr unsigned STAGE_BYTES = P::STAGE_BYTES;
@@ -143,11 +196,13 @@ __global__ void __launch_bounds__(THREADS, 1)
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
     uint64_t *const full = reinterpret_cast<uint64_t *>(smem + STAGES * (size_t)STAGE_BYTES);
     uint64_t *const empty = full + STAGES;
+    /* the column terms of the block's tiles, by tile parity (one tile's epilogue may still read
+     * them while the next tile's are written) */
+    ColumnTerms *const terms =
+        reinterpret_cast<ColumnTerms *>(smem + STAGES * (size_t)STAGE_BYTES + P::BARRIER_BYTES);
 
     const int tid = threadIdx.x;
     const int warpgroup = tid / 128;
-    const int m0 = (int)(blockIdx.x / tiles_n) * BM;
-    const int n0 = (int)(blockIdx.x % tiles_n) * BN;
     const int ktiles = (K + BK - 1) / BK;
 
     if (tid == 0) {
@@ -162,14 +217,20 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (warpgroup == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
         if (tid == 0) {
-            for (int kt = 0; kt < (COMPUTE_ONLY ? 1 : ktiles); kt++) {
-                const int s = kt % STAGES, round = kt / STAGES;
-                if (round > 0)
-                    barrier_wait(&empty[s], (round - 1) & 1); /* consumers done with it */
-                unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
-                barrier_arrive_expect(&full[s], STAGE_BYTES);
-                copy_box_3d(stage, &map_x, kt * BK, m0, 0, &full[s]);
-                copy_box_3d(stage + P::X_BOX_BYTES, &map_w, kt * BK, n0, 0, &full[s]);
+            int it = 0; /* k-tiles issued, over all of this block's tiles */
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int m0 = tile / tiles_n * BM, n0 = tile % tiles_n * BN;
+                for (int kt = 0; kt < ktiles; kt++, it++) {
+                    if (COMPUTE_ONLY && it > 0)
+                        break;
+                    const int s = it % STAGES, round = it / STAGES;
+                    if (round > 0)
+                        barrier_wait(&empty[s], (round - 1) & 1); /* consumers done with it */
+                    unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
+                    barrier_arrive_expect(&full[s], STAGE_BYTES);
+                    copy_box_3d(stage, &map_x, kt * BK, m0, 0, &full[s]);
+                    copy_box_3d(stage + P::X_BOX_BYTES, &map_w, kt * BK, n0, 0, &full[s]);
+                }
             }
         }
         return;
@@ -178,123 +239,132 @@ __global__ void __launch_bounds__(THREADS, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n"); /* (65,536 - 128 x 24) / 256 */
     const int lane = tid & 31, warp = (tid >> 5) & 3;
     const int consumer = warpgroup - 1;
-    ColumnTerms &columns =
-        *reinterpret_cast<ColumnTerms *>(smem + STAGES * (size_t)STAGE_BYTES + P::BARRIER_BYTES);
-    if (consumer == 0) { /* thread c of the first consumer: column n0 + c's scale and bias */
-        const int c = tid - 128, col = n0 + c;
-        const int ew = col < N ? exp_w[col] : 0;
-        if (c == 0)
-            columns.all_in_range = 1;
-        asm volatile("bar.sync 2, 128;\n" ::: "memory");
-        columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 15 : 0);
-        columns.bias[c] = bias && col < N ? bias[col] : 0.0f;
-        if (!in_fast_range(ew))
-            columns.all_in_range = 0;
-    }
-
-    int level0[64], level1[64], level2[64];
-#pragma unroll
-    for (int i = 0; i < 64; i++) {
-        level0[i] = 0;
-        level1[i] = 0;
-        level2[i] = 0;
-    }
+    int it = 0;       /* k-tiles consumed, over all of this block's tiles */
+    int checksum = 0; /* NO_EPILOGUE: keeps the products alive */
 
 #pragma unroll 1
-    for (int kt = 0; kt < ktiles; kt++) {
-        const int s = COMPUTE_ONLY ? 0 : kt % STAGES;
-        if (!COMPUTE_ONLY || kt == 0)
-            barrier_wait(&full[s], (kt / STAGES) & 1);
-        const unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
-        const unsigned char *x_rows = stage + consumer * 64 * BK; /* this warpgroup's 64 rows */
-        const unsigned char *w_rows = stage + P::X_BOX_BYTES;
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < P::KSTEPS; ks++) {
-            const uint64_t x0 = descriptor_swizzled<BK>(x_rows, ks);
-            const uint64_t x1 = descriptor_swizzled<BK>(x_rows + P::X_PLANE_BYTES, ks);
-            const uint64_t x2 = descriptor_swizzled<BK>(x_rows + 2 * P::X_PLANE_BYTES, ks);
-            const uint64_t w0 = descriptor_swizzled<BK>(w_rows, ks);
-            const uint64_t w1 = descriptor_swizzled<BK>(w_rows + P::W_PLANE_BYTES, ks);
-            const uint64_t w2 = descriptor_swizzled<BK>(w_rows + 2 * P::W_PLANE_BYTES, ks);
-            wgmma_s8(level0, x0, w0);
-            wgmma_s8(level1, x0, w1);
-            wgmma_s8(level1, x1, w0);
-            wgmma_s8(level2, x0, w2);
-            wgmma_s8(level2, x1, w1);
-            wgmma_s8(level2, x2, w0);
+    for (int tile = blockIdx.x, round = 0; tile < tiles; tile += gridDim.x, round++) {
+        const int m0 = tile / tiles_n * BM, n0 = tile % tiles_n * BN;
+        ColumnTerms &columns = terms[round & 1];
+        if (consumer == 0) { /* thread c of the first consumer: column n0 + c's scale and bias */
+            const int c = tid - 128, col = n0 + c;
+            const int ew = col < N ? exp_w[col] : 0;
+            if (c == 0)
+                columns.all_in_range = 1;
+            asm volatile("bar.sync 2, 128;\n" ::: "memory");
+            columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 15 : 0);
+            columns.bias[c] = bias && col < N ? bias[col] : 0.0f;
+            if (!in_fast_range(ew))
+                columns.all_in_range = 0;
         }
-        wgmma_commit();
-        wgmma_wait<1>(); /* the previous stage's products are complete */
-        if (kt > 0 && !COMPUTE_ONLY) {
+
+        int level0[64], level1[64], level2[64];
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            level0[i] = 0;
+            level1[i] = 0;
+            level2[i] = 0;
+        }
+
+#pragma unroll 1
+        for (int kt = 0; kt < ktiles; kt++, it++) {
+            const int s = COMPUTE_ONLY ? 0 : it % STAGES;
+            if (!COMPUTE_ONLY || it == 0)
+                barrier_wait(&full[s], (it / STAGES) & 1);
+            const unsigned char *stage = smem + s * (size_t)STAGE_BYTES;
+            const unsigned char *x_rows = stage + consumer * 64 * BK; /* this warpgroup's rows */
+            const unsigned char *w_rows = stage + P::X_BOX_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < P::KSTEPS; ks++) {
+                const uint64_t x0 = descriptor_swizzled<BK>(x_rows, ks);
+                const uint64_t x1 = descriptor_swizzled<BK>(x_rows + P::X_PLANE_BYTES, ks);
+                const uint64_t x2 = descriptor_swizzled<BK>(x_rows + 2 * P::X_PLANE_BYTES, ks);
+                const uint64_t w0 = descriptor_swizzled<BK>(w_rows, ks);
+                const uint64_t w1 = descriptor_swizzled<BK>(w_rows + P::W_PLANE_BYTES, ks);
+                const uint64_t w2 = descriptor_swizzled<BK>(w_rows + 2 * P::W_PLANE_BYTES, ks);
+                wgmma_s8(level0, x0, w0);
+                wgmma_s8(level1, x0, w1);
+                wgmma_s8(level1, x1, w0);
+                wgmma_s8(level2, x0, w2);
+                wgmma_s8(level2, x1, w1);
+                wgmma_s8(level2, x2, w0);
+            }
+            wgmma_commit();
+            wgmma_wait<1>(); /* the previous k-tile's products are complete */
+            if (kt > 0 && !COMPUTE_ONLY) {
+                __syncwarp();
+                if (lane == 0)
+                    barrier_arrive(&empty[(it - 1) % STAGES]);
+            }
+        }
+        wgmma_wait<0>();
+        pin(level0);
+        pin(level1);
+        pin(level2);
+        if (!COMPUTE_ONLY) { /* the tile's last k-tile */
             __syncwarp();
             if (lane == 0)
-                barrier_arrive(&empty[(kt - 1) % STAGES]);
+                barrier_arrive(&empty[(it - 1) % STAGES]);
         }
-    }
-    wgmma_wait<0>();
-    pin(level0);
-    pin(level1);
-    pin(level2);
 
-    if (NO_EPILOGUE) {
-        int any = 0;
+        if (NO_EPILOGUE) {
 #pragma unroll
-        for (int i = 0; i < 64; i++)
-            any |= level0[i] ^ level1[i] ^ level2[i];
-        if (any == 0x12345678)
-            Y[0] = 0.0f;
-        return;
-    }
-    /* the column terms, loaded before the main loop, are there for both consumers */
-    asm volatile("bar.sync 1, %0;\n" ::"n"(128 * CONSUMERS) : "memory");
-    const int g = lane >> 2, t = lane & 3;
-    const int row0 = m0 + consumer * 64 + warp * 16 + g;
-#pragma unroll
-    for (int q2 = 0; q2 < 2; q2++) {
-        const int r = row0 + 8 * q2;
-        if (r >= M)
+            for (int i = 0; i < 64; i++)
+                checksum ^= level0[i] ^ level1[i] ^ level2[i];
             continue;
-        const int ex = exp_x[r];
-        const bool fast = columns.all_in_range && in_fast_range(ex);
-        const float row_scale = fast ? power_of_two(ex - 15) : 0.0f;
-        float *y = Y + (size_t)r * ldy;
+        }
+        /* the column terms are there for both consumers */
+        asm volatile("bar.sync 1, %0;\n" ::"n"(128 * CONSUMERS) : "memory");
+        const int g = lane >> 2, t = lane & 3;
+        const int row0 = m0 + consumer * 64 + warp * 16 + g;
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int c = 8 * j + 2 * t; /* this thread's columns c, c + 1 of the tile */
-            float v[2];
+        for (int q2 = 0; q2 < 2; q2++) {
+            const int r = row0 + 8 * q2;
+            if (r >= M)
+                continue;
+            const int ex = exp_x[r];
+            const bool fast = columns.all_in_range && in_fast_range(ex);
+            const float row_scale = fast ? power_of_two(ex - 15) : 0.0f;
+            float *y = Y + (size_t)r * ldy;
 #pragma unroll
-            for (int q1 = 0; q1 < 2; q1++) {
-                const int i = 4 * j + 2 * q2 + q1;
-                if (fast) { /* 2^16 L0 + 2^8 L1 + L2, then the two exact power-of-two scales */
-                    const float sum = fmaf((float)level0[i], 65536.0f,
-                                           fmaf((float)level1[i], 256.0f, (float)level2[i]));
-                    v[q1] = sum * columns.scale[c + q1] * row_scale;
-                } else {
+            for (int j = 0; j < 16; j++) {
+                const int c = 8 * j + 2 * t; /* this thread's columns c, c + 1 of the tile */
+                float v[2];
+#pragma unroll
+                for (int q1 = 0; q1 < 2; q1++) {
+                    const int i = 4 * j + 2 * q2 + q1;
+                    /* 2^16 L0 + 2^8 L1 + L2, exact */
                     const long long sum =
                         (long long)level0[i] * 65536 + (long long)level1[i] * 256 + level2[i];
-                    const int ew = n0 + c + q1 < N ? exp_w[n0 + c + q1] : 0;
-                    v[q1] = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
-                                ? __int_as_float(0x7fc00000)
-                                : (float)ldexp((double)sum, ex + ew - 30);
+                    if (fast) { /* rounded once, then two exact power-of-two scales */
+                        v[q1] = __ll2float_rn(sum) * columns.scale[c + q1] * row_scale;
+                    } else {
+                        const int ew = n0 + c + q1 < N ? exp_w[n0 + c + q1] : 0;
+                        v[q1] = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
+                                    ? __int_as_float(0x7fc00000)
+                                    : (float)ldexp((double)sum, ex + ew - 30);
+                    }
+                    v[q1] += columns.bias[c + q1];
                 }
-                v[q1] += columns.bias[c + q1];
-            }
-            const int col = n0 + c;
-            if (pairs && col + 1 < N) { /* one 8-byte store */
-                float2 *out = reinterpret_cast<float2 *>(y + col);
-                if (beta != 0.0f) {
-                    const float2 old = *out;
-                    v[0] = fmaf(beta, old.x, v[0]);
-                    v[1] = fmaf(beta, old.y, v[1]);
+                const int col = n0 + c;
+                if (pairs && col + 1 < N) { /* one 8-byte store */
+                    float2 *out = reinterpret_cast<float2 *>(y + col);
+                    if (beta != 0.0f) {
+                        const float2 old = *out;
+                        v[0] = fmaf(beta, old.x, v[0]);
+                        v[1] = fmaf(beta, old.y, v[1]);
+                    }
+                    *out = make_float2(v[0], v[1]);
+                } else {
+                    for (int q1 = 0; q1 < 2 && col + q1 < N; q1++)
+                        y[col + q1] = beta == 0.0f ? v[q1] : fmaf(beta, y[col + q1], v[q1]);
                 }
-                *out = make_float2(v[0], v[1]);
-            } else {
-                for (int q1 = 0; q1 < 2 && col + q1 < N; q1++)
-                    y[col + q1] = beta == 0.0f ? v[q1] : fmaf(beta, y[col + q1], v[q1]);
             }
         }
     }
+    if (NO_EPILOGUE && checksum == 0x12345678)
+        Y[0] = 0.0f;
 #endif
 }
 
@@ -339,10 +409,15 @@ bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, co
         !encode_sliced(&map_w, w, out, K, BN, P::BK))
         return false;
     const int tiles_n = (out + BN - 1) / BN;
-    const size_t blocks = i8_gemm_nt_blocks(rows, out);
+    const size_t tiles = i8_gemm_nt_blocks(rows, out);
+    if (tiles > (size_t)INT_MAX)
+        return false;
+    int multiprocessors = 0;
+    cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+    const size_t blocks = std::min(tiles, (size_t)std::max(multiprocessors, 1));
     kernel<<<(unsigned)blocks, THREADS, P::SMEM_BYTES, stream>>>(
         map_x, map_w, x->exponents, w->exponents, rows, out, K, bias, beta, Y, ldy, tiles_n,
-        ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
+        (int)tiles, ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
     return true;
 }
 
@@ -364,7 +439,14 @@ extern "C" void i8_slice(int rows, int K, const float *a, size_t lda, const i8_s
     size_t blocks = ((size_t)rows + warps_per_block - 1) / warps_per_block;
     if (blocks > (1u << 30))
         blocks = 1u << 30;
-    slice_kernel<<<(unsigned)blocks, SLICE_THREADS, 0, stream>>>(rows, K, a, lda, *out);
+    const bool vector = lda % 4 == 0 && aligned16(a);
+    const size_t quads = (out->ld + 127) / 128; /* per lane */
+    auto kernel = quads <= 2    ? slice_kernel<2>
+                  : quads <= 4  ? slice_kernel<4>
+                  : quads <= 8  ? slice_kernel<8>
+                  : quads <= 12 ? slice_kernel<12>
+                                : slice_kernel<0>;
+    kernel<<<(unsigned)blocks, SLICE_THREADS, 0, stream>>>(rows, K, a, lda, vector, *out);
 }
 
 extern "C" int i8_gemm_nt_variant(int variant, int rows, int out, int K, const i8_sliced *x,

@@ -44,10 +44,12 @@
 //  * ozaki GEMM (precision ozaki on Hopper, cuda/gemm_i8.h): i8_slice writes each row as its
 //    exponent e (max|row| (1 + 2^-7) < 2^e <= 2 max|row| (1 + 2^-7)) and three signed bytes whose
 //    value 2^(e-23) (2^16 s0 + 2^8 s1 + s2) is within 2^(e-24) of the entry, zeros past K, a
-//    zero row as zeros, a row with inf or NaN marked I8_NOT_FINITE; i8_gemm_nt on sliced
+//    zero row as zeros, a row with inf or NaN marked I8_NOT_FINITE (rows of 45, 700 and 2000
+//    entries, with 16-byte and odd strides); i8_gemm_nt on sliced
 //    operands meets the split-precision GEMM's bound above on the same shapes (zero rows give
-//    exact zeros, nothing written outside rows x out, the same bits twice), and a non-finite
-//    row of X gives NaN in its row of Y only.
+//    exact zeros, nothing written outside rows x out, the same bits twice; plus 20011 x 136 ->
+//    200 with beta and bias: more tiles than multiprocessors, so blocks take several), and a
+//    non-finite row of X gives NaN in its row of Y only.
 // Sizes: the seed's N = 100, E = 3000, C = 128; N = 5, E = 10; C = 256; plus C = 7 (a partial
 // warp) and C = 320 (more channels than threads in the one-block-per-edge kernels).
 // Inputs: random edges (source != target, pairs may repeat), the Wigner blocks of random unit
@@ -1183,50 +1185,61 @@ TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnit) {
     if (!have_gpu())
         GTEST_SKIP() << "no CUDA device";
     // rows: uniform, mixed magnitudes 10^[-6, 6], one entry large, all zero, tiny (subnormal
-    // range), NaN, ragged K with padding to the next 16 bytes
-    const int rows = 7, K = 45;
-    const size_t lda = 48, ld = i8_slice_ld(K);
-    ASSERT_EQ(ld, 48u);
-    std::mt19937 rng{20241204};
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> a((size_t)rows * lda, 0.0f);
-    for (int k = 0; k < K; k++) {
-        a[0 * lda + k] = u(rng);
-        a[1 * lda + k] = u(rng) * std::pow(10.0f, 12.0f * (0.5f + 0.5f * u(rng)) - 6.0f);
-        a[2 * lda + k] = k == 7 ? 1e30f : u(rng);
-        a[4 * lda + k] = u(rng) * 1e-41f;
-        a[5 * lda + k] = k == 3 ? std::numeric_limits<float>::quiet_NaN() : u(rng);
-        a[6 * lda + k] = 255.875f * (k % 3 - 1); // exact halves of the low byte's unit
-    }
-    DeviceArray<float> da(a);
-    DeviceArray<int8_t> slices(3 * rows * ld);
-    slices.fill_bytes(0x55); // the padding columns must be written as zero
-    DeviceArray<int> exponents(rows);
-    const i8_sliced out = {slices.get(), exponents.get(), ld, rows * ld};
-    i8_slice(rows, K, da.get(), lda, &out, 0);
-    finish("i8_slice");
-    const std::vector<int8_t> s = slices.download();
-    const std::vector<int> e = exponents.download();
-    for (int r = 0; r < rows; r++) {
-        if (r == 5) {
-            EXPECT_EQ(e[r], (int)I8_NOT_FINITE) << "a NaN entry must mark its row";
-            continue;
+    // range), NaN, exact halves; row lengths: ragged K padded to the next 16 bytes, strides that
+    // are not multiples of 4 (scalar loads), rows kept in registers (up to 1536) and longer ones
+    struct Shape {
+        int K;
+        size_t lda;
+    };
+    for (const Shape shape : {Shape{45, 48}, Shape{45, 45}, Shape{700, 704}, Shape{2000, 2003}}) {
+        const int rows = 7, K = shape.K;
+        const size_t lda = shape.lda, ld = i8_slice_ld(K);
+        SCOPED_TRACE("K = " + std::to_string(K) + ", lda = " + std::to_string(lda));
+        ASSERT_EQ(ld, ((size_t)K + 15) / 16 * 16);
+        std::mt19937 rng{20241204};
+        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+        std::vector<float> a((size_t)rows * lda, 0.0f);
+        for (int k = 0; k < K; k++) {
+            a[0 * lda + k] = u(rng);
+            a[1 * lda + k] = u(rng) * std::pow(10.0f, 12.0f * (0.5f + 0.5f * u(rng)) - 6.0f);
+            a[2 * lda + k] = k == 7 ? 1e30f : u(rng);
+            a[4 * lda + k] = u(rng) * 1e-41f;
+            a[5 * lda + k] = k == 3 ? std::numeric_limits<float>::quiet_NaN() : u(rng);
+            a[6 * lda + k] = 255.875f * (k % 3 - 1); // exact halves of the low byte's unit
         }
-        double largest = 0;
-        for (int k = 0; k < K; k++)
-            largest = std::max(largest, std::fabs((double)a[r * lda + k]));
-        if (largest > 0) {
-            const double top = largest * (1.0 + std::ldexp(1.0, -7));
-            EXPECT_LT(top, std::ldexp(1.0, e[r])) << "row " << r;
-            EXPECT_GE(2 * top, std::ldexp(1.0, e[r])) << "row " << r;
-        }
-        for (size_t k = 0; k < ld; k++) {
-            const int s0 = s[r * ld + k], s1 = s[rows * ld + r * ld + k],
-                      s2 = s[2 * rows * ld + r * ld + k];
-            const double value = std::ldexp(65536.0 * s0 + 256.0 * s1 + s2, e[r] - 23);
-            const double entry = k < (size_t)K ? a[r * lda + k] : 0.0;
-            EXPECT_LE(std::fabs(value - entry), std::ldexp(1.0, e[r] - 24))
-                << "row " << r << " column " << k << ": " << entry << " sliced as " << value;
+        DeviceArray<float> da(a);
+        DeviceArray<int8_t> slices(3 * rows * ld);
+        slices.fill_bytes(0x55); // the padding columns must be written as zero
+        DeviceArray<int> exponents(rows);
+        const i8_sliced out = {slices.get(), exponents.get(), ld, rows * ld};
+        i8_slice(rows, K, da.get(), lda, &out, 0);
+        finish("i8_slice");
+        const std::vector<int8_t> s = slices.download();
+        const std::vector<int> e = exponents.download();
+        int wrong = 0;
+        for (int r = 0; r < rows; r++) {
+            if (r == 5) {
+                EXPECT_EQ(e[r], (int)I8_NOT_FINITE) << "a NaN entry must mark its row";
+                continue;
+            }
+            double largest = 0;
+            for (int k = 0; k < K; k++)
+                largest = std::max(largest, std::fabs((double)a[r * lda + k]));
+            if (largest > 0) {
+                const double top = largest * (1.0 + std::ldexp(1.0, -7));
+                EXPECT_LT(top, std::ldexp(1.0, e[r])) << "row " << r;
+                EXPECT_GE(2 * top, std::ldexp(1.0, e[r])) << "row " << r;
+            }
+            for (size_t k = 0; k < ld && wrong < 10; k++) {
+                const int s0 = s[r * ld + k], s1 = s[rows * ld + r * ld + k],
+                          s2 = s[2 * rows * ld + r * ld + k];
+                const double value = std::ldexp(65536.0 * s0 + 256.0 * s1 + s2, e[r] - 23);
+                const double entry = k < (size_t)K ? a[r * lda + k] : 0.0;
+                const bool ok = std::fabs(value - entry) <= std::ldexp(1.0, e[r] - 24);
+                wrong += !ok;
+                EXPECT_TRUE(ok) << "row " << r << " column " << k << ": " << entry << " sliced as "
+                                << value;
+            }
         }
     }
 }
@@ -1268,7 +1281,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, OzakiGemm,
                                            GemmShape{300, 130, 8, 0, 0.0f, true},    // K < BK
                                            GemmShape{500, 256, 96, 0, 0.0f, false},  // zero rows: 0
                                            GemmShape{1, 128, 64, 0, 0.5f, true},     // one row
-                                           GemmShape{700, 128, 300, 0, 0.0f, false}), // 3 stages
+                                           GemmShape{700, 128, 300, 0, 0.0f, false}, // 5 k-tiles
+                                           // more tiles than multiprocessors: blocks take several
+                                           GemmShape{20011, 200, 136, 4, 1.0f, true}),
                          gemm_shape_label);
 
 } // namespace
