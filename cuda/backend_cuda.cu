@@ -1109,10 +1109,10 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t split = s->precision == UMAS_PRECISION_3XTF32 && !s->tensor_core_gemm
                        ? std::max(n, N) * s->widest
                        : 0;
-    /* ozaki: the sliced activation of the largest product, at most 2^17 rows at a time */
+    /* ozaki: the sliced activation of the largest product, at most 2^18 rows at a time */
     size_t ozaki = 0;
     if (s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm) {
-        s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 17);
+        s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 18);
         ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
                 3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
     }

@@ -175,6 +175,15 @@ __device__ __forceinline__ float power_of_two(int e) { /* e in [-126, 127] */
     return __int_as_float((e + 127) << 23);
 }
 
+/* The output sum 2^(e_x + e_w - 30) outside the fast range: NaN for a non-finite row or column,
+ * else through double (one rounding to fp32). Not inlined: the epilogue's unrolled code stays
+ * small. */
+__device__ __noinline__ float rare_value(long long sum, int ex, int ew) {
+    if (ex == I8_NOT_FINITE || ew == I8_NOT_FINITE)
+        return __int_as_float(0x7fc00000);
+    return (float)ldexp((double)sum, ex + ew - 30);
+}
+
 /* Y = beta Y + X W^T (+ bias), persistent: block b computes the tiles b, b + gridDim.x, ... of Y
  * (tile t: rows (t / tiles_n) BM, columns (t % tiles_n) BN). The producer runs ahead through the
  * k-tiles of all its tiles, so the next tile's first stages load while the consumers finish the
@@ -337,14 +346,9 @@ __global__ void __launch_bounds__(THREADS, 1)
                     /* 2^16 L0 + 2^8 L1 + L2, exact */
                     const long long sum =
                         (long long)level0[i] * 65536 + (long long)level1[i] * 256 + level2[i];
-                    if (fast) { /* rounded once, then two exact power-of-two scales */
-                        v[q1] = __ll2float_rn(sum) * columns.scale[c + q1] * row_scale;
-                    } else {
-                        const int ew = n0 + c + q1 < N ? exp_w[n0 + c + q1] : 0;
-                        v[q1] = ex == I8_NOT_FINITE || ew == I8_NOT_FINITE
-                                    ? __int_as_float(0x7fc00000)
-                                    : (float)ldexp((double)sum, ex + ew - 30);
-                    }
+                    v[q1] = fast /* rounded once, then two exact power-of-two scales */
+                                ? __ll2float_rn(sum) * columns.scale[c + q1] * row_scale
+                                : rare_value(sum, ex, n0 + c + q1 < N ? exp_w[n0 + c + q1] : 0);
                     v[q1] += columns.bias[c + q1];
                 }
                 const int col = n0 + c;
