@@ -189,6 +189,16 @@ class ReferenceParity(GpuTest):
         if os.path.exists(model_path("umas")):
             self.check_cases("umas", self.UMAS_CASES, "umas_fast_gpu", "3xtf32")
 
+    def test_umas_fast_gpu_ozaki(self):
+        """`backend umas_fast_gpu precision ozaki` (fp32-accurate products from int8 slices on
+        the tensor cores of Hopper GPUs) on the same cases, both models: the same float32
+        bounds."""
+        if DEVICE != "cuda":
+            self.skipTest("precision ozaki exists on device cuda only")
+        self.check_cases("tiny", self.CASES, "umas_fast_gpu", "ozaki")
+        if os.path.exists(model_path("umas")):
+            self.check_cases("umas", self.UMAS_CASES, "umas_fast_gpu", "ozaki")
+
 
 # ------------------------------------------------------------------------------------------
 def cu_fcc_script(device, steps, thermo=10, dump=None, backend=None, precision=None):
@@ -287,6 +297,13 @@ class EnergyDrift(GpuTest):
         if DEVICE != "cuda":
             self.skipTest("precision 3xtf32 exists on device cuda only")
         self.check_drift("umas_fast_gpu", "3xtf32")
+
+    def test_nve_drift_umas_fast_gpu_ozaki(self):
+        """The same with `backend umas_fast_gpu precision ozaki` (int8-sliced products): the
+        strict mode must conserve energy like fp32."""
+        if DEVICE != "cuda":
+            self.skipTest("precision ozaki exists on device cuda only")
+        self.check_drift("umas_fast_gpu", "ozaki")
 
     cpu_run = None  # the CPU reference run, shared by both tests (minutes on the device)
 

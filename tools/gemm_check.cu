@@ -88,6 +88,7 @@ static const Case cases[] = {
     {"nt-256x256", false, 156000, 256, 256, 0, 0, 0, 0.0f, UNIFORM},
     {"nt-384x384", false, 156000, 384, 384, 0, 0, 0, 0.0f, UNIFORM},
     {"nt-256x512", false, 156000, 256, 512, 0, 0, 0, 0.0f, UNIFORM},
+    {"nt-128x1536", false, 156000, 128, 1536, 0, 0, 0, 0.0f, UNIFORM}, /* radial MLP's last layer */
     {"nt-768x640-mixed", false, 156000, 768, 640, 0, 0, 0, 0.0f, MIXED},
     {"nt-768x640-positive", false, 156000, 768, 640, 0, 0, 0, 0.0f, POSITIVE},
     {"nt-512x512-beta1", false, 20000, 512, 512, 0, 0, 0, 1.0f, UNIFORM},
@@ -581,10 +582,10 @@ int main(int argc, char **argv) {
             static const struct {
                 const char *name;
                 int variant;
-            } shapes[] = {{"ozaki-gemm-k128x2", I8_K128_2STAGES},
-                          {"ozaki-gemm-k32x8", I8_K32_8STAGES},
-                          {"ozaki-no-epilogue", I8_NO_EPILOGUE},
-                          {"ozaki-compute-only", I8_COMPUTE_ONLY}};
+            } shapes[] = {
+                {"ozaki-gemm-k128x2", I8_K128_2STAGES},   {"ozaki-gemm-k32x8", I8_K32_8STAGES},
+                {"ozaki-no-epilogue", I8_NO_EPILOGUE},    {"ozaki-gemm-k64x3", I8_K64_3STAGES},
+                {"ozaki-gemm-bulk-store", I8_BULK_STORE}, {"ozaki-compute-only", I8_COMPUTE_ONLY}};
             for (const auto &v : shapes)
                 methods.push_back({v.name, -1, OZAKI, false, [&, v] {
                                        i8_gemm_nt_variant(v.variant, rows, n, K, &x8, &w8, nullptr,
