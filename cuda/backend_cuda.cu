@@ -115,7 +115,7 @@ struct cuda_state {
     bool ozaki_same_activation = false;
     const float *sliced_from = nullptr;
     int sliced_rows = 0, sliced_k = 0, sliced_ld = 0;
-    int widest = 0;          /* the largest in or out of any linear layer (3xtf32 split buffers) */
+    int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
 

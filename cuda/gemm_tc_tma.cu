@@ -102,13 +102,8 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int n0 = (int)(blockIdx.x % tiles_n) * BN;
     const int ktiles = (K + BK - 1) / BK;
 
-    if (tid == 0) {
-        for (int s = 0; s < STAGES; s++) {
-            barrier_init(&full[s], 1);              /* the producer's arrival (+ bytes) */
-            barrier_init(&empty[s], 4 * CONSUMERS); /* one arrival per consumer warp */
-        }
-        barrier_init_fence();
-    }
+    if (tid == 0)
+        init_stage_barriers(full, empty, STAGES, 4 * CONSUMERS);
     __syncthreads();
 
     if (warpgroup == 0) {

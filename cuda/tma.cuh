@@ -32,6 +32,17 @@ __device__ __forceinline__ void barrier_init_fence() {
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 
+/* The barriers of a pipeline of `stages` stages: full[s] completes on the producer's arrival
+ * and its copies' bytes, empty[s] on one arrival of each of the `consumers` consumer warps. */
+__device__ __forceinline__ void init_stage_barriers(uint64_t *full, uint64_t *empty, int stages,
+                                                    unsigned consumers) {
+    for (int s = 0; s < stages; s++) {
+        barrier_init(&full[s], 1);
+        barrier_init(&empty[s], consumers);
+    }
+    barrier_init_fence();
+}
+
 /* One arrival that also announces `bytes` of copies completing on this barrier's phase. */
 __device__ __forceinline__ void barrier_arrive_expect(uint64_t *bar, unsigned bytes) {
     asm volatile(
