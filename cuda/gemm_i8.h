@@ -2,19 +2,21 @@
  * precision: Y[rows][out] = beta Y + X[rows][K] W^T (+ bias), W [out][K].
  *
  * Operands are "sliced" (the Ozaki scheme with integer slices). Row r of an fp32 matrix a
- * [rows][K] gets one power-of-two exponent e_r, the smallest with max_k |a[r][k]| (1 + 2^-7) <
- * 2^e_r, and each entry is rounded to the integer A = rint(a 2^(23 - e_r)), |A| < 2^23 - 2^15,
- * written in three signed bytes, high to low:
- *     a[r][k] ~ 2^(e_r - 23) A,   A = 2^16 s0 + 2^8 s1 + s2,   s0, s1, s2 in [-128, 127]
- * (exact: the rounding error is at most 2^(e_r - 24) <= 2^-23 max|a[r]| (1 + 2^-7)). A product
- * of two sliced rows is sum_k A_k B_k = sum_{i,j} 2^(8 (4 - i - j)) sum_k s_i t_j; the kernel
- * forms the six int8 products with i + j <= 2 on the tensor cores, summed exactly in int32 (no
- * rounding, no bias: the truncating fp32 accumulation of the TF32 routes does not exist here),
- * and drops the three with i + j >= 3 (an unbiased error of about 2^-22 max|x_r| max|w_o| per
- * sqrt(K) terms). The epilogue combines the three level sums exactly in int64 and rounds once
- * to fp32. Accuracy is comparable to an fp32 SGEMM for rows whose entries are of similar size;
- * entries far below their row's largest keep an absolute, not a relative, error of 2^-23
- * max|row|. Non-finite entries make their row's outputs NaN.
+ * [rows][K] gets one power-of-two exponent e_r, the smallest with max_k |a[r][k]| (1 + 2^-6) <
+ * 2^e_r, and each entry is rounded to the integer A = rint(a 2^(23 - e_r)), |A| < 2^23 / (1 +
+ * 2^-6), written in three balanced base-255 digits, high to low:
+ *     a[r][k] ~ 2^(e_r - 23) A,   A = 255^2 s0 + 255 s1 + s2,   s0, s1, s2 in [-127, 127]
+ * (exact: the rounding error is at most 2^(e_r - 24) <= 2^-23 max|a[r]| (1 + 2^-6)). The digits
+ * are those of rounding to the nearest multiple of 255, so that s1 and s2 are distributed
+ * symmetrically about 0 (two's-complement bytes would have the mean -1/2, and the dropped
+ * products below a bias). A product of two sliced rows is sum_k A_k B_k = sum_{i,j}
+ * 255^(4 - i - j) sum_k s_i t_j; the kernel forms the six int8 products with i + j <= 2 on the
+ * tensor cores, summed exactly in int32 (no rounding: the truncating fp32 accumulation of the
+ * TF32 routes does not exist here), and drops the three with i + j >= 3 (an error of mean 0 and
+ * about 2^-22 max|x_r| max|w_o| per sqrt(K) terms). The epilogue combines the three level sums
+ * exactly in int64 and rounds once to fp32. Accuracy is comparable to an fp32 SGEMM for rows
+ * whose entries are of similar size; entries far below their row's largest keep an absolute, not
+ * a relative, error of 2^-23 max|row|. Non-finite entries make their row's outputs NaN.
  *
  * Slices live in planes: slices[p * plane + r * ld + k], p = 0 (s0), 1 (s1), 2 (s2); ld is a
  * multiple of 16 (bytes) >= K, plane >= rows * ld a multiple of 16. A row view (rows first ..

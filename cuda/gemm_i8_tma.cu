@@ -13,8 +13,8 @@
  * Shared memory: 2 stages of 96 KiB in the 128-byte swizzle (row r's 16-byte chunk c lies at
  * r * 128 + ((c ^ r % 8) * 16), the K-major layout wgmma reads), then the barriers.
  *
- * Epilogue: y = 2^(e_x + e_w - 30) (2^16 L0 + 2^8 L1 + L2), the level sums combined exactly in
- * int64 and rounded once (through double) to fp32; NaN where a row of X or W was not finite. */
+ * Epilogue: y = 2^(e_x + e_w - 46) 255^2 (255^2 L0 + 255 L1 + L2), the level sums combined exactly
+ * in int64 and rounded once (through double) to fp32; NaN where a row of X or W was not finite. */
 #include "gemm_i8.h"
 #include "gemm_tc_common.cuh"
 #include "tma.cuh"
@@ -34,9 +34,9 @@ constexpr int BM = 64 * CONSUMERS;             /* rows of Y per block */
 constexpr int BN = 128;                        /* outputs per block: the n of one wgmma */
 constexpr int PLANES = 3;                      /* slices per entry */
 constexpr int THREADS = 128 * (1 + CONSUMERS); /* producer warpgroup + consumers */
-constexpr int MAX_K = 32768;                   /* 3 x 2^14 x K must stay below 2^31 */
+constexpr int MAX_K = 32768; /* 3 x 127^2 x K < 2^31, and (255^2 L0) 255^2 < 2^63 */
 
-/* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 15) and the bias of
+/* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 23) and the bias of
  * each of its BN columns; all_in_range: every column's exponent is in the fast range. */
 struct ColumnTerms {
     float scale[BN];
@@ -73,8 +73,13 @@ __device__ int row_exponent(float m) {
     if (m == 0.0f)
         return 0;
     int e = 0;
-    frexp((double)m * (1.0 + 0x1p-7), &e); /* m (1 + 2^-7) = f 2^e, f in [0.5, 1) */
+    frexp((double)m * (1.0 + 0x1p-6), &e); /* m (1 + 2^-6) = f 2^e, f in [0.5, 1) */
     return e;
+}
+
+/* round(a / 255): a - 255 round(a / 255) is in [-127, 127] (255 is odd: no ties). */
+__device__ __forceinline__ int nearest_multiple_of_255(int a) {
+    return a >= 0 ? (a + 127) / 255 : -((127 - a) / 255);
 }
 
 /* Entries k .. k + 3 of row r (v; 0 past K, or all 0 for a non-finite row) as slices: three
@@ -84,11 +89,9 @@ __device__ __forceinline__ void store_slices(const i8_sliced &out, size_t r, siz
     uint32_t packed[PLANES] = {0, 0, 0};
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        const int A = (int)rint((double)v[j] * scale); /* |A| < 2^23 - 2^15 */
-        const int low = (int)(int8_t)(A & 0xff);
-        const int A1 = (A - low) / 256;
-        const int mid = (int)(int8_t)(A1 & 0xff);
-        const int high = (A1 - mid) / 256;
+        const int A = (int)rint((double)v[j] * scale); /* |A| < 2^23 / (1 + 2^-6) */
+        const int A1 = nearest_multiple_of_255(A), low = A - 255 * A1;
+        const int high = nearest_multiple_of_255(A1), mid = A1 - 255 * high; /* |high| <= 127 */
         packed[0] |= (uint32_t)(uint8_t)high << (8 * j);
         packed[1] |= (uint32_t)(uint8_t)mid << (8 * j);
         packed[2] |= (uint32_t)(uint8_t)low << (8 * j);
@@ -169,9 +172,9 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
 
 /* ---- the GEMM kernel ---------------------------------------------------------------------- */
 
-/* Row and column exponents in [-60, 60] take the fp32 epilogue: 2^(e - 15) is a normal float and
- * (sum 2^(e_w - 15)) 2^(e_x - 15) neither underflows nor overflows before the last product. The
- * others (tiny or huge rows, non-finite ones) take the exact int64 / double route. */
+/* Row and column exponents in [-60, 60] take the fp32 epilogue: 2^(e - 23) is a normal float and
+ * (sum 2^(e_w - 23)) 2^(e_x - 23) (|sum| < 2^61) neither underflows nor overflows before the last
+ * product. The others (tiny or huge rows, non-finite ones) take the int64 / double route. */
 __device__ __forceinline__ bool in_fast_range(int e) {
     return e >= -60 && e <= 60;
 }
@@ -179,22 +182,22 @@ __device__ __forceinline__ float power_of_two(int e) { /* e in [-126, 127] */
     return __int_as_float((e + 127) << 23);
 }
 
-/* The output sum 2^(e_x + e_w - 30) outside the fast range: NaN for a non-finite row or column,
+/* The output sum 2^(e_x + e_w - 46) outside the fast range: NaN for a non-finite row or column,
  * else through double (one rounding to fp32). Not inlined: the epilogue's unrolled code stays
  * small. */
 __device__ __noinline__ float rare_value(long long sum, int ex, int ew) {
     if (ex == I8_NOT_FINITE || ew == I8_NOT_FINITE)
         return __int_as_float(0x7fc00000);
-    return (float)ldexp((double)sum, ex + ew - 30);
+    return (float)ldexp((double)sum, ex + ew - 46);
 }
 
-/* One output of the tile (column c of the block's columns): 2^16 L0 + 2^8 L1 + L2 (exact in
- * int64) rounded once and scaled by two exact powers of two (`fast`), else rare_value; plus the
+/* One output of the tile (column c of the block's columns): 255^2 (255^2 L0 + 255 L1 + L2) (exact
+ * in int64) rounded once and scaled by two exact powers of two (`fast`), else rare_value; plus the
  * column's bias. ew: the column's exponent (null past N). */
 __device__ __forceinline__ float output_value(int l0, int l1, int l2, bool fast, float row_scale,
                                               int ex, const ColumnTerms &columns, int c,
                                               const int *ew) {
-    const long long sum = (long long)l0 * 65536 + (long long)l1 * 256 + l2;
+    const long long sum = ((long long)l0 * 65025 + (long long)l1 * 255 + l2) * 65025;
     const float v = fast ? __ll2float_rn(sum) * columns.scale[c] * row_scale
                          : rare_value(sum, ex, ew ? *ew : 0);
     return v + columns.bias[c];
@@ -284,7 +287,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             if (c == 0)
                 columns.all_in_range = 1;
             asm volatile("bar.sync 2, 128;\n" ::: "memory");
-            columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 15 : 0);
+            columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 23 : 0);
             columns.bias[c] = bias && col < N ? bias[col] : 0.0f;
             if (!in_fast_range(ew))
                 columns.all_in_range = 0;
@@ -361,7 +364,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const int r = row0 + 8 * q2, local = warp * 16 + g + 8 * q2;
                 const int ex = r < M ? exp_x[r] : 0; /* rows past M: not stored */
                 const bool fast = columns.all_in_range && in_fast_range(ex);
-                const float row_scale = fast ? power_of_two(ex - 15) : 0.0f;
+                const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
 #pragma unroll
                 for (int j = 0; j < 16; j++) {
                     const int c = 8 * j + 2 * t;
@@ -395,7 +398,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 continue;
             const int ex = exp_x[r];
             const bool fast = columns.all_in_range && in_fast_range(ex);
-            const float row_scale = fast ? power_of_two(ex - 15) : 0.0f;
+            const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
             float *y = Y + (size_t)r * ldy;
 #pragma unroll
             for (int j = 0; j < 16; j++) {

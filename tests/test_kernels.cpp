@@ -42,8 +42,9 @@
 //    padded strides and beta = 1, K = 8 (less than one stage), 500 x 96 -> 256 without bias or
 //    beta, 1 row.
 //  * ozaki GEMM (precision ozaki on Hopper, cuda/gemm_i8.h): i8_slice writes each row as its
-//    exponent e (max|row| (1 + 2^-7) < 2^e <= 2 max|row| (1 + 2^-7)) and three signed bytes whose
-//    value 2^(e-23) (2^16 s0 + 2^8 s1 + s2) is within 2^(e-24) of the entry, zeros past K, a
+//    exponent e (max|row| (1 + 2^-6) < 2^e <= 2 max|row| (1 + 2^-6)) and three balanced base-255
+//    digits in [-127, 127] whose value 2^(e-23) (255^2 s0 + 255 s1 + s2) is within 2^(e-24) of the
+//    entry, zeros past K, a
 //    zero row as zeros, a row with inf or NaN marked I8_NOT_FINITE (rows of 45, 700 and 2000
 //    entries, with 16-byte and odd strides); i8_gemm_nt on sliced
 //    operands meets the split-precision GEMM's bound above on the same shapes (zero rows give
@@ -1181,7 +1182,7 @@ TEST_P(OzakiGemm, ANonFiniteRowOfXGivesNaNInItsRowOfYOnly) {
                 << "Y[" << r << "][" << o << "] = " << y[(size_t)r * ldy + o];
 }
 
-TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnit) {
+TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnitInDigitsOf255) {
     if (!have_gpu())
         GTEST_SKIP() << "no CUDA device";
     // rows: uniform, mixed magnitudes 10^[-6, 6], one entry large, all zero, tiny (subnormal
@@ -1205,7 +1206,7 @@ TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnit) {
             a[2 * lda + k] = k == 7 ? 1e30f : u(rng);
             a[4 * lda + k] = u(rng) * 1e-41f;
             a[5 * lda + k] = k == 3 ? std::numeric_limits<float>::quiet_NaN() : u(rng);
-            a[6 * lda + k] = 255.875f * (k % 3 - 1); // exact halves of the low byte's unit
+            a[6 * lda + k] = 255.875f * (k % 3 - 1); // the largest digits and exact halves
         }
         DeviceArray<float> da(a);
         DeviceArray<int8_t> slices(3 * rows * ld);
@@ -1226,16 +1227,17 @@ TEST(OzakiSlices, EachEntryIsItsRowsMultipleOf2ToTheEMinus23WithinHalfAUnit) {
             for (int k = 0; k < K; k++)
                 largest = std::max(largest, std::fabs((double)a[r * lda + k]));
             if (largest > 0) {
-                const double top = largest * (1.0 + std::ldexp(1.0, -7));
+                const double top = largest * (1.0 + std::ldexp(1.0, -6));
                 EXPECT_LT(top, std::ldexp(1.0, e[r])) << "row " << r;
                 EXPECT_GE(2 * top, std::ldexp(1.0, e[r])) << "row " << r;
             }
             for (size_t k = 0; k < ld && wrong < 10; k++) {
                 const int s0 = s[r * ld + k], s1 = s[rows * ld + r * ld + k],
                           s2 = s[2 * rows * ld + r * ld + k];
-                const double value = std::ldexp(65536.0 * s0 + 256.0 * s1 + s2, e[r] - 23);
+                const double value = std::ldexp(65025.0 * s0 + 255.0 * s1 + s2, e[r] - 23);
                 const double entry = k < (size_t)K ? a[r * lda + k] : 0.0;
-                const bool ok = std::fabs(value - entry) <= std::ldexp(1.0, e[r] - 24);
+                const bool ok = std::fabs(value - entry) <= std::ldexp(1.0, e[r] - 24) &&
+                                std::max({std::abs(s0), std::abs(s1), std::abs(s2)}) <= 127;
                 wrong += !ok;
                 EXPECT_TRUE(ok) << "row " << r << " column " << k << ": " << entry << " sliced as "
                                 << value;
