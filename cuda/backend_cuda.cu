@@ -115,6 +115,15 @@ struct cuda_state {
     bool ozaki_same_activation = false;
     const float *sliced_from = nullptr;
     int sliced_rows = 0, sliced_k = 0, sliced_ld = 0;
+    /* ozaki, umas_fast_gpu: activations that their producer wrote sliced, with no fp32 copy
+     * (conv1's three operands, see conv1_sliced): the product of activation `act` (rows, k, ld
+     * as the caller passes them) takes `x` and always the int8 kernel. */
+    struct presliced_operand {
+        const float *act;
+        int rows, k, ld;
+        i8_sliced x;
+    } presliced[3] = {};
+    int presliced_count = 0;
     int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
@@ -397,6 +406,13 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
  * kernel does not take the product. */
 bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const float *act,
                 int ldact, const float *bias, float beta, float *c, int ldc) {
+    for (int i = 0; i < s->presliced_count; i++) {
+        const cuda_state::presliced_operand &p = s->presliced[i];
+        if (p.act == act && p.rows == rows && p.k == k && p.ld == ldact) {
+            s->sliced_from = nullptr; /* s->sliced is not involved */
+            return i8_gemm_nt(rows, m, k, &p.x, &w, bias, beta, c, (size_t)ldc, s->stream);
+        }
+    }
     const size_t ld = i8_slice_ld(k);
     const size_t exponent_bytes = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16;
     const size_t chunk = s->ozaki_rows;
@@ -420,6 +436,70 @@ bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const
     return true;
 }
 
+/* Whether a product on the weight slices w (m outputs, k inputs) of `rows` rows would take the
+ * int8 kernel with the operand x (sliced): enough tiles to fill the GPU (gemm_tensor_cores's
+ * rule) and the kernel accepts the operands. */
+bool ozaki_kernel_takes(const cuda_state *s, const i8_sliced &w, int m, int k, int rows,
+                        const i8_sliced &x) {
+    return s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm && w.slices &&
+           i8_gemm_nt_blocks(rows, m) >= (size_t)s->multiprocessors &&
+           i8_gemm_nt(0, m, k, &x, &w, nullptr, 0.0f, nullptr, 0, s->stream);
+}
+bool ozaki_forward_takes(const cuda_state *s, const dev_linear &lin, int rows, const i8_sliced &x) {
+    return ozaki_kernel_takes(s, lin.sliced, lin.out, lin.in, rows, x);
+}
+bool ozaki_backward_takes(const cuda_state *s, const dev_linear &lin, int cols, int rows,
+                          const i8_sliced &x) {
+    return ozaki_kernel_takes(s, lin.sliced_t, cols, lin.out, rows, x);
+}
+
+/* Three sliced operands of `rows` rows and K[i] columns laid out one after the other from
+ * base: per operand the [rows] exponents (16-byte aligned), then its three planes [rows][ld].
+ * Returns the bytes they take (parts set when base is not null). */
+size_t sliced_layout(void *base, int rows, const int (&K)[3], i8_sliced (&parts)[3]) {
+    size_t offset = 0;
+    for (int i = 0; i < 3; i++) {
+        const size_t ld = i8_slice_ld(K[i]);
+        const size_t exponents = ((size_t)rows * sizeof(int) + 15) / 16 * 16;
+        if (base) {
+            unsigned char *at = static_cast<unsigned char *>(base) + offset;
+            parts[i] = {reinterpret_cast<int8_t *>(at + exponents), reinterpret_cast<int *>(at),
+                        ld, (size_t)rows * ld};
+        }
+        offset += exponents + 3 * (size_t)rows * ld;
+    }
+    return offset;
+}
+
+/* Bytes in s->sliced of the operands umas_fast_gpu's producers write sliced for n rows: the
+ * largest of conv2's (K 3H, 4H, 2H), conv2's adjoint (3C, 4C, 2C) and conv1's adjoint (5H, 4H,
+ * 2H) operands. */
+size_t fused_operand_bytes(size_t n, int C, int H) {
+    i8_sliced unused[3];
+    return std::max(sliced_layout(nullptr, (int)n, {5 * H, 4 * H, 2 * H}, unused),
+                    sliced_layout(nullptr, (int)n, {3 * C, 4 * C, 2 * C}, unused));
+}
+
+/* Registers the three operands a producer wrote sliced for the products on act[i] (rows, K[i]
+ * columns, row stride ld[i]); until presliced_count is reset their products read these. */
+void register_presliced(cuda_state *s, const float *const (&act)[3], int rows, const int (&K)[3],
+                        const int (&ld)[3], const i8_sliced (&parts)[3]) {
+    for (int i = 0; i < 3; i++)
+        s->presliced[i] = {act[i], rows, K[i], ld[i], parts[i]};
+    s->presliced_count = 3;
+    s->sliced_from = nullptr; /* s->sliced may have been overwritten */
+}
+
+/* Operands written sliced by umas_fast_gpu's producers other than conv1's, in s->sliced:
+ * whether they fit there for n rows (parts set if so). */
+bool fused_operands_sliced(cuda_state *s, int n, const int (&K)[3], i8_sliced (&parts)[3]) {
+    i8_sliced unused[3];
+    if (!s->sliced.ptr || sliced_layout(nullptr, n, K, unused) > s->sliced.bytes)
+        return false;
+    sliced_layout(s->sliced.ptr, n, K, parts);
+    return true;
+}
+
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
  * tensor-core kernels (gemm_tc.h). The bulk-copy warpgroup-MMA kernel (tc_gemm_nt_tma) does NT
  * products on pre-split weights: W [out][in] in the forward (op_w T), the transposed copy
@@ -440,7 +520,9 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
     if (s->precision == UMAS_PRECISION_OZAKI) {
-        const bool few = i8_gemm_nt_blocks(rows, m) < (size_t)s->multiprocessors;
+        bool few = i8_gemm_nt_blocks(rows, m) < (size_t)s->multiprocessors;
+        for (int i = 0; i < s->presliced_count; i++)
+            few = few && s->presliced[i].act != act; /* no fp32 copy: the kernel it is */
         if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
                                beta, c, ldc))
             return true;
@@ -758,6 +840,72 @@ void so2_forward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, i
     cu_so2_combine(n, Wl.out / 2, F(s->product_r), F(s->product_i), out_r, out_i, ldo, s->stream);
 }
 
+/* umas_fast_gpu, ozaki: the producer writes conv1's operands sliced (cu_gather_rotate_sliced)
+ * into y's buffer s->rotated, whose fp32 y then never exists, and registers them as the
+ * presliced operands of the products on y, y + 6C and y + 14C; that saves y's write and the
+ * slicing's read of it. Only when all four conv1 products take the int8 kernel (and C <= 256);
+ * returns false (nothing done) otherwise. Layout in s->rotated per part (K = 6C, 8C, 4C): the
+ * [n] exponents (16-byte aligned), then the three planes [n][ld]. */
+bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int first, const float *x,
+                  edge_tape &t, const float *y) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int K[3] = {6 * C, 8 * C, 4 * C};
+    i8_sliced part[3];
+    if (sliced_layout(nullptr, n, K, part) > s->rotated.bytes)
+        return false;
+    sliced_layout(s->rotated.ptr, n, K, part);
+    if (!ozaki_forward_takes(s, b.conv1_m0_gates, n, part[0]) ||
+        !ozaki_forward_takes(s, b.conv1_m0_rows, n, part[0]) ||
+        !ozaki_forward_takes(s, b.block_conv1_m1, n, part[1]) ||
+        !ozaki_forward_takes(s, b.block_conv1_m2, n, part[2]) ||
+        !cu_gather_rotate_sliced(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
+                                 radial_of(s, t), part, s->stream))
+        return false;
+    register_presliced(s, {y, y + 6 * C, y + 14 * C}, n, K, {18 * C, 18 * C, 18 * C}, part);
+    return true;
+}
+
+/* umas_fast_gpu, ozaki: the gate writes conv2's operands sliced (cu_gate_forward_sliced) into
+ * s->sliced: g (the products on g, g + 3H, g + 7H) never exists in fp32, nor is o gated in
+ * place. Only when all three conv2 products take the int8 kernel; false (nothing done)
+ * otherwise. */
+bool gate_sliced(cuda_state *s, const dev_block &b, int H, int n, edge_tape &t, const float *o,
+                 const float *g) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int K[3] = {3 * H, 4 * H, 2 * H};
+    i8_sliced part[3];
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !ozaki_forward_takes(s, b.conv2_m0, n, part[0]) ||
+        !ozaki_forward_takes(s, b.block_conv2_m1, n, part[1]) ||
+        !ozaki_forward_takes(s, b.block_conv2_m2, n, part[2]) ||
+        !cu_gate_forward_sliced(n, H, F(t.gates), o, part, s->stream))
+        return false;
+    register_presliced(s, {g, g + 3 * H, g + 7 * H}, n, K, {9 * H, 9 * H, 9 * H}, part);
+    return true;
+}
+
+/* The backward's counterpart: the gate's adjoints, conv1's adjoint operands (d_conv1_m0 and the
+ * m > 0 columns of dO), written sliced into s->sliced (cu_gate_backward_sliced); dg stays as
+ * conv2's backward wrote it. */
+bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n, edge_tape &t,
+                          const float *dg) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int K[3] = {5 * H, 4 * H, 2 * H};
+    i8_sliced part[3];
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !ozaki_backward_takes(s, b.conv1_m0, 6 * C, n, part[0]) ||
+        !ozaki_backward_takes(s, b.block_conv1_m1, b.block_conv1_m1.in, n, part[1]) ||
+        !ozaki_backward_takes(s, b.block_conv1_m2, b.block_conv1_m2.in, n, part[2]) ||
+        !cu_gate_backward_sliced(n, H, F(t.gates), F(t.gated), dg, part, s->stream))
+        return false;
+    const float *d_conv1_m0 = F(s->d_conv1_m0);
+    register_presliced(s, {d_conv1_m0, dg + 3 * H, dg + 7 * H}, n, K, {5 * H, 9 * H, 9 * H}, part);
+    return true;
+}
+
 /* The chunk's messages into t.messages (core/edgewise.c edgewise_messages), from the radial
  * weights in t.radial. With `keep_gate_input` (the backward will read this chunk's tape) the
  * conv1 output stays in t.gated and the gate writes to scratch; else it gates in place. The
@@ -767,8 +915,9 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     cudaStream_t st = s->stream;
     float *y = F(s->rotated), *o = F(t.gated), *z = F(t.messages);
     float *g = keep_gate_input ? F(s->d_gated) : o;
-    cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, radial_of(s, t),
-                     unscaled, y, st);
+    if (!conv1_sliced(s, b, C, n, first, x, t, y))
+        cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
+                         radial_of(s, t), unscaled, y, st);
     linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
     s->ozaki_same_activation = true; /* the same m = 0 rows of y */
     linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
@@ -777,12 +926,36 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
                 o + 8 * H, 9 * H);
-    cu_gate_forward(n, H, F(t.gates), o, g, st);
+    s->presliced_count = 0; /* y's buffer is reused below (as dz, dy) */
+    if (!gate_sliced(s, b, H, n, t, o, g))
+        cu_gate_forward(n, H, F(t.gates), o, g, st);
     linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
     so2_forward(s, b.conv2_m1, b.block_conv2_m1, n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
                 z + 5 * C, 9 * C);
     so2_forward(s, b.conv2_m2, b.block_conv2_m2, n, g + 7 * H, g + 8 * H, 9 * H, z + 7 * C,
                 z + 8 * C, 9 * C);
+    s->presliced_count = 0;
+}
+
+/* umas_fast_gpu, ozaki: the consumer's backward writes conv2's adjoint operands sliced
+ * (cu_rotate_back_backward_sliced) into s->sliced instead of dz in fp32. Only when all three
+ * conv2 adjoint products take the int8 kernel; false (nothing done) otherwise. */
+bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n,
+                                 int first, edge_tape &t, const float *d_out, const float *dz) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int K[3] = {3 * C, 4 * C, 2 * C};
+    i8_sliced part[3];
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !ozaki_backward_takes(s, b.conv2_m0, 3 * H, n, part[0]) ||
+        !ozaki_backward_takes(s, b.block_conv2_m1, b.block_conv2_m1.in, n, part[1]) ||
+        !ozaki_backward_takes(s, b.block_conv2_m2, b.block_conv2_m2.in, n, part[2]))
+        return false;
+    cu_rotate_back_backward_sliced(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                                   F(t.messages), d_out, dW(s, first), F(s->d_envelope) + first,
+                                   part, s->stream);
+    register_presliced(s, {dz, dz + 3 * C, dz + 7 * C}, n, K, {9 * C, 9 * C, 9 * C}, part);
+    return true;
 }
 
 /* so2_m_backward: general stacks then two GEMMs; umas_fast one GEMM with the block form */
@@ -813,19 +986,24 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     /* dz lives in conv1's operand buffer: dead there since conv1's forward, and read only
      * by conv2's backward, before conv1's backward writes dy over it */
     float *dz = F(s->rotated), *dg = F(s->d_gated), *dy = F(s->rotated);
-    cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                            F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first, st);
+    if (!rotate_back_backward_sliced(s, b, C, H, n, first, t, d_out, dz))
+        cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
+                                F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first,
+                                st);
     linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
     so2_backward(s, b.conv2_m1, b.block_conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H,
                  dg + 5 * H, 9 * H);
     so2_backward(s, b.conv2_m2, b.block_conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H,
                  dg + 8 * H, 9 * H);
-    cu_gate_backward(n, H, F(t.gates), F(t.gated), dg, F(s->d_conv1_m0), st);
+    s->presliced_count = 0;
+    if (!gate_backward_sliced(s, b, C, H, n, t, dg))
+        cu_gate_backward(n, H, F(t.gates), F(t.gated), dg, F(s->d_conv1_m0), st);
     linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
     so2_backward(s, b.conv1_m1, b.block_conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
                  dy + 10 * C, 18 * C);
     so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
                  dy + 16 * C, 18 * C);
+    s->presliced_count = 0;
     if (s->fused) {
         cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
                              radial_of(s, t), dy, F(s->d_radial), U(s->node_sums), dW(s, first),
@@ -957,11 +1135,13 @@ size_t tape_floats_per_edge(const cuda_state *s, const umas_weights *w, size_t l
  * the few per-edge geometry arrays are left out). */
 size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
     size_t C = w->C, H = w->H, Ce = w->Ce, wide = 4 * (C > H ? C : H);
+    const bool gate_sliced = s->fused && s->precision == UMAS_PRECISION_OZAKI;
     return (size_t)w->F + Ce + 12 * C + (size_t)w->B + 2 * Ce /* radial MLP and its adjoints */
            + 18 * C                                           /* rotated */
            + (s->fast ? 0 : 2 * wide)                         /* product_r, product_i */
            + 9 * H + 5 * H                                    /* d_gated, d_conv1_m0 */
-           + (s->fused ? 0 : 18 * C);                         /* unscaled */
+           + (s->fused ? 0 : 18 * C)                          /* unscaled */
+           + (gate_sliced ? (fused_operand_bytes(1024, (int)C, (int)H) / 1024 + 3) / 4 : 0);
 }
 
 int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
@@ -1115,6 +1295,8 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 18);
         ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
                 3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
+        if (s->fused) /* also the gate's sliced outputs of a chunk (gate_sliced) */
+            ozaki = std::max(ozaki, fused_operand_bytes(n, (int)C, (int)H));
     }
     struct item {
         buffer *b;

@@ -26,7 +26,9 @@
  * on the host against the CPU code; accumulate() is an atomic add on the device, += on the
  * host. */
 #include "kernels.h"
+#include "slicing.cuh"
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 
@@ -328,35 +330,47 @@ template <int K> __device__ void block_sum(float (&v)[K], float *total) {
 /* Edges per block at most (blockDim.y: FLAT_THREADS threads, at least one warp per edge). */
 #define GATHER_EDGES_MAX (FLAT_THREADS / 32)
 
-/* Channel c of edge e, W its Wigner record (in shared memory), xs_row and xt_row the [9][C]
- * rows x[source[e]] and x[target[e]]. */
-HD void gather_rotate_one(size_t e, int c, const float W[34], const float *xs_row,
-                          const float *xt_row, int C, const float *radial, float *unscaled,
-                          float *y) {
-    float xs[9], xt[9], ys[9], yt[9], r[12];
+/* Channel c of edge e rotated, unscaled: u[q] for the 18 positions q = 2p (source), 2p + 1
+ * (target) of the edge's [9][2C] row (position q: column q C + c). W is the edge's Wigner
+ * record (in shared memory), xs_row and xt_row the [9][C] rows x[source[e]] and x[target[e]]. */
+HD void rotated_channel(int c, const float W[34], const float *xs_row, const float *xt_row, int C,
+                        float u[18]) {
+    float xs[9], xt[9], ys[9], yt[9];
     load_column(xs_row, C, c, xs);
     load_column(xt_row, C, c, xt);
     rotate(W, xs, ys);
     rotate(W, xt, yt);
-    size_t row = e * 18 * C;
-    if (y) { /* the 12 radial weights of channel c, each used once or twice below */
-        const float *re = radial + e * 12 * C;
 #pragma unroll
-        for (int j = 0; j < 12; j++)
-            r[j] = re[(size_t)j * C + c];
+    for (int p = 0; p < 9; p++) {
+        u[2 * p] = ys[m_to_l(p)];
+        u[2 * p + 1] = yt[m_to_l(p)];
     }
+}
+
+/* u[q] *= radial weight of position q (channel c of edge e; radial [n][12C]). */
+HD void scale_channel(size_t e, int c, int C, const float *radial, float u[18]) {
+    const float *re = radial + e * 12 * C;
 #pragma unroll
-    for (int p = 0; p < 9; p++) { /* positions q = 2p (source) and 2p + 1 (target) */
-        size_t ks = (size_t)(2 * p) * C + c, kt = ks + C;
-        float us = ys[m_to_l(p)], ut = yt[m_to_l(p)];
-        if (y) {
-            y[row + ks] = us * r[radial_row(2 * p)];
-            y[row + kt] = ut * r[radial_row(2 * p + 1)];
-        }
-        if (unscaled) {
-            unscaled[row + ks] = us;
-            unscaled[row + kt] = ut;
-        }
+    for (int q = 0; q < 18; q++)
+        u[q] *= re[(size_t)radial_row(q) * C + c];
+}
+
+/* Channel c of edge e into y (scaled, unless y is null) and unscaled (unless null). */
+HD void gather_rotate_one(size_t e, int c, const float W[34], const float *xs_row,
+                          const float *xt_row, int C, const float *radial, float *unscaled,
+                          float *y) {
+    float u[18];
+    rotated_channel(c, W, xs_row, xt_row, C, u);
+    const size_t row = e * 18 * C;
+    if (unscaled)
+#pragma unroll
+        for (int q = 0; q < 18; q++)
+            unscaled[row + (size_t)q * C + c] = u[q];
+    if (y) {
+        scale_channel(e, c, C, radial, u);
+#pragma unroll
+        for (int q = 0; q < 18; q++)
+            y[row + (size_t)q * C + c] = u[q];
     }
 }
 
@@ -404,6 +418,170 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
     unsigned blocks = (unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30);
     gather_rotate_kernel<<<blocks, dim3(tx, ty), 0, stream>>>(n, source, target, wigner, C, x,
                                                               radial, unscaled, y);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Outputs written sliced (precision ozaki, gemm_i8.h), for kernels whose block takes blockDim.y
+ * edges with one channel per thread (thread x = channel c < blockDim.x of edge threadIdx.y):
+ * each thread holds its channel's V output values; value i belongs to part part[i] (one of P
+ * GEMM operands, one row per edge) at column col[i]. The block agrees on each (edge, part)'s
+ * largest magnitude (a non-finite value counts as +inf: its row gets I8_NOT_FINITE) through
+ * shared memory, then each thread writes its values' three digits and thread 0 of each edge
+ * the exponents. Columns past K within a part's ld are not written (the GEMM does not read
+ * them). The entries are those i8_slice gives for the same values in fp32.
+ * ------------------------------------------------------------------------------------------- */
+
+/* |v|, or +inf when v is not finite (fmaxf would drop a NaN) */
+HD float finite_magnitude(float v) {
+    const float a = fabsf(v);
+    return a <= FLT_MAX ? a : INFINITY;
+}
+
+/* The row exponent of a part whose largest finite_magnitude is t (I8_NOT_FINITE for +inf). */
+__device__ __forceinline__ int part_exponent(float t) {
+    return t <= FLT_MAX ? row_exponent(t) : I8_NOT_FINITE;
+}
+
+template <int P> struct sliced_parts {
+    i8_sliced part[P];
+};
+
+/* Called by every thread of the block (active: the thread has an edge and a channel); the
+ * caller synchronises the block before calling it again. */
+template <int V, int P>
+__device__ void store_channel_sliced(bool active, size_t e, const float (&v)[V],
+                                     const int (&part)[V], const int (&col)[V],
+                                     const sliced_parts<P> &out) {
+    __shared__ float largest[GATHER_EDGES_MAX][FLAT_THREADS / 32][P]; /* edge, warp, part */
+    const int lane = threadIdx.x % 32, j = threadIdx.y;
+    float top[P];
+#pragma unroll
+    for (int p = 0; p < P; p++)
+        top[p] = 0.0f;
+    if (active)
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            top[part[i]] = fmaxf(top[part[i]], finite_magnitude(v[i]));
+        }
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+        for (int offset = 16; offset > 0; offset >>= 1)
+            top[p] = fmaxf(top[p], __shfl_xor_sync(0xffffffffu, top[p], offset));
+        if (lane == 0)
+            largest[j][threadIdx.x / 32][p] = top[p];
+    }
+    __syncthreads();
+    if (!active)
+        return;
+    RowScale scale[P];
+    int exponent[P];
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+        float t = 0.0f;
+        for (int w = 0; w < (int)blockDim.x / 32; w++)
+            t = fmaxf(t, largest[j][w][p]);
+        exponent[p] = part_exponent(t);
+        scale[p] = row_scale_of(exponent[p], t <= FLT_MAX);
+    }
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        const i8_sliced &o = out.part[part[i]];
+        int digit[3];
+        balanced_digits(scaled_integer(v[i], scale[part[i]]), digit);
+        int8_t *at = o.slices + e * o.ld + col[i];
+#pragma unroll
+        for (int plane = 0; plane < 3; plane++)
+            at[plane * o.plane] = (int8_t)digit[plane];
+    }
+    if (threadIdx.x == 0)
+#pragma unroll
+        for (int p = 0; p < P; p++)
+            out.part[p].exponents[e] = exponent[p];
+}
+
+/* The launch of such a kernel for n edges of `channels` (<= FLAT_THREADS) channels. */
+struct channel_launch {
+    unsigned blocks;
+    dim3 threads;
+};
+channel_launch channel_launch_for(int n, int channels) {
+    const int tx = (channels + 31) / 32 * 32, ty = FLAT_THREADS / tx;
+    const size_t groups = ((size_t)n + ty - 1) / ty;
+    return {(unsigned)(groups < (size_t)1 << 30 ? groups : (size_t)1 << 30), dim3(tx, ty)};
+}
+
+/* Part of position q of the [9][2C] row among conv1's operands, and the part's first position:
+ * [0, 6) m = 0, [6, 14) m = 1, [14, 18) m = 2. */
+HD constexpr int conv1_part(int q) {
+    return q < 6 ? 0 : q < 14 ? 1 : 2;
+}
+HD constexpr int conv1_part_start(int part) {
+    return part == 0 ? 0 : part == 1 ? 6 : 14;
+}
+
+/* Part of position p of a [9][C'] M-order row among an SO(2) product's three operands (conv2's
+ * forward, conv2's and conv1's m > 0 adjoints): [0, 3) m = 0, [3, 7) m = 1, [7, 9) m = 2. */
+HD constexpr int gate_part(int p) {
+    return p < 3 ? 0 : p < 7 ? 1 : 2;
+}
+HD constexpr int gate_part_start(int part) {
+    return part == 0 ? 0 : part == 1 ? 3 : 7;
+}
+
+/* cu_gather_rotate_sliced: gather_rotate_kernel's y, sliced. */
+__global__ void gather_rotate_sliced_kernel(int n, const int *__restrict__ source,
+                                            const int *__restrict__ target,
+                                            const cu_wigner *__restrict__ wigner, int C,
+                                            const float *__restrict__ x,
+                                            const float *__restrict__ radial,
+                                            sliced_parts<3> out) {
+    __shared__ float W[GATHER_EDGES_MAX][34];
+    __shared__ int ends[GATHER_EDGES_MAX][2];
+    const int edges = blockDim.y, threads = blockDim.x * blockDim.y;
+    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int c = threadIdx.x, j = threadIdx.y;
+    for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
+        const int m = n - e0 < edges ? (int)(n - e0) : edges;
+        const float *wf = (const float *)(wigner + e0);
+        for (int k = tid; k < m * 34; k += threads)
+            (&W[0][0])[k] = wf[k];
+        if (tid < m) {
+            ends[tid][0] = source[e0 + tid];
+            ends[tid][1] = target[e0 + tid];
+        }
+        __syncthreads();
+        const size_t e = (size_t)(e0 + j);
+        const bool active = j < m && c < C;
+        float u[18];
+        int part[18], col[18];
+#pragma unroll
+        for (int q = 0; q < 18; q++) {
+            u[q] = 0.0f;
+            part[q] = conv1_part(q);
+            col[q] = (q - conv1_part_start(part[q])) * C + c;
+        }
+        if (active) {
+            rotated_channel(c, W[j], x + (size_t)ends[j][0] * 9 * C,
+                            x + (size_t)ends[j][1] * 9 * C, C, u);
+            scale_channel(e, c, C, radial, u);
+        }
+        store_channel_sliced(active, e, u, part, col, out);
+        __syncthreads(); /* before the next group overwrites W, ends and the maxima */
+    }
+}
+
+int cu_gather_rotate_sliced(int n, const int *source, const int *target, const cu_wigner *wigner,
+                            int C, const float *x, const float *radial, const i8_sliced out[3],
+                            cudaStream_t stream) {
+    if (C > FLAT_THREADS)
+        return 0;
+    if (n <= 0 || C <= 0)
+        return 1;
+    const channel_launch launch = channel_launch_for(n, C);
+    const sliced_parts<3> parts = {{out[0], out[1], out[2]}};
+    gather_rotate_sliced_kernel<<<launch.blocks, launch.threads, 0, stream>>>(
+        n, source, target, wigner, C, x, radial, parts);
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -649,15 +827,26 @@ void cu_so2_stack(int n, int half, const float *do_r, const float *do_i, int ldo
  * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
-HD void gate_forward_one(int e, int c, int H, const float *gates, const float *o, float *g) {
-    const float *gate = gates + (size_t)e * 2 * H;
+/* g[0..9) of (edge e, channel c), position p at g[p]. */
+HD void gate_forward_values(size_t e, int c, int H, const float *gates, const float *o,
+                            float g[9]) {
+    const float *gate = gates + e * 2 * H;
     float s1 = sigmoidf_(gate[c]), s2 = sigmoidf_(gate[H + c]);
-    size_t base = (size_t)e * 9 * H + c;
+    size_t base = e * 9 * H + c;
     float o0 = o[base];
-    g[base] = o0 * sigmoidf_(o0);
+    g[0] = o0 * sigmoidf_(o0);
 #pragma unroll
     for (int p = 1; p < 9; p++)
-        g[base + (size_t)p * H] = o[base + (size_t)p * H] * (degree_of_m(p) == 1 ? s1 : s2);
+        g[p] = o[base + (size_t)p * H] * (degree_of_m(p) == 1 ? s1 : s2);
+}
+
+HD void gate_forward_one(int e, int c, int H, const float *gates, const float *o, float *g) {
+    float v[9];
+    gate_forward_values((size_t)e, c, H, gates, o, v);
+    size_t base = (size_t)e * 9 * H + c;
+#pragma unroll
+    for (int p = 0; p < 9; p++)
+        g[base + (size_t)p * H] = v[p];
 }
 
 __global__ void gate_forward_kernel(int n, int H, const float *gates, const float *o, float *g) {
@@ -680,13 +869,14 @@ void cu_gate_forward(int n, int H, const float *gates, const float *o, float *g,
  * One thread per (edge, channel).
  * ------------------------------------------------------------------------------------------- */
 
-HD void gate_backward_one(int e, int c, int H, const float *gates, const float *o, float *dg,
-                          float *d_conv1_m0) {
-    const float *gate = gates + (size_t)e * 2 * H;
-    float *dce = d_conv1_m0 + (size_t)e * 5 * H;
+/* (edge e, channel c): dO[0..9) (position p at dO[p]) from dg, and the 5 d_conv1_m0 entries
+ * dce[j] (column jH + c). */
+HD void gate_backward_values(size_t e, int c, int H, const float *gates, const float *o,
+                             const float *dg, float dO[9], float dce[5]) {
+    const float *gate = gates + e * 2 * H;
     float a1 = gate[c], a2 = gate[H + c];
     float s1 = sigmoidf_(a1), s2 = sigmoidf_(a2);
-    size_t base = (size_t)e * 9 * H + c;
+    size_t base = e * 9 * H + c;
     float sum1 = 0.0f, sum2 = 0.0f;
 #pragma unroll
     for (int p = 1; p < 9; p++) {
@@ -694,19 +884,31 @@ HD void gate_backward_one(int e, int c, int H, const float *gates, const float *
         float d = dg[k];
         if (degree_of_m(p) == 1) {
             sum1 += d * o[k];
-            dg[k] = d * s1;
+            dO[p] = d * s1;
         } else {
             sum2 += d * o[k];
-            dg[k] = d * s2;
+            dO[p] = d * s2;
         }
     }
-    dce[c] = sum1 * (s1 * (1.0f - s1));
-    dce[H + c] = sum2 * (s2 * (1.0f - s2));
-    float d0 = dg[base] * silu_derivativef(o[base]);
-    dg[base] = d0;
-    dce[2 * H + c] = d0;
-    dce[3 * H + c] = dg[base + H];
-    dce[4 * H + c] = dg[base + 2 * (size_t)H];
+    dce[0] = sum1 * (s1 * (1.0f - s1));
+    dce[1] = sum2 * (s2 * (1.0f - s2));
+    dO[0] = dg[base] * silu_derivativef(o[base]);
+    dce[2] = dO[0];
+    dce[3] = dO[1];
+    dce[4] = dO[2];
+}
+
+HD void gate_backward_one(int e, int c, int H, const float *gates, const float *o, float *dg,
+                          float *d_conv1_m0) {
+    float dO[9], dce[5];
+    gate_backward_values((size_t)e, c, H, gates, o, dg, dO, dce);
+    size_t base = (size_t)e * 9 * H + c;
+#pragma unroll
+    for (int p = 0; p < 9; p++)
+        dg[base + (size_t)p * H] = dO[p];
+#pragma unroll
+    for (int j = 0; j < 5; j++)
+        d_conv1_m0[(size_t)e * 5 * H + (size_t)j * H + c] = dce[j];
 }
 
 __global__ void gate_backward_kernel(int n, int H, const float *gates, const float *o, float *dg,
@@ -721,6 +923,78 @@ void cu_gate_backward(int n, int H, const float *gates, const float *o, float *d
         return;
     gate_backward_kernel<<<flat_blocks((size_t)n * H), FLAT_THREADS, 0, stream>>>(n, H, gates, o,
                                                                                   dg, d_conv1_m0);
+}
+
+/* cu_gate_forward_sliced / cu_gate_backward_sliced (kernels.h): the same values, sliced. */
+__global__ void gate_forward_sliced_kernel(int n, int H, const float *__restrict__ gates,
+                                           const float *__restrict__ o, sliced_parts<3> out) {
+    const int c = threadIdx.x, edges = blockDim.y;
+    for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
+        const size_t e = (size_t)(e0 + threadIdx.y);
+        const bool active = e < (size_t)n && c < H;
+        float g[9];
+        int part[9], col[9];
+#pragma unroll
+        for (int p = 0; p < 9; p++) {
+            g[p] = 0.0f;
+            part[p] = gate_part(p);
+            col[p] = (p - gate_part_start(part[p])) * H + c;
+        }
+        if (active)
+            gate_forward_values(e, c, H, gates, o, g);
+        store_channel_sliced(active, e, g, part, col, out);
+        __syncthreads();
+    }
+}
+
+/* Values: dce[0..5) (part 0, the m = 0 adjoint [5H]), then dO[3..9) (parts 1 and 2). */
+__global__ void gate_backward_sliced_kernel(int n, int H, const float *__restrict__ gates,
+                                            const float *__restrict__ o,
+                                            const float *__restrict__ dg, sliced_parts<3> out) {
+    const int c = threadIdx.x, edges = blockDim.y;
+    for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
+        const size_t e = (size_t)(e0 + threadIdx.y);
+        const bool active = e < (size_t)n && c < H;
+        float dO[9] = {}, dce[5] = {}, v[11];
+        int part[11], col[11];
+        if (active)
+            gate_backward_values(e, c, H, gates, o, dg, dO, dce);
+#pragma unroll
+        for (int i = 0; i < 11; i++) {
+            const int p = i - 2; /* i >= 5: position p = i - 2 in 3 .. 8 */
+            v[i] = i < 5 ? dce[i] : dO[p];
+            part[i] = i < 5 ? 0 : gate_part(p);
+            col[i] = (i < 5 ? i : p - gate_part_start(part[i])) * H + c;
+        }
+        store_channel_sliced(active, e, v, part, col, out);
+        __syncthreads();
+    }
+}
+
+int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o,
+                           const i8_sliced out[3], cudaStream_t stream) {
+    if (H > FLAT_THREADS)
+        return 0;
+    if (n <= 0 || H <= 0)
+        return 1;
+    const channel_launch launch = channel_launch_for(n, H);
+    const sliced_parts<3> parts = {{out[0], out[1], out[2]}};
+    gate_forward_sliced_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, H, gates, o,
+                                                                             parts);
+    return 1;
+}
+
+int cu_gate_backward_sliced(int n, int H, const float *gates, const float *o, const float *dg,
+                            const i8_sliced out[3], cudaStream_t stream) {
+    if (H > FLAT_THREADS)
+        return 0;
+    if (n <= 0 || H <= 0)
+        return 1;
+    const channel_launch launch = channel_launch_for(n, H);
+    const sliced_parts<3> parts = {{out[0], out[1], out[2]}};
+    gate_backward_sliced_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, H, gates, o, dg,
+                                                                              parts);
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -790,23 +1064,39 @@ void cu_rotate_back_scatter(int n, const int *target, const cu_wigner *wigner,
  * One warp per edge, lanes over the channels.
  * ------------------------------------------------------------------------------------------- */
 
-/* Channel c of edge e: writes dz, adds <z^L[i], a[j]> into acc[0..34), <z^L, D a> into acc[34]. */
-HD void rotate_back_backward_one(int e, int c, const int *target, const cu_wigner *wigner,
-                                 const float *envelope, int C, const float *z, const float *d_out,
-                                 float *dz, float acc[35]) {
-    float W[34], a[9], da[9], zl[9];
-    load_wigner(&wigner[e], W);
+/* Channel c of edge e's adjoint dz[p] = env (D a)[m_to_l(p)] (M-order position p at v[p]) from
+ * a = d_out[target[e]] (column c, into a), and D a (into da). */
+HD void rotate_back_adjoint(int e, int c, const float W[34], const int *target,
+                            const float *envelope, int C, const float *d_out, float a[9],
+                            float da[9], float v[9]) {
     load_column(d_out + (size_t)target[e] * 9 * C, C, c, a);
     rotate(W, a, da);
     float env = envelope[e];
+#pragma unroll
+    for (int p = 0; p < 9; p++)
+        v[p] = env * da[m_to_l(p)];
+}
+
+/* Channel c of edge e: writes dz (or, when dz is null, takes the largest magnitudes of its
+ * three operand parts into top, gate_part), adds <z^L[i], a[j]> into acc[0..34), <z^L, D a>
+ * into acc[34]. */
+HD void rotate_back_backward_one(int e, int c, const int *target, const cu_wigner *wigner,
+                                 const float *envelope, int C, const float *z, const float *d_out,
+                                 float *dz, float acc[35], float top[3] = nullptr) {
+    float W[34], a[9], da[9], zl[9], v[9];
+    load_wigner(&wigner[e], W);
+    rotate_back_adjoint(e, c, W, target, envelope, C, d_out, a, da, v);
     const float *ze = z + (size_t)e * 9 * C;
-    float *dze = dz + (size_t)e * 9 * C;
+    float *dze = dz ? dz + (size_t)e * 9 * C : nullptr;
     float z_dot_da = 0.0f;
 #pragma unroll
     for (int p = 0; p < 9; p++) {
         int i = m_to_l(p);
         zl[i] = ze[(size_t)p * C + c];
-        dze[(size_t)p * C + c] = env * da[i];
+        if (dze)
+            dze[(size_t)p * C + c] = v[p];
+        else
+            top[gate_part(p)] = fmaxf(top[gate_part(p)], finite_magnitude(v[p]));
         z_dot_da += zl[i] * da[i];
     }
     outer_accumulate(zl, a, acc);
@@ -852,6 +1142,70 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
         return;
     rotate_back_backward_kernel<<<warp_edge_blocks(n), 32 * EDGE_WARPS, 0, stream>>>(
         n, target, wigner, envelope, C, z, d_out, dz, d_wigner, d_envelope);
+}
+
+/* cu_rotate_back_backward_sliced: as rotate_back_backward_kernel, the first pass over the
+ * channels taking each operand part's largest |dz| instead of writing dz; a second pass
+ * recomputes dz (the same arithmetic; d_out's target rows are in cache) and writes its digits. */
+__global__ void rotate_back_backward_sliced_kernel(int n, const int *target,
+                                                   const cu_wigner *wigner, const float *envelope,
+                                                   int C, const float *z, const float *d_out,
+                                                   cu_wigner *d_wigner, float *d_envelope,
+                                                   sliced_parts<3> out) {
+    const int lane = threadIdx.x % 32;
+    WARP_EDGE_LOOP(e, n) {
+        float acc[35], top[3] = {0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int k = 0; k < 35; k++)
+            acc[k] = 0.0f;
+        for (int c = lane; c < C; c += 32)
+            rotate_back_backward_one((int)e, c, target, wigner, envelope, C, z, d_out, nullptr,
+                                     acc, top);
+        warp_sum_scatter<35>(acc, lane);
+        rotate_back_backward_finish((int)e, lane, envelope, acc[0], d_wigner, d_envelope);
+        if (lane < 3)
+            rotate_back_backward_finish((int)e, 32 + lane, envelope, tail_sum(acc, lane), d_wigner,
+                                        d_envelope);
+        int exponent[3];
+        RowScale scale[3];
+#pragma unroll
+        for (int part = 0; part < 3; part++) {
+            for (int offset = 16; offset > 0; offset >>= 1)
+                top[part] = fmaxf(top[part], __shfl_xor_sync(0xffffffffu, top[part], offset));
+            exponent[part] = part_exponent(top[part]);
+            scale[part] = row_scale_of(exponent[part], top[part] <= FLT_MAX);
+            if (lane == 0)
+                out.part[part].exponents[e] = exponent[part];
+        }
+        float W[34];
+        load_wigner(&wigner[e], W);
+        for (int c = lane; c < C; c += 32) {
+            float a[9], da[9], v[9];
+            rotate_back_adjoint((int)e, c, W, target, envelope, C, d_out, a, da, v);
+#pragma unroll
+            for (int p = 0; p < 9; p++) {
+                const int part = gate_part(p);
+                const i8_sliced &o = out.part[part];
+                int digit[3];
+                balanced_digits(scaled_integer(v[p], scale[part]), digit);
+                int8_t *at = o.slices + (size_t)e * o.ld + (size_t)(p - gate_part_start(part)) * C + c;
+#pragma unroll
+                for (int plane = 0; plane < 3; plane++)
+                    at[plane * o.plane] = (int8_t)digit[plane];
+            }
+        }
+    }
+}
+
+void cu_rotate_back_backward_sliced(int n, const int *target, const cu_wigner *wigner,
+                                    const float *envelope, int C, const float *z,
+                                    const float *d_out, cu_wigner *d_wigner, float *d_envelope,
+                                    const i8_sliced out[3], cudaStream_t stream) {
+    if (n <= 0 || C <= 0)
+        return;
+    const sliced_parts<3> parts = {{out[0], out[1], out[2]}};
+    rotate_back_backward_sliced_kernel<<<warp_edge_blocks(n), 32 * EDGE_WARPS, 0, stream>>>(
+        n, target, wigner, envelope, C, z, d_out, d_wigner, d_envelope, parts);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
  * in int64 and rounded once (through double) to fp32; NaN where a row of X or W was not finite. */
 #include "gemm_i8.h"
 #include "gemm_tc_common.cuh"
+#include "slicing.cuh"
 #include "tma.cuh"
 #include "wgmma.cuh"
 
@@ -68,38 +69,18 @@ template <int BK_, int STAGES_, bool STAGED_ = false> struct Pipeline {
 
 constexpr int SLICE_THREADS = 256;
 
-/* The row exponent e (gemm_i8.h) of a row whose largest magnitude is m; 0 for a zero row. */
-__device__ int row_exponent(float m) {
-    if (m == 0.0f)
-        return 0;
-    int e = 0;
-    frexp((double)m * (1.0 + 0x1p-6), &e); /* m (1 + 2^-6) = f 2^e, f in [0.5, 1) */
-    return e;
-}
-
-/* round(a / 255): a - 255 round(a / 255) is in [-127, 127] (255 is odd: no ties). */
-__device__ __forceinline__ int nearest_multiple_of_255(int a) {
-    return a >= 0 ? (a + 127) / 255 : -((127 - a) / 255);
-}
-
-/* Entries k .. k + 3 of row r (v; 0 past K, or all 0 for a non-finite row) as slices: three
- * 4-byte stores, one per plane. */
+/* Entries k .. k + 3 of row r (v; 0 past K) as slices: three 4-byte stores, one per plane. */
 __device__ __forceinline__ void store_slices(const i8_sliced &out, size_t r, size_t k,
-                                             const float (&v)[4], double scale) {
-    uint32_t packed[PLANES] = {0, 0, 0};
+                                             const float (&v)[4], const RowScale &scale) {
+    int digits[4][PLANES];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int A = (int)rint((double)v[j] * scale); /* |A| < 2^23 / (1 + 2^-6) */
-        const int A1 = nearest_multiple_of_255(A), low = A - 255 * A1;
-        const int high = nearest_multiple_of_255(A1), mid = A1 - 255 * high; /* |high| <= 127 */
-        packed[0] |= (uint32_t)(uint8_t)high << (8 * j);
-        packed[1] |= (uint32_t)(uint8_t)mid << (8 * j);
-        packed[2] |= (uint32_t)(uint8_t)low << (8 * j);
-    }
+    for (int j = 0; j < 4; j++)
+        balanced_digits(scaled_integer(v[j], scale), digits[j]);
     int8_t *s0 = out.slices + r * out.ld + k;
 #pragma unroll
     for (int p = 0; p < PLANES; p++)
-        *reinterpret_cast<uint32_t *>(s0 + p * out.plane) = packed[p];
+        *reinterpret_cast<uint32_t *>(s0 + p * out.plane) =
+            low_bytes(digits[0][p], digits[1][p], digits[2][p], digits[3][p]);
 }
 
 /* Entries k .. k + 3 of a row, 0 past K; one 16-byte load when `vector` (row 16-byte aligned). */
@@ -150,7 +131,7 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
             m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
         finite = __all_sync(0xffffffffu, finite);
         const int e = row_exponent(m);
-        const double scale = finite ? ldexp(1.0, 23 - e) : 0.0; /* a non-finite row: zeros */
+        const RowScale scale = row_scale_of(e, finite);
         if (QUADS > 0) {
 #pragma unroll
             for (int q = 0; q < QUADS; q++) {
@@ -293,6 +274,15 @@ __global__ void __launch_bounds__(THREADS, 1)
                 columns.all_in_range = 0;
         }
 
+        /* this thread's two rows of the tile (row0, row0 + 8) and their exponents, loaded now:
+         * their latency passes during the products */
+        const int g = lane >> 2, t = lane & 3;
+        const int row0 = m0 + consumer * 64 + warp * 16 + g;
+        int row_exponents[2];
+#pragma unroll
+        for (int q2 = 0; q2 < 2; q2++)
+            row_exponents[q2] = row0 + 8 * q2 < M ? exp_x[row0 + 8 * q2] : 0;
+
         int level0[64], level1[64], level2[64];
 #pragma unroll
         for (int i = 0; i < 64; i++) {
@@ -351,8 +341,6 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         /* the column terms are there for both consumers */
         asm volatile("bar.sync 1, %0;\n" ::"n"(128 * CONSUMERS) : "memory");
-        const int g = lane >> 2, t = lane & 3;
-        const int row0 = m0 + consumer * 64 + warp * 16 + g;
         if (P::STAGED && bulk_store) { /* beta = 0: through shared memory, bulk tensor stores */
             float *const part = reinterpret_cast<float *>(staging) + consumer * 64 * BN;
             const bool leader = tid % 128 == 0;
@@ -361,8 +349,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             asm volatile("bar.sync %0, 128;\n" ::"r"(3 + consumer) : "memory");
 #pragma unroll
             for (int q2 = 0; q2 < 2; q2++) {
-                const int r = row0 + 8 * q2, local = warp * 16 + g + 8 * q2;
-                const int ex = r < M ? exp_x[r] : 0; /* rows past M: not stored */
+                const int local = warp * 16 + g + 8 * q2;
+                const int ex = row_exponents[q2]; /* rows past M: 0, not stored */
                 const bool fast = columns.all_in_range && in_fast_range(ex);
                 const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
 #pragma unroll
@@ -396,7 +384,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             const int r = row0 + 8 * q2;
             if (r >= M)
                 continue;
-            const int ex = exp_x[r];
+            const int ex = row_exponents[q2];
             const bool fast = columns.all_in_range && in_fast_range(ex);
             const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
             float *y = Y + (size_t)r * ldy;

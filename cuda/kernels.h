@@ -11,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include "gemm_i8.h"
+
 #include <string.h>
 
 /* Node sums of edge terms are taken in 64-bit fixed point: a value v is added as the integer
@@ -77,6 +79,14 @@ void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_
 void cu_gather_rotate(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
                       const float *x, const float *radial, float *unscaled, float *y,
                       cudaStream_t stream);
+/* cu_gather_rotate's scaled y for precision ozaki, written sliced (gemm_i8.h) instead of in fp32:
+ * as the three operands of conv1, the columns [0, 6C) (m = 0), [6C, 14C) (m = 1) and [14C, 18C)
+ * (m = 2) of each [9][2C] row, out[0..2] (rows n; each row's exponent is that of its part).
+ * Columns past K within ld are not written (the GEMM does not read them). Requires C <= 256
+ * (one channel per thread); returns 0 (nothing done) otherwise. */
+int cu_gather_rotate_sliced(int n, const int *source, const int *target, const cu_wigner *wigner,
+                            int C, const float *x, const float *radial, const i8_sliced out[3],
+                            cudaStream_t stream);
 /* gather_rotate_backward: d_x (fixed point [N][9][C], accumulate) += D^T dy^L per half;
  * d_wigner[e] (accumulate, one edge per record) += <dy^L[i], [x_s | x_t][j]>. */
 void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
@@ -114,6 +124,15 @@ void cu_gate_forward(int n, int H, const float *gates, const float *o, float *g,
  * [2H:5H] = dO rows 0..2. */
 void cu_gate_backward(int n, int H, const float *gates, const float *o, float *dg,
                       float *d_conv1_m0, cudaStream_t stream);
+/* precision ozaki, umas_fast_gpu: cu_gate_forward's g written sliced (gemm_i8.h) instead of in
+ * fp32, as conv2's operands out[0..2], the columns [0, 3H), [3H, 7H) and [7H, 9H) of each
+ * [9][H] row; and cu_gate_backward's outputs as conv1's adjoint operands: out[0] the m = 0
+ * adjoint d_conv1_m0 [5H], out[1], out[2] the columns [3H, 7H) and [7H, 9H) of dO (dg itself is
+ * only read). As cu_gather_rotate_sliced: H <= 256, else 0 and nothing done. */
+int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o,
+                           const i8_sliced out[3], cudaStream_t stream);
+int cu_gate_backward_sliced(int n, int H, const float *gates, const float *o, const float *dg,
+                            const i8_sliced out[3], cudaStream_t stream);
 
 /* rotate_back_scatter: x_out[target[e]] += env D^T z^L (fixed point [N][9][C]). z [n][9][C]
  * M-order. */
@@ -126,6 +145,13 @@ void cu_rotate_back_backward(int n, const int *target, const cu_wigner *wigner,
                              const float *envelope, int C, const float *z, const float *d_out,
                              float *dz, cu_wigner *d_wigner, float *d_envelope,
                              cudaStream_t stream);
+/* precision ozaki, umas_fast_gpu: the same, dz written sliced (gemm_i8.h) instead of in fp32,
+ * as conv2's adjoint operands out[0..2], the columns [0, 3C), [3C, 7C) and [7C, 9C) of each
+ * [9][C] row (any C). d_wigner and d_envelope as cu_rotate_back_backward. */
+void cu_rotate_back_backward_sliced(int n, const int *target, const cu_wigner *wigner,
+                                    const float *envelope, int C, const float *z,
+                                    const float *d_out, cu_wigner *d_wigner, float *d_envelope,
+                                    const i8_sliced out[3], cudaStream_t stream);
 
 /* umas_edge_degree_forward / _backward (radial [n][3C]; d_radial overwrite; d_wigner,
  * d_envelope accumulate; x_out accumulate, fixed point [N][9][C]). */

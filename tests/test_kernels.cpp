@@ -677,6 +677,114 @@ TEST_P(EdgeKernels, ProducerBackwardEqualsGatherScaleAndGatherBackwardBitForBit)
     check_wigner("producer_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_one.download()));
 }
 
+// Three sliced GEMM operands of `rows` rows (gemm_i8.h), K[i] columns each, on the device.
+struct SlicedOperands {
+    SlicedOperands(int rows_, const std::array<int, 3> &K_) : rows(rows_), K(K_) {
+        for (int i = 0; i < 3; i++) {
+            const size_t ld = i8_slice_ld(K[i]);
+            slices[i] = std::make_unique<DeviceArray<int8_t>>(3 * (size_t)rows * ld);
+            slices[i]->fill_bytes(0);
+            exponents[i] = std::make_unique<DeviceArray<int>>((size_t)rows);
+            part[i] = {slices[i]->get(), exponents[i]->get(), ld, (size_t)rows * ld};
+        }
+    }
+    // Slices fp32 rows: operand i from columns column[i] of a [rows][ld] device matrix.
+    void slice(const float *a, size_t ld, const std::array<int, 3> &column) {
+        for (int i = 0; i < 3; i++)
+            i8_slice(rows, K[i], a + column[i], ld, &part[i], 0);
+        finish("i8_slice");
+    }
+    // Expects the same exponents and, in rows whose exponent is finite, the same digits in the
+    // K columns of each operand.
+    void expect_equal(const SlicedOperands &other) const {
+        for (int i = 0; i < 3; i++) {
+            SCOPED_TRACE("operand " + std::to_string(i));
+            const std::vector<int> e = exponents[i]->download();
+            EXPECT_EQ(e, other.exponents[i]->download()) << "the row exponents differ";
+            const std::vector<int8_t> a = slices[i]->download(), b = other.slices[i]->download();
+            const size_t ld = part[i].ld;
+            int wrong = 0;
+            for (size_t plane = 0; plane < 3; plane++)
+                for (size_t r = 0; r < (size_t)rows; r++)
+                    for (size_t k = 0; k < (size_t)K[i] && e[r] != (int)I8_NOT_FINITE; k++)
+                        wrong += a[(plane * rows + r) * ld + k] != b[(plane * rows + r) * ld + k];
+            EXPECT_EQ(wrong, 0) << "digits that differ";
+        }
+    }
+    int exponent(int i, int r) const { return exponents[i]->download()[r]; }
+    int rows;
+    std::array<int, 3> K;
+    std::array<std::unique_ptr<DeviceArray<int8_t>>, 3> slices;
+    std::array<std::unique_ptr<DeviceArray<int>>, 3> exponents;
+    i8_sliced part[3];
+};
+
+TEST_P(EdgeKernels, SlicedProducerWritesTheSlicesOfItsFp32OutputForEachConv1Operand) {
+    const int E = g.E, C = g.C;
+    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
+    radial[3 * 12 * (size_t)C + 1] = std::numeric_limits<float>::quiet_NaN(); // edge 3, m = 0
+    DeviceArray<float> dx(x), dradial(radial), y((size_t)E * 18 * C);
+    // the three parts of a [9][2C] row: columns [0, 6C), [6C, 14C), [14C, 18C)
+    SlicedOperands fused(E, {6 * C, 8 * C, 4 * C}), sliced(E, {6 * C, 8 * C, 4 * C});
+    const int launched = cu_gather_rotate_sliced(E, dg->source.get(), dg->target.get(),
+                                                 dg->wigner.get(), C, dx.get(), dradial.get(),
+                                                 fused.part, 0);
+    finish("cu_gather_rotate_sliced");
+    if (C > 256) {
+        EXPECT_EQ(launched, 0) << "one channel per thread: C <= 256 only";
+        return;
+    }
+    ASSERT_EQ(launched, 1);
+    cu_gather_rotate(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                     dradial.get(), nullptr, y.get(), 0);
+    sliced.slice(y.get(), 18 * (size_t)C, {0, 6 * C, 14 * C});
+    fused.expect_equal(sliced);
+    EXPECT_EQ(fused.exponent(0, 3), (int)I8_NOT_FINITE) << "edge 3's NaN marks its m = 0 row";
+    EXPECT_NE(fused.exponent(1, 3), (int)I8_NOT_FINITE) << "and only that one";
+}
+
+// The gate with H = C channels on E edges: forward (conv2's operands) and backward (conv1's
+// adjoint operands) written sliced are the slices of the fp32 kernels' outputs.
+TEST_P(EdgeKernels, SlicedGateWritesTheSlicesOfItsFp32Outputs) {
+    const int n = g.E, H = g.C;
+    std::vector<float> gates = random_values(rng, (size_t)n * 2 * H); // [n][2H]
+    std::vector<float> o = random_values(rng, (size_t)n * 9 * H);     // [n][9][H]
+    std::vector<float> dg = random_values(rng, (size_t)n * 9 * H);
+    o[5 * 9 * (size_t)H + 4 * H] = std::numeric_limits<float>::infinity(); // edge 5, m = 1
+    DeviceArray<float> dgates(gates), d_o(o), d_dg(dg), g_out((size_t)n * 9 * H),
+        d_conv1_m0((size_t)n * 5 * H);
+    SlicedOperands forward(n, {3 * H, 4 * H, 2 * H}), forward_ref(n, {3 * H, 4 * H, 2 * H});
+    SlicedOperands backward(n, {5 * H, 4 * H, 2 * H}), backward_ref(n, {5 * H, 4 * H, 2 * H});
+    const int launched_forward =
+        cu_gate_forward_sliced(n, H, dgates.get(), d_o.get(), forward.part, 0);
+    const int launched_backward =
+        cu_gate_backward_sliced(n, H, dgates.get(), d_o.get(), d_dg.get(), backward.part, 0);
+    finish("cu_gate_forward_sliced, cu_gate_backward_sliced");
+    if (H > 256) {
+        EXPECT_EQ(launched_forward, 0);
+        EXPECT_EQ(launched_backward, 0);
+        return;
+    }
+    ASSERT_EQ(launched_forward, 1);
+    ASSERT_EQ(launched_backward, 1);
+    EXPECT_TRUE(same_bits(d_dg.download(), dg)) << "dg is only read";
+    cu_gate_forward(n, H, dgates.get(), d_o.get(), g_out.get(), 0);
+    cu_gate_backward(n, H, dgates.get(), d_o.get(), d_dg.get(), d_conv1_m0.get(), 0);
+    finish("cu_gate_forward, cu_gate_backward");
+    forward_ref.slice(g_out.get(), 9 * (size_t)H, {0, 3 * H, 7 * H});
+    forward.expect_equal(forward_ref);
+    EXPECT_EQ(forward.exponent(1, 5), (int)I8_NOT_FINITE) << "edge 5's inf marks its m = 1 row";
+    EXPECT_NE(forward.exponent(0, 5), (int)I8_NOT_FINITE) << "and only that one";
+    // backward: operand 0 from d_conv1_m0 [n][5H], 1 and 2 from dO [n][9H]
+    SlicedOperands m0_ref(n, {5 * H, 4 * H, 2 * H});
+    m0_ref.slice(d_conv1_m0.get(), 5 * (size_t)H, {0, 0, 0});
+    backward_ref.slice(d_dg.get(), 9 * (size_t)H, {0, 3 * H, 7 * H});
+    std::swap(backward_ref.slices[0], m0_ref.slices[0]);
+    std::swap(backward_ref.exponents[0], m0_ref.exponents[0]);
+    backward.expect_equal(backward_ref);
+}
+
 TEST_P(EdgeKernels, ScaleByRadialBackwardEqualsCpu) {
     const int E = g.E, C = g.C;
     std::vector<float> radial = random_values(rng, (size_t)E * 12 * C);   // [E][12C]
@@ -736,6 +844,29 @@ TEST_P(EdgeKernels, RotateBackBackwardEqualsCpuPerLBlock) {
     EXPECT_TRUE(same_bits(d_wigner_runs[0], d_wigner_runs[1])) << "d_wigner differs between runs";
     EXPECT_TRUE(same_bits(d_envelope_runs[0], d_envelope_runs[1]))
         << "d_envelope differs between runs";
+}
+
+TEST_P(EdgeKernels, SlicedRotateBackBackwardWritesTheSlicesOfDzAndTheSameAdjoints) {
+    const int E = g.E, C = g.C;
+    std::vector<float> z = random_values(rng, (size_t)E * 9 * C);     // [E][9][C] M-order
+    std::vector<float> d_out = random_values(rng, node_size());       // [N][9][C] L-order
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E); // accumulated into
+    std::vector<float> d_envelope0 = random_values(rng, E);           // accumulated into
+    DeviceArray<float> dz_in(z), dd_out(d_out), dz((size_t)E * 9 * C);
+    DeviceArray<cu_wigner> d_wigner(d_wigner0), d_wigner_sliced(d_wigner0);
+    DeviceArray<float> d_envelope(d_envelope0), d_envelope_sliced(d_envelope0);
+    SlicedOperands sliced(E, {3 * C, 4 * C, 2 * C}), reference(E, {3 * C, 4 * C, 2 * C});
+    cu_rotate_back_backward_sliced(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                                   dz_in.get(), dd_out.get(), d_wigner_sliced.get(),
+                                   d_envelope_sliced.get(), sliced.part, 0);
+    cu_rotate_back_backward(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
+                            dz_in.get(), dd_out.get(), dz.get(), d_wigner.get(), d_envelope.get(),
+                            0);
+    finish("cu_rotate_back_backward_sliced, cu_rotate_back_backward");
+    reference.slice(dz.get(), 9 * (size_t)C, {0, 3 * C, 7 * C});
+    sliced.expect_equal(reference);
+    EXPECT_TRUE(same_bits(d_wigner_sliced.download(), d_wigner.download()));
+    EXPECT_TRUE(same_bits(d_envelope_sliced.download(), d_envelope.download()));
 }
 
 TEST_P(EdgeKernels, EdgeDegreeForwardEqualsCpu) {

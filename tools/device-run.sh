@@ -3,7 +3,7 @@
 # GPU tests (test_cuda), LAMMPS with `device cuda` (tests/test_lammps_gpu.py with the carried
 # serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
-# part out; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
+# part out; UMAS_CUDA_FILTER is a GoogleTest filter for test_cuda; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
 # optionally with :VARIABLE=value for that run's environment (e.g. umas_fast_gpu:3xtf32:
 # UMAS_CUDA_RECOMPUTE=radial). UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
 # holds (wgmma instructions, local-memory spills).
@@ -30,7 +30,12 @@ if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
     tests="test_cuda test_neighbors"
     [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
     for test in $tests; do
-        timeout "${UMAS_TEST_TIMEOUT:-420}" stdbuf -oL /tmp/umas/bin/$test > "$OUT/$test.log" 2>&1
+        filter=()
+        if [ "$test" = test_cuda ] && [ -n "${UMAS_CUDA_FILTER:-}" ]; then
+            filter=("--gtest_filter=$UMAS_CUDA_FILTER")
+        fi
+        timeout "${UMAS_TEST_TIMEOUT:-420}" stdbuf -oL /tmp/umas/bin/$test "${filter[@]}" \
+            > "$OUT/$test.log" 2>&1
         echo "$test exit $?" >> "$OUT/$test.log"
         grep -E "measured|FAIL|SKIPPED|Failure|error|exit" "$OUT/$test.log" | grep -v "no CUDA device"
     done
