@@ -184,6 +184,16 @@ __device__ __forceinline__ float output_value(int l0, int l1, int l2, bool fast,
     return v + columns.bias[c];
 }
 
+/* Column c of tile `tile` (its columns (tile % tiles_n) BN ..): the weight row's exponent and the
+ * bias (0 past N). */
+__device__ __forceinline__ void load_column_terms(int tile, int tiles_n, int c, int N,
+                                                  const int *exp_w, const float *bias, int &ew,
+                                                  float &b) {
+    const int col = tile % tiles_n * BN + c;
+    ew = col < N ? exp_w[col] : 0;
+    b = bias && col < N ? bias[col] : 0.0f;
+}
+
 /* Bulk tensor store of the swizzled [64][32] box at src to (column x, row y) of map's matrix
  * (what lies outside it is not written). */
 __device__ __forceinline__ void store_box(const CUtensorMap *map, const float *src, int x, int y) {
@@ -257,19 +267,29 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int consumer = warpgroup - 1;
     int it = 0;       /* k-tiles consumed, over all of this block's tiles */
     int checksum = 0; /* NO_EPILOGUE: keeps the products alive */
+    /* consumer 0, thread c: column c's exponent and bias of the tile to come (their load
+     * latency passes during the tile before) */
+    int column_exponent = 0;
+    float column_bias = 0.0f;
+    if (consumer == 0 && (int)blockIdx.x < tiles)
+        load_column_terms(blockIdx.x, tiles_n, tid - 128, N, exp_w, bias, column_exponent,
+                          column_bias);
 
 #pragma unroll 1
     for (int tile = blockIdx.x, round = 0; tile < tiles; tile += gridDim.x, round++) {
         const int m0 = tile / tiles_n * BM, n0 = tile % tiles_n * BN;
         ColumnTerms &columns = terms[round & 1];
         if (consumer == 0) { /* thread c of the first consumer: column n0 + c's scale and bias */
-            const int c = tid - 128, col = n0 + c;
-            const int ew = col < N ? exp_w[col] : 0;
+            const int c = tid - 128, ew = column_exponent;
+            const float b = column_bias;
+            if (tile + (int)gridDim.x < tiles) /* the next tile's, loaded a tile ahead */
+                load_column_terms(tile + gridDim.x, tiles_n, c, N, exp_w, bias, column_exponent,
+                                  column_bias);
             if (c == 0)
                 columns.all_in_range = 1;
             asm volatile("bar.sync 2, 128;\n" ::: "memory");
             columns.scale[c] = power_of_two(in_fast_range(ew) ? ew - 23 : 0);
-            columns.bias[c] = bias && col < N ? bias[col] : 0.0f;
+            columns.bias[c] = b;
             if (!in_fast_range(ew))
                 columns.all_in_range = 0;
         }
