@@ -402,24 +402,15 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
 
 /* ozaki on Hopper: c[rows][m] = beta c + act[rows][k] W^T (+ bias) by the int8 kernel
  * (gemm_i8.h) on the weight's slices (w: the weight's, or its transpose's), the activation
- * sliced into s->sliced up to ozaki_rows rows at a time (or taken from s->presliced). With
- * split > 0, output columns [split, m) go to c2 [rows][ldc2] instead (i8_gemm_nt_split). Returns
- * false (nothing done) when the kernel does not take the product. */
+ * sliced into s->sliced up to ozaki_rows rows at a time. Returns false (nothing done) when the
+ * kernel does not take the product. */
 bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const float *act,
-                int ldact, const float *bias, float beta, float *c, int ldc, int split,
-                float *c2, int ldc2) {
-    /* one product of rows from x into c (and c2 past column split, when split > 0) */
-    auto product = [&](int n, const i8_sliced &x, size_t r0) {
-        if (split > 0)
-            return i8_gemm_nt_split(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, split,
-                                    c2 + r0 * ldc2, (size_t)ldc2, s->stream);
-        return i8_gemm_nt(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, s->stream);
-    };
+                int ldact, const float *bias, float beta, float *c, int ldc) {
     for (int i = 0; i < s->presliced_count; i++) {
         const cuda_state::presliced_operand &p = s->presliced[i];
         if (p.act == act && p.rows == rows && p.k == k && p.ld == ldact) {
             s->sliced_from = nullptr; /* s->sliced is not involved */
-            return product(rows, p.x, 0);
+            return i8_gemm_nt(rows, m, k, &p.x, &w, bias, beta, c, (size_t)ldc, s->stream);
         }
     }
     const size_t ld = i8_slice_ld(k);
@@ -430,7 +421,7 @@ bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const
     unsigned char *base = static_cast<unsigned char *>(s->sliced.ptr);
     i8_sliced x = {reinterpret_cast<int8_t *>(base + exponent_bytes), reinterpret_cast<int *>(base),
                    ld, chunk * ld};
-    if (!product(0, x, 0))
+    if (!i8_gemm_nt(0, m, k, &x, &w, bias, beta, c, (size_t)ldc, s->stream))
         return false; /* asks whether the kernel takes these operands */
     const bool sliced = s->ozaki_same_activation && s->sliced_from == act &&
                         s->sliced_rows == rows && s->sliced_k == k && s->sliced_ld == ldact;
@@ -440,7 +431,7 @@ bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const
         const int n = (int)std::min(chunk, (size_t)rows - r0);
         if (!sliced)
             i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
-        product(n, x, r0);
+        i8_gemm_nt(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, s->stream);
     }
     return true;
 }
@@ -533,7 +524,7 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
         for (int i = 0; i < s->presliced_count; i++)
             few = few && s->presliced[i].act != act; /* no fp32 copy: the kernel it is */
         if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
-                               beta, c, ldc, 0, nullptr, 0))
+                               beta, c, ldc))
             return true;
         s->sliced_from = nullptr; /* this product sliced nothing */
         if (bias && rows > 0) {
@@ -915,20 +906,6 @@ bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n
     return true;
 }
 
-/* ozaki: conv1's m = 0 product as one int8 GEMM on y's m = 0 columns whose outputs [0, 2H) go to
- * the gates [n][2H] and [2H, 5H) to o's m = 0 rows (row stride ldo): the operand is loaded once
- * (two products cost 28 % more at 2,000 atoms). False (nothing done) where the int8 kernel
- * does not take it. */
-bool conv1_m0_split(cuda_state *s, const dev_block &b, int H, int n, const float *y, int ldy,
-                    float *gates, float *o, int ldo) {
-    const dev_linear &lin = b.conv1_m0;
-    if (s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0 ||
-        i8_gemm_nt_blocks(n, lin.out) < (size_t)s->multiprocessors)
-        return false;
-    return gemm_ozaki(s, lin.sliced, lin.out, lin.in, n, y, ldy, lin.bias, 0.0f, gates, 2 * H,
-                      2 * H, o, ldo);
-}
-
 /* The chunk's messages into t.messages (core/edgewise.c edgewise_messages), from the radial
  * weights in t.radial. With `keep_gate_input` (the backward will read this chunk's tape) the
  * conv1 output stays in t.gated and the gate writes to scratch; else it gates in place. The
@@ -941,12 +918,10 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
     if (!conv1_sliced(s, b, C, n, first, x, t, y))
         cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
                          radial_of(s, t), unscaled, y, st);
-    if (!conv1_m0_split(s, b, H, n, y, 18 * C, F(t.gates), o, 9 * H)) {
-        linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
-        s->ozaki_same_activation = true; /* the same m = 0 rows of y */
-        linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
-        s->ozaki_same_activation = false;
-    }
+    linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
+    s->ozaki_same_activation = true; /* the same m = 0 rows of y */
+    linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
+    s->ozaki_same_activation = false;
     so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
                 o + 5 * H, 9 * H);
     so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,

@@ -61,14 +61,6 @@ void i8_slice(int rows, int K, const float *a, size_t lda, const i8_sliced *out,
 int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, const float *bias,
                float beta, float *Y, size_t ldy, cudaStream_t stream);
 
-/* i8_gemm_nt with Y's columns split between two matrices: columns [0, split) into Y (row stride
- * ldy), columns [split, out) into Y2 at column - split (row stride ldy2): one product for two
- * destinations (the X tiles are loaded once). Returns 0 (nothing done) as i8_gemm_nt, and when
- * split is not in (0, out) or Y2 is null. */
-int i8_gemm_nt_split(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w,
-                     const float *bias, float beta, float *Y, size_t ldy, int split, float *Y2,
-                     size_t ldy2, cudaStream_t stream);
-
 /* For measurements (umas-gemm-check): i8_gemm_nt with another pipeline shape (k per stage x
  * stages; I8_DEFAULT is i8_gemm_nt's, 64 x 4), or I8_COMPUTE_ONLY (a wrong result: every stage
  * reuses the first k-tile, so no load is waited for: the tensor cores' own time). */

@@ -204,22 +204,6 @@ __device__ __forceinline__ void store_box(const CUtensorMap *map, const float *s
         : "memory");
 }
 
-/* Where the kernel writes Y's columns: [0, split) into Y (row stride ldy), [split, N) into Y2 at
- * column - split (row stride ldy2); split = N when Y2 is not used. pairs: columns c, c + 1 (c
- * even) may be written by one 8-byte store (both matrices' rows 8-byte aligned, split even). */
-struct Output {
-    float *Y;
-    size_t ldy;
-    int split;
-    float *Y2;
-    size_t ldy2;
-    bool pairs;
-
-    __device__ float *at(int r, int col) const {
-        return col < split ? Y + (size_t)r * ldy + col : Y2 + (size_t)r * ldy2 + (col - split);
-    }
-};
-
 /* Y = beta Y + X W^T (+ bias), persistent: block b computes the tiles b, b + gridDim.x, ... of Y
  * (tile t: rows (t / tiles_n) BM, columns (t % tiles_n) BN). The producer runs ahead through the
  * k-tiles of all its tiles, so the next tile's first stages load while the consumers finish the
@@ -232,8 +216,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                    const __grid_constant__ CUtensorMap map_w,
                    const __grid_constant__ CUtensorMap map_y, bool bulk_store,
                    const int *__restrict__ exp_x, const int *__restrict__ exp_w, int M, int N,
-                   int K, const float *__restrict__ bias, float beta, Output out, int tiles_n,
-                   int tiles) {
+                   int K, const float *__restrict__ bias, float beta, float *__restrict__ Y,
+                   size_t ldy, int tiles_n, int tiles, bool pairs) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BK = P::BK, STAGES = P::STAGES;
     constexpr unsigned STAGE_BYTES = P::STAGE_BYTES;
@@ -423,6 +407,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             const int ex = row_exponents[q2];
             const bool fast = columns.all_in_range && in_fast_range(ex);
             const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
+            float *y = Y + (size_t)r * ldy;
 #pragma unroll
             for (int j = 0; j < 16; j++) {
                 const int c = 8 * j + 2 * t; /* this thread's columns c, c + 1 of the tile */
@@ -435,25 +420,23 @@ __global__ void __launch_bounds__(THREADS, 1)
                                      c + q1, n0 + c + q1 < N ? exp_w + n0 + c + q1 : nullptr);
                 }
                 const int col = n0 + c;
-                if (out.pairs && col + 1 < N) { /* one 8-byte store */
-                    float2 *pair = reinterpret_cast<float2 *>(out.at(r, col));
+                if (pairs && col + 1 < N) { /* one 8-byte store */
+                    float2 *out = reinterpret_cast<float2 *>(y + col);
                     if (beta != 0.0f) {
-                        const float2 old = *pair;
+                        const float2 old = *out;
                         v[0] = fmaf(beta, old.x, v[0]);
                         v[1] = fmaf(beta, old.y, v[1]);
                     }
-                    *pair = make_float2(v[0], v[1]);
+                    *out = make_float2(v[0], v[1]);
                 } else {
-                    for (int q1 = 0; q1 < 2 && col + q1 < N; q1++) {
-                        float *y = out.at(r, col + q1);
-                        *y = beta == 0.0f ? v[q1] : fmaf(beta, *y, v[q1]);
-                    }
+                    for (int q1 = 0; q1 < 2 && col + q1 < N; q1++)
+                        y[col + q1] = beta == 0.0f ? v[q1] : fmaf(beta, y[col + q1], v[q1]);
                 }
             }
         }
     }
     if (NO_EPILOGUE && checksum == 0x12345678)
-        out.Y[0] = 0.0f;
+        Y[0] = 0.0f;
     if (P::STAGED && bulk_store && tid % 128 == 0) /* the last stores complete before exit */
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
@@ -499,8 +482,7 @@ bool encode_output(CUtensorMap *map, float *Y, int rows, int out, size_t ldy) {
 /* Launches the kernel of pipeline P (its shared-memory opt-in once per device). */
 template <class P, bool COMPUTE_ONLY = false, bool NO_EPILOGUE = false>
 bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, const float *bias,
-            float beta, float *Y, size_t ldy, cudaStream_t stream, int split = -1,
-            float *Y2 = nullptr, size_t ldy2 = 0) {
+            float beta, float *Y, size_t ldy, cudaStream_t stream) {
     auto kernel = i8_gemm_kernel<P, COMPUTE_ONLY, NO_EPILOGUE>;
     static std::atomic<unsigned long long> configured{0};
     int device = 0;
@@ -517,10 +499,8 @@ bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, co
         !encode_sliced(&map_w, w, out, K, BN, P::BK))
         return false;
     /* STAGED: Y written by bulk tensor stores where it can be (beta = 0, 16-byte rows) */
-    if (split < 0 || split >= out)
-        split = out, Y2 = Y, ldy2 = ldy;
-    const bool bulk_store = P::STAGED && split == out && beta == 0.0f && aligned16(Y) &&
-                            ldy % 4 == 0 && encode_output(&map_y, Y, rows, out, ldy);
+    const bool bulk_store = P::STAGED && beta == 0.0f && aligned16(Y) && ldy % 4 == 0 &&
+                            encode_output(&map_y, Y, rows, out, ldy);
     const int tiles_n = (out + BN - 1) / BN;
     const size_t tiles = i8_gemm_nt_blocks(rows, out);
     if (tiles > (size_t)INT_MAX)
@@ -528,13 +508,9 @@ bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, co
     int multiprocessors = 0;
     cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
     const size_t blocks = std::min(tiles, (size_t)std::max(multiprocessors, 1));
-    const bool pairs = ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0 && ldy2 % 2 == 0 &&
-                       reinterpret_cast<uintptr_t>(Y2) % 8 == 0 && split % 2 == 0;
-    const Output output = {Y, ldy, split, Y2, ldy2, pairs};
-    kernel<<<(unsigned)blocks, THREADS, P::SMEM_BYTES, stream>>>(map_x, map_w, map_y, bulk_store,
-                                                                 x->exponents, w->exponents, rows,
-                                                                 out, K, bias, beta, output,
-                                                                 tiles_n, (int)tiles);
+    kernel<<<(unsigned)blocks, THREADS, P::SMEM_BYTES, stream>>>(
+        map_x, map_w, map_y, bulk_store, x->exponents, w->exponents, rows, out, K, bias, beta, Y,
+        ldy, tiles_n, (int)tiles, ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
     return true;
 }
 
@@ -596,20 +572,6 @@ extern "C" int i8_gemm_nt(int rows, int out, int K, const i8_sliced *x, const i8
                           const float *bias, float beta, float *Y, size_t ldy,
                           cudaStream_t stream) {
     return i8_gemm_nt_variant(I8_DEFAULT, rows, out, K, x, w, bias, beta, Y, ldy, stream);
-}
-
-extern "C" int i8_gemm_nt_split(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w,
-                                const float *bias, float beta, float *Y, size_t ldy, int split,
-                                float *Y2, size_t ldy2, cudaStream_t stream) {
-    if (split <= 0 || split >= out || !Y2)
-        return 0;
-    if (!device_is_sm90() || !tensor_map_encoder() || !usable(x) || !usable(w) || K <= 0 ||
-        K > MAX_K)
-        return 0;
-    if (rows <= 0)
-        return 1;
-    return launch<Pipeline<64, 4>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream, split,
-                                          Y2, ldy2);
 }
 
 extern "C" size_t i8_gemm_nt_blocks(int rows, int out) {
