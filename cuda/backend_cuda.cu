@@ -453,12 +453,13 @@ bool ozaki_backward_takes(const cuda_state *s, const dev_linear &lin, int cols, 
     return ozaki_kernel_takes(s, lin.sliced_t, cols, lin.out, rows, x);
 }
 
-/* Three sliced operands of `rows` rows and K[i] columns laid out one after the other from
+/* P sliced operands of `rows` rows and K[i] columns laid out one after the other from
  * base: per operand the [rows] exponents (16-byte aligned), then its three planes [rows][ld].
  * Returns the bytes they take (parts set when base is not null). */
-size_t sliced_layout(void *base, int rows, const int (&K)[3], i8_sliced (&parts)[3]) {
+template <int P>
+size_t sliced_layout(void *base, int rows, const int (&K)[P], i8_sliced (&parts)[P]) {
     size_t offset = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < P; i++) {
         const size_t ld = i8_slice_ld(K[i]);
         const size_t exponents = ((size_t)rows * sizeof(int) + 15) / 16 * 16;
         if (base) {
@@ -472,28 +473,32 @@ size_t sliced_layout(void *base, int rows, const int (&K)[3], i8_sliced (&parts)
 }
 
 /* Bytes in s->sliced of the operands umas_fast_gpu's producers write sliced for n rows: the
- * largest of conv2's (K 3H, 4H, 2H), conv2's adjoint (3C, 4C, 2C) and conv1's adjoint (5H, 4H,
- * 2H) operands. */
+ * largest of conv2's (K 3H, 4H, 2H), conv2's adjoint (3C, 4C, 2C), conv1's adjoint (5H, 4H, 2H)
+ * and the radial adjoint's (12C) operands. */
 size_t fused_operand_bytes(size_t n, int C, int H) {
-    i8_sliced unused[3];
-    return std::max(sliced_layout(nullptr, (int)n, {5 * H, 4 * H, 2 * H}, unused),
-                    sliced_layout(nullptr, (int)n, {3 * C, 4 * C, 2 * C}, unused));
+    i8_sliced unused[3], radial[1];
+    return std::max({sliced_layout(nullptr, (int)n, {5 * H, 4 * H, 2 * H}, unused),
+                     sliced_layout(nullptr, (int)n, {3 * C, 4 * C, 2 * C}, unused),
+                     sliced_layout(nullptr, (int)n, {12 * C}, radial)});
 }
 
-/* Registers the three operands a producer wrote sliced for the products on act[i] (rows, K[i]
+/* Registers the P operands a producer wrote sliced for the products on act[i] (rows, K[i]
  * columns, row stride ld[i]); until presliced_count is reset their products read these. */
-void register_presliced(cuda_state *s, const float *const (&act)[3], int rows, const int (&K)[3],
-                        const int (&ld)[3], const i8_sliced (&parts)[3]) {
-    for (int i = 0; i < 3; i++)
+template <int P>
+void register_presliced(cuda_state *s, const float *const (&act)[P], int rows, const int (&K)[P],
+                        const int (&ld)[P], const i8_sliced (&parts)[P]) {
+    static_assert(P <= 3, "room in s->presliced");
+    for (int i = 0; i < P; i++)
         s->presliced[i] = {act[i], rows, K[i], ld[i], parts[i]};
-    s->presliced_count = 3;
+    s->presliced_count = P;
     s->sliced_from = nullptr; /* s->sliced may have been overwritten */
 }
 
 /* Operands written sliced by umas_fast_gpu's producers other than conv1's, in s->sliced:
  * whether they fit there for n rows (parts set if so). */
-bool fused_operands_sliced(cuda_state *s, int n, const int (&K)[3], i8_sliced (&parts)[3]) {
-    i8_sliced unused[3];
+template <int P>
+bool fused_operands_sliced(cuda_state *s, int n, const int (&K)[P], i8_sliced (&parts)[P]) {
+    i8_sliced unused[P];
     if (!s->sliced.ptr || sliced_layout(nullptr, n, K, unused) > s->sliced.bytes)
         return false;
     sliced_layout(s->sliced.ptr, n, K, parts);
@@ -726,6 +731,7 @@ void radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n, const f
     int ce = m.fc1.out;
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
+    s->presliced_count = 0; /* d_radial, when the producer's backward wrote it sliced */
     cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, d_hidden,
                                 d_hidden, s->stream);
     linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
@@ -958,6 +964,27 @@ bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H
     return true;
 }
 
+/* umas_fast_gpu, ozaki: the producer's backward writes d_radial sliced into s->sliced
+ * (cu_producer_backward_sliced), the operand of the radial MLP's last layer's backward, which
+ * block_radial_backward runs next (radial_mlp_rest_backward ends the registration). Only when
+ * that product takes the int8 kernel; false (nothing done) otherwise. */
+bool producer_backward_sliced(cuda_state *s, const dev_block &b, int C, int n, int first,
+                              const float *x, edge_tape &t, const float *dy) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const dev_linear &fc3 = b.radial.fc3;
+    const int K[1] = {fc3.out}; /* 12C */
+    i8_sliced part[1];
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !ozaki_backward_takes(s, fc3, fc3.in, n, part[0]) ||
+        !cu_producer_backward_sliced(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
+                                     radial_of(s, t), dy, &part[0], U(s->node_sums),
+                                     dW(s, first), s->stream))
+        return false;
+    register_presliced(s, {F(s->d_radial)}, n, K, {fc3.out}, part);
+    return true;
+}
+
 /* so2_m_backward: general stacks then two GEMMs; umas_fast one GEMM with the block form */
 void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, int n,
                   const float *do_r, const float *do_i, int ldo, float *dx_r, float *dx_i,
@@ -1005,9 +1032,10 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
                  dy + 16 * C, 18 * C);
     s->presliced_count = 0;
     if (s->fused) {
-        cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                             radial_of(s, t), dy, F(s->d_radial), U(s->node_sums), dW(s, first),
-                             st);
+        if (!producer_backward_sliced(s, b, C, n, first, x, t, dy))
+            cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
+                                 radial_of(s, t), dy, F(s->d_radial), U(s->node_sums),
+                                 dW(s, first), st);
         return;
     }
     cu_scale_by_radial_backward(n, C, radial_of(s, t), F(s->unscaled), dy, F(s->d_radial), st);

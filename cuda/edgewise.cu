@@ -617,7 +617,7 @@ HD void gather_adjoint(const float W[34], const float dys[9], const float dyt[9]
  * dy * radial, and d_radial[e] (channel c) is written from dy and u = D x. */
 HD void gathered_adjoint(int e, int c, const float W[34], const float xs[9], const float xt[9],
                          int C, const float *radial, const float *dy, float *d_radial, float dys[9],
-                         float dyt[9]) {
+                         float dyt[9], float dr[12]) {
     const float *dye = dy + (size_t)e * 18 * C;
     if (!radial) {
 #pragma unroll
@@ -627,7 +627,7 @@ HD void gathered_adjoint(int e, int c, const float W[34], const float xs[9], con
         }
         return;
     }
-    float us[9], ut[9], dr[12];
+    float us[9], ut[9];
     rotate(W, xs, us);
     rotate(W, xt, ut);
     const float *re = radial + (size_t)e * 12 * C;
@@ -643,18 +643,51 @@ HD void gathered_adjoint(int e, int c, const float W[34], const float xs[9], con
         dys[i] = gs * re[(size_t)radial_row(2 * p) * C + c];
         dyt[i] = gt * re[(size_t)radial_row(2 * p + 1) * C + c];
     }
+    if (!d_radial)
+        return;
     float *dre = d_radial + (size_t)e * 12 * C;
 #pragma unroll
     for (int j = 0; j < 12; j++)
         dre[(size_t)j * C + c] = dr[j];
 }
 
-/* radial null: gather_rotate_backward; else the producer backward (d_radial written). */
+/* The edge's d_radial row (this thread's channel c = threadIdx.x < C: dr[j] at column j C + c)
+ * as slices, its exponent from the warps' largest magnitudes (visible to all threads). */
+__device__ void store_radial_adjoint_sliced(int e, int C, const float (&dr)[12],
+                                            const float *warp_top, const i8_sliced &o) {
+    float t = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++)
+        t = fmaxf(t, warp_top[w]);
+    const int exponent = part_exponent(t);
+    const RowScale scale = row_scale_of(exponent, t <= FLT_MAX);
+    const int c = threadIdx.x;
+    if (c == 0)
+        o.exponents[e] = exponent;
+    if (c >= C)
+        return;
+    int8_t *row = o.slices + (size_t)e * o.ld + c;
+#pragma unroll
+    for (int j = 0; j < 12; j++) {
+        int digit[3];
+        balanced_digits(scaled_integer(dr[j], scale), digit);
+#pragma unroll
+        for (int plane = 0; plane < 3; plane++)
+            row[plane * o.plane + (size_t)j * C] = (int8_t)digit[plane];
+    }
+}
+
+/* radial null: gather_rotate_backward; else the producer backward (d_radial written, or with
+ * SLICED its slices into out: one channel per thread, each thread's 12 d_radial values stay in
+ * registers while the block finds the edge's largest; the warps' maxima go through shared
+ * memory, by edge parity, beside block_sum's, whose barriers they share). */
+template <bool SLICED>
 __global__ void gather_backward_kernel(int n, const int *source, const int *target,
                                        const cu_wigner *wigner, int C, const float *x,
                                        const float *radial, const float *dy, float *d_radial,
-                                       unsigned long long *d_x, cu_wigner *d_wigner) {
+                                       unsigned long long *d_x, cu_wigner *d_wigner,
+                                       sliced_parts<1> out) {
     __shared__ float total[34];
+    __shared__ float warp_top[2][EDGE_THREADS_MAX / 32]; /* SLICED: by edge parity */
     const bool one_channel = C <= (int)blockDim.x; /* then the target rows go through a run */
     target_run run;
     for (long long e0 = (long long)blockIdx.x * PRODUCER_EDGES; e0 < n;
@@ -666,12 +699,14 @@ __global__ void gather_backward_kernel(int n, const int *source, const int *targ
             for (int k = 0; k < 34; k++)
                 acc[k] = 0.0f;
             size_t s = (size_t)source[e] * 9 * C, t = (size_t)target[e] * 9 * C;
+            float dr[12] = {}; /* SLICED: this thread's channel's d_radial */
             for (int c = threadIdx.x; c < C; c += blockDim.x) {
                 float W[34], xs[9], xt[9], dys[9], dyt[9], ds[9], dt[9];
                 load_wigner(&wigner[e], W);
                 load_column(x + s, C, c, xs);
                 load_column(x + t, C, c, xt);
-                gathered_adjoint(e, c, W, xs, xt, C, radial, dy, d_radial, dys, dyt);
+                gathered_adjoint(e, c, W, xs, xt, C, radial, dy, SLICED ? nullptr : d_radial, dys,
+                                 dyt, dr);
                 gather_adjoint(W, dys, dyt, xs, xt, ds, dt, acc);
 #pragma unroll
                 for (int j = 0; j < 9; j++)
@@ -684,9 +719,21 @@ __global__ void gather_backward_kernel(int n, const int *source, const int *targ
                         accumulate(d_x, t + (size_t)j * C + c, dt[j]);
                 }
             }
+            if (SLICED) {
+                float top = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 12; j++)
+                    top = fmaxf(top, finite_magnitude(dr[j]));
+                for (int offset = 16; offset > 0; offset >>= 1)
+                    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+                if (threadIdx.x % 32 == 0)
+                    warp_top[e & 1][threadIdx.x / 32] = top;
+            }
             block_sum<34>(acc, total);
             if (threadIdx.x < 34)
                 ((float *)&d_wigner[e])[threadIdx.x] += total[threadIdx.x];
+            if (SLICED)
+                store_radial_adjoint_sliced(e, C, dr, warp_top[e & 1], out.part[0]);
         }
     }
     if (one_channel && (int)threadIdx.x < C)
@@ -697,20 +744,26 @@ static void launch_gather_backward(int n, const int *source, const int *target,
                                    const cu_wigner *wigner, int C, const float *x,
                                    const float *radial, const float *dy, float *d_radial,
                                    unsigned long long *d_x, cu_wigner *d_wigner,
-                                   cudaStream_t stream) {
+                                   const i8_sliced *sliced, cudaStream_t stream) {
     if (n <= 0 || C <= 0)
         return;
     size_t spans = ((size_t)n + PRODUCER_EDGES - 1) / PRODUCER_EDGES;
     unsigned blocks = (unsigned)(spans < (size_t)1 << 30 ? spans : (size_t)1 << 30);
-    gather_backward_kernel<<<blocks, edge_threads(C), 0, stream>>>(
-        n, source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner);
+    if (sliced) {
+        const sliced_parts<1> out = {{*sliced}};
+        gather_backward_kernel<true><<<blocks, edge_threads(C), 0, stream>>>(
+            n, source, target, wigner, C, x, radial, dy, nullptr, d_x, d_wigner, out);
+        return;
+    }
+    gather_backward_kernel<false><<<blocks, edge_threads(C), 0, stream>>>(
+        n, source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner, sliced_parts<1>{});
 }
 
 void cu_gather_rotate_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
                                int C, const float *x, const float *dy, unsigned long long *d_x,
                                cu_wigner *d_wigner, cudaStream_t stream) {
     launch_gather_backward(n, source, target, wigner, C, x, nullptr, dy, nullptr, d_x, d_wigner,
-                           stream);
+                           nullptr, stream);
 }
 
 void cu_producer_backward(int n, const int *source, const int *target, const cu_wigner *wigner,
@@ -718,7 +771,19 @@ void cu_producer_backward(int n, const int *source, const int *target, const cu_
                           float *d_radial, unsigned long long *d_x, cu_wigner *d_wigner,
                           cudaStream_t stream) {
     launch_gather_backward(n, source, target, wigner, C, x, radial, dy, d_radial, d_x, d_wigner,
-                           stream);
+                           nullptr, stream);
+}
+
+int cu_producer_backward_sliced(int n, const int *source, const int *target,
+                                const cu_wigner *wigner, int C, const float *x, const float *radial,
+                                const float *dy, const i8_sliced *d_radial,
+                                unsigned long long *d_x, cu_wigner *d_wigner,
+                                cudaStream_t stream) {
+    if (C > edge_threads(C))
+        return 0;
+    launch_gather_backward(n, source, target, wigner, C, x, radial, dy, nullptr, d_x, d_wigner,
+                           d_radial, stream);
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------------

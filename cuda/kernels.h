@@ -102,6 +102,13 @@ void cu_producer_backward(int n, const int *source, const int *target, const cu_
                           int C, const float *x, const float *radial, const float *dy,
                           float *d_radial, unsigned long long *d_x, cu_wigner *d_wigner,
                           cudaStream_t stream);
+/* precision ozaki: the same with d_radial written sliced (gemm_i8.h, one row of 12C per edge:
+ * the operand of the radial MLP's last layer's backward) instead of in fp32. Requires C <= 256
+ * (one channel per thread); returns 0 (nothing done) otherwise. */
+int cu_producer_backward_sliced(int n, const int *source, const int *target,
+                                const cu_wigner *wigner, int C, const float *x, const float *radial,
+                                const float *dy, const i8_sliced *d_radial,
+                                unsigned long long *d_x, cu_wigner *d_wigner, cudaStream_t stream);
 /* scale_by_radial_backward: d_radial[n][12C] = sum over uses of dy * unscaled (overwrite);
  * dy *= radial. */
 void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,

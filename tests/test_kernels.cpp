@@ -677,10 +677,11 @@ TEST_P(EdgeKernels, ProducerBackwardEqualsGatherScaleAndGatherBackwardBitForBit)
     check_wigner("producer_backward_dW", by_wigner_block(d_wigner_ref, d_wigner_one.download()));
 }
 
-// Three sliced GEMM operands of `rows` rows (gemm_i8.h), K[i] columns each, on the device.
+// Sliced GEMM operands of `rows` rows (gemm_i8.h), K[i] columns each, on the device.
 struct SlicedOperands {
-    SlicedOperands(int rows_, const std::array<int, 3> &K_) : rows(rows_), K(K_) {
-        for (int i = 0; i < 3; i++) {
+    SlicedOperands(int rows_, const std::vector<int> &K_)
+        : rows(rows_), K(K_), slices(K.size()), exponents(K.size()), part(K.size()) {
+        for (size_t i = 0; i < K.size(); i++) {
             const size_t ld = i8_slice_ld(K[i]);
             slices[i] = std::make_unique<DeviceArray<int8_t>>(3 * (size_t)rows * ld);
             slices[i]->fill_bytes(0);
@@ -689,15 +690,15 @@ struct SlicedOperands {
         }
     }
     // Slices fp32 rows: operand i from columns column[i] of a [rows][ld] device matrix.
-    void slice(const float *a, size_t ld, const std::array<int, 3> &column) {
-        for (int i = 0; i < 3; i++)
+    void slice(const float *a, size_t ld, const std::vector<int> &column) {
+        for (size_t i = 0; i < K.size(); i++)
             i8_slice(rows, K[i], a + column[i], ld, &part[i], 0);
         finish("i8_slice");
     }
     // Expects the same exponents and, in rows whose exponent is finite, the same digits in the
     // K columns of each operand.
     void expect_equal(const SlicedOperands &other) const {
-        for (int i = 0; i < 3; i++) {
+        for (size_t i = 0; i < K.size(); i++) {
             SCOPED_TRACE("operand " + std::to_string(i));
             const std::vector<int> e = exponents[i]->download();
             EXPECT_EQ(e, other.exponents[i]->download()) << "the row exponents differ";
@@ -713,10 +714,10 @@ struct SlicedOperands {
     }
     int exponent(int i, int r) const { return exponents[i]->download()[r]; }
     int rows;
-    std::array<int, 3> K;
-    std::array<std::unique_ptr<DeviceArray<int8_t>>, 3> slices;
-    std::array<std::unique_ptr<DeviceArray<int>>, 3> exponents;
-    i8_sliced part[3];
+    std::vector<int> K;
+    std::vector<std::unique_ptr<DeviceArray<int8_t>>> slices;
+    std::vector<std::unique_ptr<DeviceArray<int>>> exponents;
+    std::vector<i8_sliced> part;
 };
 
 TEST_P(EdgeKernels, SlicedProducerWritesTheSlicesOfItsFp32OutputForEachConv1Operand) {
@@ -729,7 +730,7 @@ TEST_P(EdgeKernels, SlicedProducerWritesTheSlicesOfItsFp32OutputForEachConv1Oper
     SlicedOperands fused(E, {6 * C, 8 * C, 4 * C}), sliced(E, {6 * C, 8 * C, 4 * C});
     const int launched = cu_gather_rotate_sliced(E, dg->source.get(), dg->target.get(),
                                                  dg->wigner.get(), C, dx.get(), dradial.get(),
-                                                 fused.part, 0);
+                                                 fused.part.data(), 0);
     finish("cu_gather_rotate_sliced");
     if (C > 256) {
         EXPECT_EQ(launched, 0) << "one channel per thread: C <= 256 only";
@@ -757,9 +758,9 @@ TEST_P(EdgeKernels, SlicedGateWritesTheSlicesOfItsFp32Outputs) {
     SlicedOperands forward(n, {3 * H, 4 * H, 2 * H}), forward_ref(n, {3 * H, 4 * H, 2 * H});
     SlicedOperands backward(n, {5 * H, 4 * H, 2 * H}), backward_ref(n, {5 * H, 4 * H, 2 * H});
     const int launched_forward =
-        cu_gate_forward_sliced(n, H, dgates.get(), d_o.get(), forward.part, 0);
+        cu_gate_forward_sliced(n, H, dgates.get(), d_o.get(), forward.part.data(), 0);
     const int launched_backward =
-        cu_gate_backward_sliced(n, H, dgates.get(), d_o.get(), d_dg.get(), backward.part, 0);
+        cu_gate_backward_sliced(n, H, dgates.get(), d_o.get(), d_dg.get(), backward.part.data(), 0);
     finish("cu_gate_forward_sliced, cu_gate_backward_sliced");
     if (H > 256) {
         EXPECT_EQ(launched_forward, 0);
@@ -783,6 +784,38 @@ TEST_P(EdgeKernels, SlicedGateWritesTheSlicesOfItsFp32Outputs) {
     std::swap(backward_ref.slices[0], m0_ref.slices[0]);
     std::swap(backward_ref.exponents[0], m0_ref.exponents[0]);
     backward.expect_equal(backward_ref);
+}
+
+TEST_P(EdgeKernels, SlicedProducerBackwardWritesTheSlicesOfDRadialAndTheSameAdjoints) {
+    const int E = g.E, C = g.C;
+    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
+    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);     // [E][9][2C] M-order
+    dy[2 * 18 * (size_t)C + 5] = std::numeric_limits<float>::quiet_NaN(); // edge 2's d_radial
+    std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E);
+    DeviceArray<float> dx(x), dradial(radial), ddy(dy), d_radial((size_t)E * 12 * C);
+    DeviceArray<unsigned long long> d_x(node_size()), d_x_sliced(node_size());
+    d_x.fill_bytes(0);
+    d_x_sliced.fill_bytes(0);
+    DeviceArray<cu_wigner> d_wigner(d_wigner0), d_wigner_sliced(d_wigner0);
+    SlicedOperands sliced(E, {12 * C}), reference(E, {12 * C});
+    const int launched = cu_producer_backward_sliced(
+        E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(), dradial.get(),
+        ddy.get(), &sliced.part[0], d_x_sliced.get(), d_wigner_sliced.get(), 0);
+    finish("cu_producer_backward_sliced");
+    if (C > 256) {
+        EXPECT_EQ(launched, 0) << "one channel per thread: C <= 256 only";
+        return;
+    }
+    ASSERT_EQ(launched, 1);
+    cu_producer_backward(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C, dx.get(),
+                         dradial.get(), ddy.get(), d_radial.get(), d_x.get(), d_wigner.get(), 0);
+    finish("cu_producer_backward");
+    reference.slice(d_radial.get(), 12 * (size_t)C, {0});
+    sliced.expect_equal(reference);
+    EXPECT_EQ(sliced.exponent(0, 2), (int)I8_NOT_FINITE) << "edge 2's NaN marks its row";
+    EXPECT_TRUE(same_bits(d_x_sliced.download(), d_x.download()));
+    EXPECT_TRUE(same_bits(d_wigner_sliced.download(), d_wigner.download()));
 }
 
 TEST_P(EdgeKernels, ScaleByRadialBackwardEqualsCpu) {
@@ -858,7 +891,7 @@ TEST_P(EdgeKernels, SlicedRotateBackBackwardWritesTheSlicesOfDzAndTheSameAdjoint
     SlicedOperands sliced(E, {3 * C, 4 * C, 2 * C}), reference(E, {3 * C, 4 * C, 2 * C});
     cu_rotate_back_backward_sliced(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
                                    dz_in.get(), dd_out.get(), d_wigner_sliced.get(),
-                                   d_envelope_sliced.get(), sliced.part, 0);
+                                   d_envelope_sliced.get(), sliced.part.data(), 0);
     cu_rotate_back_backward(E, dg->target.get(), dg->wigner.get(), dg->envelope.get(), C,
                             dz_in.get(), dd_out.get(), dz.get(), d_wigner.get(), d_envelope.get(),
                             0);
