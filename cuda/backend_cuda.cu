@@ -703,25 +703,64 @@ float *radial_of(cuda_state *s, edge_tape &t) {
 }
 
 /* The radial MLP's last layer: t.pre_norm2 [n][Ce] -> radial_of(t). */
+/* umas_fast_gpu, ozaki: SiLU(LayerNorm) of x [n][Ce] (row stride ld) written sliced into
+ * s->sliced as the operand of the product `next` on s->hidden (cu_layer_norm_silu_sliced), when
+ * that product takes the int8 kernel; false (nothing done) otherwise. */
+bool norm_silu_sliced(cuda_state *s, const dev_linear &next, const dev_layer_norm &norm, int n,
+                      const float *x, int ld) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int K[1] = {next.in};
+    i8_sliced part[1];
+    if (!fused_operands_sliced(s, n, K, part) || !ozaki_forward_takes(s, next, n, part[0]) ||
+        !cu_layer_norm_silu_sliced(n, next.in, x, ld, norm.weight, norm.bias, &part[0], s->stream))
+        return false;
+    register_presliced(s, {(const float *)F(s->hidden)}, n, K, {next.in}, part);
+    return true;
+}
+
+/* The radial MLP's SiLU(LayerNorm) of x [n][Ce] (row stride ld) into s->hidden, then the
+ * product `next` on it into y [n][next.out]. */
+void norm_silu_then(cuda_state *s, const dev_layer_norm &norm, const dev_linear &next, int n,
+                    const float *x, int ld, float *y) {
+    if (!norm_silu_sliced(s, next, norm, n, x, ld))
+        cu_layer_norm_silu(n, next.in, x, ld, norm.weight, norm.bias, F(s->hidden), s->stream);
+    linear_forward(s, next, n, F(s->hidden), next.in, y, next.out);
+    s->presliced_count = 0;
+}
+
 void radial_mlp_last(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
-    int ce = m.fc1.out;
-    cu_layer_norm_silu(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, F(s->hidden),
-                       s->stream);
-    linear_forward(s, m.fc3, n, F(s->hidden), ce, radial_of(s, t), m.fc3.out);
+    norm_silu_then(s, m.norm2, m.fc3, n, F(t.pre_norm2), m.fc1.out, radial_of(s, t));
 }
 
 /* The radial MLP after its first layer: pre_norm1 [n][Ce] (row stride ld) -> radial_of(t). */
 void radial_mlp_rest(cuda_state *s, const dev_radial &m, int n, const float *pre_norm1, int ld,
                      edge_tape &t) {
-    int ce = m.fc1.out;
-    cu_layer_norm_silu(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, F(s->hidden), s->stream);
-    linear_forward(s, m.fc2, n, F(s->hidden), ce, F(t.pre_norm2), ce);
+    norm_silu_then(s, m.norm1, m.fc2, n, pre_norm1, ld, F(t.pre_norm2));
     radial_mlp_last(s, m, n, t);
 }
 
 void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
     linear_forward(s, m.fc1, n, F(s->radial_input), m.fc1.in, F(t.pre_norm1), m.fc1.out);
     radial_mlp_rest(s, m, n, F(t.pre_norm1), m.fc1.out, t);
+}
+
+/* umas_fast_gpu, ozaki: the second SiLU(LayerNorm)'s adjoint written sliced into s->sliced as
+ * the operand of fc2's backward (the product on d_hidden), when that takes the int8 kernel; d_hidden
+ * (the adjoint of its output) is only read. False (nothing done) otherwise. */
+bool norm_silu_backward_sliced(cuda_state *s, const dev_radial &m, int n, edge_tape &t,
+                               const float *d_hidden) {
+    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+        return false;
+    const int ce = m.fc1.out, K[1] = {m.fc2.out};
+    i8_sliced part[1];
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !ozaki_backward_takes(s, m.fc2, m.fc2.in, n, part[0]) ||
+        !cu_layer_norm_silu_backward_sliced(n, ce, F(t.pre_norm2), ce, m.norm2.weight,
+                                            m.norm2.bias, d_hidden, &part[0], s->stream))
+        return false;
+    register_presliced(s, {d_hidden}, n, K, {ce}, part);
+    return true;
 }
 
 /* d_radial -> dE/d(first layer output) into d_first [n][Ce] (row stride ld, as pre_norm1, the
@@ -732,9 +771,11 @@ void radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n, const f
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
     s->presliced_count = 0; /* d_radial, when the producer's backward wrote it sliced */
-    cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias, d_hidden,
-                                d_hidden, s->stream);
+    if (!norm_silu_backward_sliced(s, m, n, t, d_hidden))
+        cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias,
+                                    d_hidden, d_hidden, s->stream);
     linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
+    s->presliced_count = 0;
     cu_layer_norm_silu_backward(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, scratch,
                                 d_first, s->stream);
 }

@@ -431,17 +431,6 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
  * them). The entries are those i8_slice gives for the same values in fp32.
  * ------------------------------------------------------------------------------------------- */
 
-/* |v|, or +inf when v is not finite (fmaxf would drop a NaN) */
-HD float finite_magnitude(float v) {
-    const float a = fabsf(v);
-    return a <= FLT_MAX ? a : INFINITY;
-}
-
-/* The row exponent of a part whose largest finite_magnitude is t (I8_NOT_FINITE for +inf). */
-__device__ __forceinline__ int part_exponent(float t) {
-    return t <= FLT_MAX ? row_exponent(t) : I8_NOT_FINITE;
-}
-
 template <int P> struct sliced_parts {
     i8_sliced part[P];
 };

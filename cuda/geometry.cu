@@ -3,6 +3,7 @@
  * and the final per-edge gradient dE/dr (in double). Each kernel names the CPU function of the
  * core that it mirrors; see kernels.h for the contracts. */
 #include "kernels.h"
+#include "slicing.cuh"
 
 #include <math.h>
 
@@ -153,6 +154,46 @@ void cu_layer_norm_silu(int rows, int n, const float *in, int ld_in, const float
         rows, n, in, (size_t)ld_in, weight, bias, out);
 }
 
+/* layer_norm_silu_kernel with the row kept in registers (VALUES per lane) and written sliced. */
+template <int VALUES>
+static __global__ void layer_norm_silu_sliced_kernel(int rows, int n, const float *__restrict__ in,
+                                                     size_t ld_in, const float *__restrict__ weight,
+                                                     const float *__restrict__ bias,
+                                                     i8_sliced out) {
+    const int lane = threadIdx.x & 31;
+    const size_t warps_per_block = blockDim.x >> 5;
+    for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
+         row += gridDim.x * warps_per_block) {
+        const float *x = in + row * ld_in;
+        double mean, inv_std;
+        row_statistics(x, n, lane, &mean, &inv_std);
+        float y[VALUES];
+#pragma unroll
+        for (int k = 0; k < VALUES; k++) {
+            const int i = lane + 32 * k;
+            y[k] = i < n ? siluf_((float)(((double)x[i] - mean) * inv_std * weight[i] + bias[i]))
+                         : 0.0f;
+        }
+        store_warp_row_sliced(y, n, row, out);
+    }
+}
+
+int cu_layer_norm_silu_sliced(int rows, int n, const float *in, int ld_in, const float *weight,
+                              const float *bias, const i8_sliced *out, cudaStream_t stream) {
+    if (n > 256)
+        return 0;
+    if (rows <= 0 || n <= 0)
+        return 1;
+    const unsigned blocks = grid_for((size_t)rows, ROW_THREADS / 32);
+    if (n <= 128)
+        layer_norm_silu_sliced_kernel<4><<<blocks, ROW_THREADS, 0, stream>>>(
+            rows, n, in, (size_t)ld_in, weight, bias, *out);
+    else
+        layer_norm_silu_sliced_kernel<8><<<blocks, ROW_THREADS, 0, stream>>>(
+            rows, n, in, (size_t)ld_in, weight, bias, *out);
+    return 1;
+}
+
 /* core/nn.c norm_silu_backward: with y = LayerNorm(x), g = weight * d_out * SiLU'(y),
  * x_hat = (x - mean) s: d_in = s (g - mean(g) - x_hat mean(g x_hat)); d_out [rows][n], in and
  * d_in rows of n with stride ld. One warp per row as in the forward. d_in may alias d_out (then
@@ -198,6 +239,59 @@ void cu_layer_norm_silu_backward(int rows, int n, const float *in, int ld, const
         return;
     layer_norm_silu_backward_kernel<<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0,
                                       stream>>>(rows, n, in, (size_t)ld, weight, bias, d_out, d_in);
+}
+
+/* layer_norm_silu_backward_kernel with d_in kept in registers (VALUES per lane) and written
+ * sliced; d_out is only read. */
+template <int VALUES>
+static __global__ void layer_norm_silu_backward_sliced_kernel(int rows, int n, const float *in,
+                                                              size_t ld,
+                                                              const float *__restrict__ weight,
+                                                              const float *__restrict__ bias,
+                                                              const float *d_out, i8_sliced out) {
+    const int lane = threadIdx.x & 31;
+    const size_t warps_per_block = blockDim.x >> 5;
+    for (size_t row = blockIdx.x * warps_per_block + (threadIdx.x >> 5); row < (size_t)rows;
+         row += gridDim.x * warps_per_block) {
+        const float *x = in + row * ld;
+        const float *dy = d_out + row * n;
+        double mean, inv_std;
+        row_statistics(x, n, lane, &mean, &inv_std);
+        double x_hat[VALUES], g[VALUES], sums[2] = {0.0, 0.0}; /* sum g, sum g x_hat */
+#pragma unroll
+        for (int k = 0; k < VALUES; k++) {
+            const int i = lane + 32 * k;
+            x_hat[k] = g[k] = 0.0;
+            if (i < n) {
+                x_hat[k] = ((double)x[i] - mean) * inv_std;
+                const float y = (float)(x_hat[k] * weight[i] + bias[i]);
+                g[k] = (double)(weight[i] * dy[i] * silu_derivativef_(y));
+            }
+            sums[0] += g[k];
+            sums[1] += g[k] * x_hat[k];
+        }
+        warp_sum<2>(sums);
+        const double mean_g = sums[0] / n, mean_gx = sums[1] / n;
+        float dx[VALUES];
+#pragma unroll
+        for (int k = 0; k < VALUES; k++)
+            dx[k] = lane + 32 * k < n ? (float)(inv_std * (g[k] - mean_g - x_hat[k] * mean_gx))
+                                      : 0.0f;
+        store_warp_row_sliced(dx, n, row, out);
+    }
+}
+
+int cu_layer_norm_silu_backward_sliced(int rows, int n, const float *in, int ld,
+                                       const float *weight, const float *bias, const float *d_out,
+                                       const i8_sliced *d_in, cudaStream_t stream) {
+    if (n > 128)
+        return 0;
+    if (rows <= 0 || n <= 0)
+        return 1;
+    layer_norm_silu_backward_sliced_kernel<4>
+        <<<grid_for((size_t)rows, ROW_THREADS / 32), ROW_THREADS, 0, stream>>>(
+            rows, n, in, (size_t)ld, weight, bias, d_out, *d_in);
+    return 1;
 }
 
 /* core/radial.c umas_gaussian_backward for n edges: d_distance[e] +=

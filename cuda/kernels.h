@@ -53,6 +53,14 @@ void cu_layer_norm_silu(int rows, int n, const float *in, int ld_in, const float
 void cu_layer_norm_silu_backward(int rows, int n, const float *in, int ld, const float *weight,
                                  const float *bias, const float *d_out, float *d_in,
                                  cudaStream_t stream);
+/* precision ozaki: the same outputs written sliced (gemm_i8.h) instead of in fp32, as the
+ * operand of the next product: out (rows of n) for the forward (n <= 256), d_in (n <= 128) for
+ * the backward, d_out only read. Return 0 (nothing done) for longer rows. */
+int cu_layer_norm_silu_sliced(int rows, int n, const float *in, int ld_in, const float *weight,
+                              const float *bias, const i8_sliced *out, cudaStream_t stream);
+int cu_layer_norm_silu_backward_sliced(int rows, int n, const float *in, int ld,
+                                       const float *weight, const float *bias, const float *d_out,
+                                       const i8_sliced *d_in, cudaStream_t stream);
 
 /* d_distance[e] += sum_k d_gauss[e][k] 2 coeff (d - mu_k) g_k(d)  (umas_gaussian_backward),
  * d_gauss [n][ld] (first B columns used). */

@@ -1,11 +1,15 @@
 /* slicing.cuh - the arithmetic of the ozaki precision's slices (gemm_i8.h), for the slicing
  * kernel (gemm_i8_tma.cu) and for producers that write their output sliced (edgewise.cu):
  * a row's exponent e, the integer A = rint(a 2^(23 - e)) of each entry and its three balanced
- * base-255 digits, packed four to a word. */
+ * base-255 digits, packed four to a word; a warp's row written sliced. */
 #ifndef UMAS_CUDA_SLICING_CUH
 #define UMAS_CUDA_SLICING_CUH
 
+#include "gemm_i8.h"
+
 #include <cuda_runtime.h>
+#include <float.h>
+#include <math.h>
 #include <stdint.h>
 
 /* The row exponent e (gemm_i8.h) of a row whose largest magnitude is m; 0 for a zero row. */
@@ -51,6 +55,50 @@ __device__ __forceinline__ RowScale row_scale_of(int e, bool finite) {
 }
 __device__ __forceinline__ int scaled_integer(float v, const RowScale &s) {
     return s.in_float ? __float2int_rn(v * s.f) : (int)rint((double)v * s.d);
+}
+
+/* |v|, or +inf when v is not finite (fmaxf would drop a NaN): the largest of these over a row
+ * is +inf exactly when the row is not finite. */
+__host__ __device__ __forceinline__ float finite_magnitude(float v) {
+    const float a = fabsf(v);
+    return a <= FLT_MAX ? a : INFINITY;
+}
+
+/* The exponent of a row whose largest finite_magnitude is t (I8_NOT_FINITE for +inf). */
+__device__ __forceinline__ int part_exponent(float t) {
+    return t <= FLT_MAX ? row_exponent(t) : I8_NOT_FINITE;
+}
+
+/* Row r of `out` from one warp: lane l holds the row's entries v[k] = entry l + 32 k (k <
+ * VALUES; 0 past the row's n <= 32 VALUES entries). The warp's largest magnitude gives the
+ * exponent (written by lane 0), then each lane writes its entries' digits (consecutive lanes,
+ * consecutive bytes). Called by all 32 lanes. */
+template <int VALUES>
+__device__ void store_warp_row_sliced(const float (&v)[VALUES], int n, size_t r,
+                                      const i8_sliced &out) {
+    const int lane = threadIdx.x & 31;
+    float top = 0.0f;
+#pragma unroll
+    for (int k = 0; k < VALUES; k++)
+        top = fmaxf(top, finite_magnitude(v[k]));
+    for (int offset = 16; offset > 0; offset >>= 1)
+        top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+    const int exponent = part_exponent(top);
+    const RowScale scale = row_scale_of(exponent, top <= FLT_MAX);
+    if (lane == 0)
+        out.exponents[r] = exponent;
+    int8_t *row = out.slices + r * out.ld;
+#pragma unroll
+    for (int k = 0; k < VALUES; k++) {
+        const int i = lane + 32 * k;
+        if (i >= n)
+            break;
+        int digit[3];
+        balanced_digits(scaled_integer(v[k], scale), digit);
+#pragma unroll
+        for (int plane = 0; plane < 3; plane++)
+            row[plane * out.plane + i] = (int8_t)digit[plane];
+    }
 }
 
 #endif

@@ -1069,6 +1069,38 @@ TEST_P(NormSiluKernels, ForwardEqualsCpuNormSilu) {
     EXPECT_TRUE(same_bits(dx.download(), x)) << "the input must be left as it was";
 }
 
+// Written sliced (the next product's operand): the slices of the fp32 kernels' outputs.
+TEST_P(NormSiluKernels, SlicedForwardAndBackwardWriteTheSlicesOfTheirFp32Outputs) {
+    std::vector<float> d_out = random_values(rng, size()); // [rows][n]
+    x[n / 2] = std::numeric_limits<float>::quiet_NaN();   // row 0 not finite
+    DeviceArray<float> dx(x), dweight(p.weight), dbias(p.bias), dd_out(d_out);
+    DeviceArray<float> y(size()), d_in(size());
+    SlicedOperands y_sliced(rows, {n}), y_reference(rows, {n});
+    SlicedOperands d_in_sliced(rows, {n}), d_in_reference(rows, {n});
+    const int forward = cu_layer_norm_silu_sliced(rows, n, dx.get(), n, dweight.get(), dbias.get(),
+                                                  &y_sliced.part[0], 0);
+    const int backward =
+        cu_layer_norm_silu_backward_sliced(rows, n, dx.get(), n, dweight.get(), dbias.get(),
+                                           dd_out.get(), &d_in_sliced.part[0], 0);
+    finish("cu_layer_norm_silu_sliced, cu_layer_norm_silu_backward_sliced");
+    EXPECT_EQ(forward, n <= 256 ? 1 : 0) << "rows of up to 256 entries (8 per lane)";
+    EXPECT_EQ(backward, n <= 128 ? 1 : 0) << "rows of up to 128 entries (4 per lane)";
+    EXPECT_TRUE(same_bits(dd_out.download(), d_out)) << "d_out is only read";
+    cu_layer_norm_silu(rows, n, dx.get(), n, dweight.get(), dbias.get(), y.get(), 0);
+    cu_layer_norm_silu_backward(rows, n, dx.get(), n, dweight.get(), dbias.get(), dd_out.get(),
+                                d_in.get(), 0);
+    finish("cu_layer_norm_silu, cu_layer_norm_silu_backward");
+    if (forward) {
+        y_reference.slice(y.get(), n, {0});
+        y_sliced.expect_equal(y_reference);
+        EXPECT_EQ(y_sliced.exponent(0, 0), (int)I8_NOT_FINITE);
+    }
+    if (backward) {
+        d_in_reference.slice(d_in.get(), n, {0});
+        d_in_sliced.expect_equal(d_in_reference);
+    }
+}
+
 TEST_P(NormSiluKernels, BackwardEqualsCpuNormSiluBackwardAlsoInPlace) {
     std::vector<float> d_out = random_values(rng, size()); // [rows][n]
     std::vector<double> d_in_ref =
