@@ -464,8 +464,8 @@ size_t sliced_layout(void *base, int rows, const int (&K)[P], i8_sliced (&parts)
         const size_t exponents = ((size_t)rows * sizeof(int) + 15) / 16 * 16;
         if (base) {
             unsigned char *at = static_cast<unsigned char *>(base) + offset;
-            parts[i] = {reinterpret_cast<int8_t *>(at + exponents), reinterpret_cast<int *>(at),
-                        ld, (size_t)rows * ld};
+            parts[i] = {reinterpret_cast<int8_t *>(at + exponents), reinterpret_cast<int *>(at), ld,
+                        (size_t)rows * ld};
         }
         offset += exponents + 3 * (size_t)rows * ld;
     }
@@ -746,8 +746,8 @@ void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t)
 }
 
 /* umas_fast_gpu, ozaki: the second SiLU(LayerNorm)'s adjoint written sliced into s->sliced as
- * the operand of fc2's backward (the product on d_hidden), when that takes the int8 kernel; d_hidden
- * (the adjoint of its output) is only read. False (nothing done) otherwise. */
+ * the operand of fc2's backward (the product on d_hidden), when that takes the int8 kernel;
+ * d_hidden (the adjoint of its output) is only read. False (nothing done) otherwise. */
 bool norm_silu_backward_sliced(cuda_state *s, const dev_radial &m, int n, edge_tape &t,
                                const float *d_hidden) {
     if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
@@ -756,8 +756,8 @@ bool norm_silu_backward_sliced(cuda_state *s, const dev_radial &m, int n, edge_t
     i8_sliced part[1];
     if (!fused_operands_sliced(s, n, K, part) ||
         !ozaki_backward_takes(s, m.fc2, m.fc2.in, n, part[0]) ||
-        !cu_layer_norm_silu_backward_sliced(n, ce, F(t.pre_norm2), ce, m.norm2.weight,
-                                            m.norm2.bias, d_hidden, &part[0], s->stream))
+        !cu_layer_norm_silu_backward_sliced(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias,
+                                            d_hidden, &part[0], s->stream))
         return false;
     register_presliced(s, {d_hidden}, n, K, {ce}, part);
     return true;
@@ -923,8 +923,7 @@ bool gate_sliced(cuda_state *s, const dev_block &b, int H, int n, edge_tape &t, 
         return false;
     const int K[3] = {3 * H, 4 * H, 2 * H};
     i8_sliced part[3];
-    if (!fused_operands_sliced(s, n, K, part) ||
-        !ozaki_forward_takes(s, b.conv2_m0, n, part[0]) ||
+    if (!fused_operands_sliced(s, n, K, part) || !ozaki_forward_takes(s, b.conv2_m0, n, part[0]) ||
         !ozaki_forward_takes(s, b.block_conv2_m1, n, part[1]) ||
         !ozaki_forward_takes(s, b.block_conv2_m2, n, part[2]) ||
         !cu_gate_forward_sliced(n, H, F(t.gates), o, part, s->stream))
@@ -987,8 +986,8 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
 /* umas_fast_gpu, ozaki: the consumer's backward writes conv2's adjoint operands sliced
  * (cu_rotate_back_backward_sliced) into s->sliced instead of dz in fp32. Only when all three
  * conv2 adjoint products take the int8 kernel; false (nothing done) otherwise. */
-bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n,
-                                 int first, edge_tape &t, const float *d_out, const float *dz) {
+bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
+                                 edge_tape &t, const float *d_out, const float *dz) {
     if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
         return false;
     const int K[3] = {3 * C, 4 * C, 2 * C};
@@ -1019,8 +1018,8 @@ bool producer_backward_sliced(cuda_state *s, const dev_block &b, int C, int n, i
     if (!fused_operands_sliced(s, n, K, part) ||
         !ozaki_backward_takes(s, fc3, fc3.in, n, part[0]) ||
         !cu_producer_backward_sliced(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                                     radial_of(s, t), dy, &part[0], U(s->node_sums),
-                                     dW(s, first), s->stream))
+                                     radial_of(s, t), dy, &part[0], U(s->node_sums), dW(s, first),
+                                     s->stream))
         return false;
     register_presliced(s, {F(s->d_radial)}, n, K, {fc3.out}, part);
     return true;
@@ -1075,8 +1074,8 @@ void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, i
     if (s->fused) {
         if (!producer_backward_sliced(s, b, C, n, first, x, t, dy))
             cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                                 radial_of(s, t), dy, F(s->d_radial), U(s->node_sums),
-                                 dW(s, first), st);
+                                 radial_of(s, t), dy, F(s->d_radial), U(s->node_sums), dW(s, first),
+                                 st);
         return;
     }
     cu_scale_by_radial_backward(n, C, radial_of(s, t), F(s->unscaled), dy, F(s->d_radial), st);

@@ -374,6 +374,21 @@ HD void gather_rotate_one(size_t e, int c, const float W[34], const float *xs_ro
     }
 }
 
+/* The Wigner records (contiguous as in wigner) and the ends (source, target) of the group's m
+ * edges from e0 into shared memory, by all threads of the block. */
+__device__ __forceinline__ void load_edge_group(long long e0, int m, const int *source,
+                                                const int *target, const cu_wigner *wigner,
+                                                float (*W)[34], int (*ends)[2]) {
+    const int threads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const float *wf = (const float *)(wigner + e0);
+    for (int k = tid; k < m * 34; k += threads)
+        (&W[0][0])[k] = wf[k];
+    if (tid < m) {
+        ends[tid][0] = source[e0 + tid];
+        ends[tid][1] = target[e0 + tid];
+    }
+}
+
 __global__ void gather_rotate_kernel(int n, const int *__restrict__ source,
                                      const int *__restrict__ target,
                                      const cu_wigner *__restrict__ wigner, int C,
@@ -381,17 +396,10 @@ __global__ void gather_rotate_kernel(int n, const int *__restrict__ source,
                                      float *__restrict__ unscaled, float *__restrict__ y) {
     __shared__ float W[GATHER_EDGES_MAX][34]; /* the group's records, contiguous as in wigner */
     __shared__ int ends[GATHER_EDGES_MAX][2]; /* source, target */
-    const int edges = blockDim.y, threads = blockDim.x * blockDim.y;
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int edges = blockDim.y;
     for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
         int m = n - e0 < edges ? (int)(n - e0) : edges; /* edges in this group */
-        const float *wf = (const float *)(wigner + e0);
-        for (int k = tid; k < m * 34; k += threads)
-            (&W[0][0])[k] = wf[k];
-        if (tid < m) {
-            ends[tid][0] = source[e0 + tid];
-            ends[tid][1] = target[e0 + tid];
-        }
+        load_edge_group(e0, m, source, target, wigner, W, ends);
         __syncthreads();
         int j = threadIdx.y;
         if (j < m) {
@@ -431,9 +439,7 @@ void cu_gather_rotate(int n, const int *source, const int *target, const cu_wign
  * them). The entries are those i8_slice gives for the same values in fp32.
  * ------------------------------------------------------------------------------------------- */
 
-template <int P> struct sliced_parts {
-    i8_sliced part[P];
-};
+template <int P> struct sliced_parts { i8_sliced part[P]; };
 
 /* Called by every thread of the block (active: the thread has an edge and a channel); the
  * caller synchronises the block before calling it again. */
@@ -522,22 +528,14 @@ __global__ void gather_rotate_sliced_kernel(int n, const int *__restrict__ sourc
                                             const int *__restrict__ target,
                                             const cu_wigner *__restrict__ wigner, int C,
                                             const float *__restrict__ x,
-                                            const float *__restrict__ radial,
-                                            sliced_parts<3> out) {
+                                            const float *__restrict__ radial, sliced_parts<3> out) {
     __shared__ float W[GATHER_EDGES_MAX][34];
     __shared__ int ends[GATHER_EDGES_MAX][2];
-    const int edges = blockDim.y, threads = blockDim.x * blockDim.y;
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const int edges = blockDim.y;
     const int c = threadIdx.x, j = threadIdx.y;
     for (long long e0 = (long long)blockIdx.x * edges; e0 < n; e0 += (long long)gridDim.x * edges) {
         const int m = n - e0 < edges ? (int)(n - e0) : edges;
-        const float *wf = (const float *)(wigner + e0);
-        for (int k = tid; k < m * 34; k += threads)
-            (&W[0][0])[k] = wf[k];
-        if (tid < m) {
-            ends[tid][0] = source[e0 + tid];
-            ends[tid][1] = target[e0 + tid];
-        }
+        load_edge_group(e0, m, source, target, wigner, W, ends);
         __syncthreads();
         const size_t e = (size_t)(e0 + j);
         const bool active = j < m && c < C;
@@ -550,8 +548,8 @@ __global__ void gather_rotate_sliced_kernel(int n, const int *__restrict__ sourc
             col[q] = (q - conv1_part_start(part[q])) * C + c;
         }
         if (active) {
-            rotated_channel(c, W[j], x + (size_t)ends[j][0] * 9 * C,
-                            x + (size_t)ends[j][1] * 9 * C, C, u);
+            rotated_channel(c, W[j], x + (size_t)ends[j][0] * 9 * C, x + (size_t)ends[j][1] * 9 * C,
+                            C, u);
             scale_channel(e, c, C, radial, u);
         }
         store_channel_sliced(active, e, u, part, col, out);
@@ -670,14 +668,13 @@ __device__ void store_radial_adjoint_sliced(int e, int C, const float (&dr)[12],
  * registers while the block finds the edge's largest; the warps' maxima go through shared
  * memory, by edge parity, beside block_sum's, whose barriers they share). */
 template <bool SLICED>
-__global__ void gather_backward_kernel(int n, const int *source, const int *target,
-                                       const cu_wigner *wigner, int C, const float *x,
-                                       const float *radial, const float *dy, float *d_radial,
-                                       unsigned long long *d_x, cu_wigner *d_wigner,
-                                       sliced_parts<1> out) {
+__global__ void
+gather_backward_kernel(int n, const int *source, const int *target, const cu_wigner *wigner, int C,
+                       const float *x, const float *radial, const float *dy, float *d_radial,
+                       unsigned long long *d_x, cu_wigner *d_wigner, sliced_parts<1> out) {
     __shared__ float total[34];
     __shared__ float warp_top[2][EDGE_THREADS_MAX / 32]; /* SLICED: by edge parity */
-    const bool one_channel = C <= (int)blockDim.x; /* then the target rows go through a run */
+    const bool one_channel = C <= (int)blockDim.x;       /* then the target rows go through a run */
     target_run run;
     for (long long e0 = (long long)blockIdx.x * PRODUCER_EDGES; e0 < n;
          e0 += (long long)gridDim.x * PRODUCER_EDGES) {
@@ -765,9 +762,8 @@ void cu_producer_backward(int n, const int *source, const int *target, const cu_
 
 int cu_producer_backward_sliced(int n, const int *source, const int *target,
                                 const cu_wigner *wigner, int C, const float *x, const float *radial,
-                                const float *dy, const i8_sliced *d_radial,
-                                unsigned long long *d_x, cu_wigner *d_wigner,
-                                cudaStream_t stream) {
+                                const float *dy, const i8_sliced *d_radial, unsigned long long *d_x,
+                                cu_wigner *d_wigner, cudaStream_t stream) {
     if (C > edge_threads(C))
         return 0;
     launch_gather_backward(n, source, target, wigner, C, x, radial, dy, nullptr, d_x, d_wigner,
@@ -1025,16 +1021,15 @@ __global__ void gate_backward_sliced_kernel(int n, int H, const float *__restric
     }
 }
 
-int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o,
-                           const i8_sliced out[3], cudaStream_t stream) {
+int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o, const i8_sliced out[3],
+                           cudaStream_t stream) {
     if (H > FLAT_THREADS)
         return 0;
     if (n <= 0 || H <= 0)
         return 1;
     const channel_launch launch = channel_launch_for(n, H);
     const sliced_parts<3> parts = {{out[0], out[1], out[2]}};
-    gate_forward_sliced_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, H, gates, o,
-                                                                             parts);
+    gate_forward_sliced_kernel<<<launch.blocks, launch.threads, 0, stream>>>(n, H, gates, o, parts);
     return 1;
 }
 
@@ -1213,8 +1208,8 @@ __global__ void rotate_back_backward_sliced_kernel(int n, const int *target,
         for (int k = 0; k < 35; k++)
             acc[k] = 0.0f;
         for (int c = lane; c < C; c += 32)
-            rotate_back_backward_one((int)e, c, target, wigner, envelope, C, z, d_out, nullptr,
-                                     acc, top);
+            rotate_back_backward_one((int)e, c, target, wigner, envelope, C, z, d_out, nullptr, acc,
+                                     top);
         warp_sum_scatter<35>(acc, lane);
         rotate_back_backward_finish((int)e, lane, envelope, acc[0], d_wigner, d_envelope);
         if (lane < 3)
@@ -1242,7 +1237,8 @@ __global__ void rotate_back_backward_sliced_kernel(int n, const int *target,
                 const i8_sliced &o = out.part[part];
                 int digit[3];
                 balanced_digits(scaled_integer(v[p], scale[part]), digit);
-                int8_t *at = o.slices + (size_t)e * o.ld + (size_t)(p - gate_part_start(part)) * C + c;
+                int8_t *at =
+                    o.slices + (size_t)e * o.ld + (size_t)(p - gate_part_start(part)) * C + c;
 #pragma unroll
                 for (int plane = 0; plane < 3; plane++)
                     at[plane * o.plane] = (int8_t)digit[plane];

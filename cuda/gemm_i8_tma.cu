@@ -1,20 +1,23 @@
 /* gemm_i8_tma.cu - the "ozaki" GEMM (gemm_i8.h): fp32-accurate products from int8 slices on the
- * tensor cores of Hopper, and the slicing of fp32 matrices.
+ * tensor cores of Hopper, and the slicing of fp32 matrices (the digit arithmetic is in
+ * slicing.cuh, shared with the producers that write their outputs sliced).
  *
- * Block: 3 warpgroups (384 threads). Warpgroup 0 is the producer: one thread issues, per stage,
- * two bulk tensor copies (the X box [3 planes][128 rows][128 k] and the W box of the same shape,
- * 48 KiB each) that complete on an mbarrier. Warpgroups 1 and 2 each compute 64 rows of the
- * block's 128 x 128 tile of Y with m64n128k32 int8 wgmma, both operands from shared memory, in
- * three int32 accumulators, one per level i + j of the slice products s_i t_j:
+ * Block: 3 warpgroups (384 threads), persistent (one block per multiprocessor, tiles b, b +
+ * gridDim.x, ...). Warpgroup 0 is the producer: one thread issues, per stage, two bulk tensor
+ * copies (the X box [3 planes][128 rows][64 k] and the W box of the same shape, 24 KiB each) that
+ * complete on an mbarrier, running ahead into the next tile. Warpgroups 1 and 2 each compute 64
+ * rows of the block's 128 x 128 tile of Y with m64n128k32 int8 wgmma, both operands from shared
+ * memory, in three int32 accumulators, one per level i + j of the slice products s_i t_j:
  *     level 0: s0 t0;   level 1: s0 t1 + s1 t0;   level 2: s0 t2 + s1 t1 + s2 t0
- * (3 x 64 registers per thread; setmaxnreg gives the consumers 240). Each stage holds k = 128
- * (4 k-steps x 6 products); the consumers keep one stage's products in flight while they issue
+ * (3 x 64 registers per thread; setmaxnreg gives the consumers 240). Each stage holds k = 64
+ * (2 k-steps x 6 products); the consumers keep one stage's products in flight while they issue
  * the next stage's, and release a stage once its products are complete.
- * Shared memory: 2 stages of 96 KiB in the 128-byte swizzle (row r's 16-byte chunk c lies at
- * r * 128 + ((c ^ r % 8) * 16), the K-major layout wgmma reads), then the barriers.
+ * Shared memory: 4 stages of 48 KiB in the 64-byte swizzle (the K-major layout wgmma reads), the
+ * barriers, then the column scales and biases of the block's tiles (ColumnTerms).
  *
  * Epilogue: y = 2^(e_x + e_w - 46) 255^2 (255^2 L0 + 255 L1 + L2), the level sums combined exactly
- * in int64 and rounded once (through double) to fp32; NaN where a row of X or W was not finite. */
+ * in int64 and rounded once to fp32, plus the bias; NaN where a row of X or W was not finite. It
+ * is latency-bound and costs about a third of a 768-deep product (bench/README.md). */
 #include "gemm_i8.h"
 #include "gemm_tc_common.cuh"
 #include "slicing.cuh"

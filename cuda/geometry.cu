@@ -186,11 +186,11 @@ int cu_layer_norm_silu_sliced(int rows, int n, const float *in, int ld_in, const
         return 1;
     const unsigned blocks = grid_for((size_t)rows, ROW_THREADS / 32);
     if (n <= 128)
-        layer_norm_silu_sliced_kernel<4><<<blocks, ROW_THREADS, 0, stream>>>(
-            rows, n, in, (size_t)ld_in, weight, bias, *out);
+        layer_norm_silu_sliced_kernel<4>
+            <<<blocks, ROW_THREADS, 0, stream>>>(rows, n, in, (size_t)ld_in, weight, bias, *out);
     else
-        layer_norm_silu_sliced_kernel<8><<<blocks, ROW_THREADS, 0, stream>>>(
-            rows, n, in, (size_t)ld_in, weight, bias, *out);
+        layer_norm_silu_sliced_kernel<8>
+            <<<blocks, ROW_THREADS, 0, stream>>>(rows, n, in, (size_t)ld_in, weight, bias, *out);
     return 1;
 }
 
@@ -275,8 +275,8 @@ static __global__ void layer_norm_silu_backward_sliced_kernel(int rows, int n, c
         float dx[VALUES];
 #pragma unroll
         for (int k = 0; k < VALUES; k++)
-            dx[k] = lane + 32 * k < n ? (float)(inv_std * (g[k] - mean_g - x_hat[k] * mean_gx))
-                                      : 0.0f;
+            dx[k] =
+                lane + 32 * k < n ? (float)(inv_std * (g[k] - mean_g - x_hat[k] * mean_gx)) : 0.0f;
         store_warp_row_sliced(dx, n, row, out);
     }
 }

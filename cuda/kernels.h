@@ -115,8 +115,8 @@ void cu_producer_backward(int n, const int *source, const int *target, const cu_
  * (one channel per thread); returns 0 (nothing done) otherwise. */
 int cu_producer_backward_sliced(int n, const int *source, const int *target,
                                 const cu_wigner *wigner, int C, const float *x, const float *radial,
-                                const float *dy, const i8_sliced *d_radial,
-                                unsigned long long *d_x, cu_wigner *d_wigner, cudaStream_t stream);
+                                const float *dy, const i8_sliced *d_radial, unsigned long long *d_x,
+                                cu_wigner *d_wigner, cudaStream_t stream);
 /* scale_by_radial_backward: d_radial[n][12C] = sum over uses of dy * unscaled (overwrite);
  * dy *= radial. */
 void cu_scale_by_radial_backward(int n, int C, const float *radial, const float *unscaled,
@@ -144,8 +144,8 @@ void cu_gate_backward(int n, int H, const float *gates, const float *o, float *d
  * [9][H] row; and cu_gate_backward's outputs as conv1's adjoint operands: out[0] the m = 0
  * adjoint d_conv1_m0 [5H], out[1], out[2] the columns [3H, 7H) and [7H, 9H) of dO (dg itself is
  * only read). As cu_gather_rotate_sliced: H <= 256, else 0 and nothing done. */
-int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o,
-                           const i8_sliced out[3], cudaStream_t stream);
+int cu_gate_forward_sliced(int n, int H, const float *gates, const float *o, const i8_sliced out[3],
+                           cudaStream_t stream);
 int cu_gate_backward_sliced(int n, int H, const float *gates, const float *o, const float *dg,
                             const i8_sliced out[3], cudaStream_t stream);
 

@@ -2,7 +2,7 @@
  *
  *   units metal
  *   pair_style umas model.safetensors task omat [charge 0] [spin 0] [backend general]
- *              [device cpu] [precision default|fp32|3xtf32|tf32] [mode auto|local|shell]
+ *              [device cpu] [precision default|fp32|3xtf32|ozaki|tf32] [mode auto|local|shell]
  *   pair_coeff * * Cu O            # LAMMPS type -> element (NULL: not this style's, hybrid)
  *
  * The style builds its own neighbour list from the atom and ghost positions (no neighbor list

@@ -712,7 +712,9 @@ struct SlicedOperands {
             EXPECT_EQ(wrong, 0) << "digits that differ";
         }
     }
-    int exponent(int i, int r) const { return exponents[i]->download()[r]; }
+    int exponent(int i, int r) const {
+        return exponents[i]->download()[r];
+    }
     int rows;
     std::vector<int> K;
     std::vector<std::unique_ptr<DeviceArray<int8_t>>> slices;
@@ -722,15 +724,15 @@ struct SlicedOperands {
 
 TEST_P(EdgeKernels, SlicedProducerWritesTheSlicesOfItsFp32OutputForEachConv1Operand) {
     const int E = g.E, C = g.C;
-    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
-    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
+    std::vector<float> x = random_values(rng, node_size());                   // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C);       // [E][12C]
     radial[3 * 12 * (size_t)C + 1] = std::numeric_limits<float>::quiet_NaN(); // edge 3, m = 0
     DeviceArray<float> dx(x), dradial(radial), y((size_t)E * 18 * C);
     // the three parts of a [9][2C] row: columns [0, 6C), [6C, 14C), [14C, 18C)
     SlicedOperands fused(E, {6 * C, 8 * C, 4 * C}), sliced(E, {6 * C, 8 * C, 4 * C});
-    const int launched = cu_gather_rotate_sliced(E, dg->source.get(), dg->target.get(),
-                                                 dg->wigner.get(), C, dx.get(), dradial.get(),
-                                                 fused.part.data(), 0);
+    const int launched =
+        cu_gather_rotate_sliced(E, dg->source.get(), dg->target.get(), dg->wigner.get(), C,
+                                dx.get(), dradial.get(), fused.part.data(), 0);
     finish("cu_gather_rotate_sliced");
     if (C > 256) {
         EXPECT_EQ(launched, 0) << "one channel per thread: C <= 256 only";
@@ -788,9 +790,9 @@ TEST_P(EdgeKernels, SlicedGateWritesTheSlicesOfItsFp32Outputs) {
 
 TEST_P(EdgeKernels, SlicedProducerBackwardWritesTheSlicesOfDRadialAndTheSameAdjoints) {
     const int E = g.E, C = g.C;
-    std::vector<float> x = random_values(rng, node_size());             // [N][9][C]
-    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C); // [E][12C]
-    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);     // [E][9][2C] M-order
+    std::vector<float> x = random_values(rng, node_size());               // [N][9][C]
+    std::vector<float> radial = random_values(rng, (size_t)E * 12 * C);   // [E][12C]
+    std::vector<float> dy = random_values(rng, (size_t)E * 18 * C);       // [E][9][2C] M-order
     dy[2 * 18 * (size_t)C + 5] = std::numeric_limits<float>::quiet_NaN(); // edge 2's d_radial
     std::vector<cu_wigner> d_wigner0 = random_wigner_records(rng, E);
     DeviceArray<float> dx(x), dradial(radial), ddy(dy), d_radial((size_t)E * 12 * C);
@@ -1072,16 +1074,15 @@ TEST_P(NormSiluKernels, ForwardEqualsCpuNormSilu) {
 // Written sliced (the next product's operand): the slices of the fp32 kernels' outputs.
 TEST_P(NormSiluKernels, SlicedForwardAndBackwardWriteTheSlicesOfTheirFp32Outputs) {
     std::vector<float> d_out = random_values(rng, size()); // [rows][n]
-    x[n / 2] = std::numeric_limits<float>::quiet_NaN();   // row 0 not finite
+    x[n / 2] = std::numeric_limits<float>::quiet_NaN();    // row 0 not finite
     DeviceArray<float> dx(x), dweight(p.weight), dbias(p.bias), dd_out(d_out);
     DeviceArray<float> y(size()), d_in(size());
     SlicedOperands y_sliced(rows, {n}), y_reference(rows, {n});
     SlicedOperands d_in_sliced(rows, {n}), d_in_reference(rows, {n});
     const int forward = cu_layer_norm_silu_sliced(rows, n, dx.get(), n, dweight.get(), dbias.get(),
                                                   &y_sliced.part[0], 0);
-    const int backward =
-        cu_layer_norm_silu_backward_sliced(rows, n, dx.get(), n, dweight.get(), dbias.get(),
-                                           dd_out.get(), &d_in_sliced.part[0], 0);
+    const int backward = cu_layer_norm_silu_backward_sliced(
+        rows, n, dx.get(), n, dweight.get(), dbias.get(), dd_out.get(), &d_in_sliced.part[0], 0);
     finish("cu_layer_norm_silu_sliced, cu_layer_norm_silu_backward_sliced");
     EXPECT_EQ(forward, n <= 256 ? 1 : 0) << "rows of up to 256 entries (8 per lane)";
     EXPECT_EQ(backward, n <= 128 ? 1 : 0) << "rows of up to 128 entries (4 per lane)";

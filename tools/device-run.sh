@@ -48,10 +48,11 @@ if [ "${UMAS_GEMM_CHECK:-1}" = 1 ] && [ -x /tmp/umas/bin/umas-gemm-check ]; then
     echo "== gemm check exit ${PIPESTATUS[0]}"
 fi
 if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
+    # the NVE tests' CPU reference run alone takes about 6 minutes there (1.8 s per step)
     echo "== LAMMPS, pair_style umas device cuda (tests/test_lammps_gpu.py)"
     UMAS_LMP=/tmp/umas/bin/lmp_umas UMAS_TEST_MODELS=/tmp/umas/models \
     UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_DEVICE=cuda \
-        timeout "${UMAS_LAMMPS_TIMEOUT:-480}" python3 tests/test_lammps_gpu.py -v > "$OUT/test_lammps_gpu.log" 2>&1
+        timeout "${UMAS_LAMMPS_TIMEOUT:-900}" python3 tests/test_lammps_gpu.py -v > "$OUT/test_lammps_gpu.log" 2>&1
     status=$?
     grep -E "measured|skipp|^(FAIL|ERROR)|Error" "$OUT/test_lammps_gpu.log"
     if [ "$status" != 0 ]; then tail -n 60 "$OUT/test_lammps_gpu.log"; fi
