@@ -42,7 +42,7 @@ constexpr int MAX_K = 32768; /* 3 x 127^2 x K < 2^31, and (255^2 L0) 255^2 < 2^6
 
 /* The epilogue's per-column terms of a block, in shared memory: 2^(e_w - 23) and the bias of
  * each of its BN columns; all_in_range: every column's exponent is in the fast range. */
-struct ColumnTerms {
+struct alignas(16) ColumnTerms {
     float scale[BN];
     float bias[BN];
     int all_in_range;
@@ -175,16 +175,26 @@ __device__ __noinline__ float rare_value(long long sum, int ex, int ew) {
     return (float)ldexp((double)sum, ex + ew - 46);
 }
 
+/* 255^2 (255^2 L0 + 255 L1 + L2), exact in int64 */
+__device__ __forceinline__ long long level_sum(int l0, int l1, int l2) {
+    return ((long long)l0 * 65025 + (long long)l1 * 255 + l2) * 65025;
+}
+
+/* An output in the fast range: the sum rounded once, two exact scalings, plus the bias. */
+__device__ __forceinline__ float fast_value(int l0, int l1, int l2, float column_scale,
+                                            float row_scale, float bias) {
+    return __ll2float_rn(level_sum(l0, l1, l2)) * column_scale * row_scale + bias;
+}
+
 /* One output of the tile (column c of the block's columns): 255^2 (255^2 L0 + 255 L1 + L2) (exact
  * in int64) rounded once and scaled by two exact powers of two (`fast`), else rare_value; plus the
  * column's bias. ew: the column's exponent (null past N). */
 __device__ __forceinline__ float output_value(int l0, int l1, int l2, bool fast, float row_scale,
                                               int ex, const ColumnTerms &columns, int c,
                                               const int *ew) {
-    const long long sum = ((long long)l0 * 65025 + (long long)l1 * 255 + l2) * 65025;
-    const float v = fast ? __ll2float_rn(sum) * columns.scale[c] * row_scale
-                         : rare_value(sum, ex, ew ? *ew : 0);
-    return v + columns.bias[c];
+    if (fast)
+        return fast_value(l0, l1, l2, columns.scale[c], row_scale, columns.bias[c]);
+    return rare_value(level_sum(l0, l1, l2), ex, ew ? *ew : 0) + columns.bias[c];
 }
 
 /* Column c of tile `tile` (its columns (tile % tiles_n) BN ..): the weight row's exponent and the
@@ -364,6 +374,9 @@ __global__ void __launch_bounds__(THREADS, 1)
         }
         /* the column terms are there for both consumers */
         asm volatile("bar.sync 1, %0;\n" ::"n"(128 * CONSUMERS) : "memory");
+        /* a tile that needs no per-output checks: Y only written, 8-byte column pairs, all of its
+         * columns inside N and in the fast range (rows are checked one by one) */
+        const bool plain_tile = beta == 0.0f && pairs && n0 + BN <= N && columns.all_in_range;
         if (P::STAGED && bulk_store) { /* beta = 0: through shared memory, bulk tensor stores */
             float *const part = reinterpret_cast<float *>(staging) + consumer * 64 * BN;
             const bool leader = tid % 128 == 0;
@@ -411,6 +424,19 @@ __global__ void __launch_bounds__(THREADS, 1)
             const bool fast = columns.all_in_range && in_fast_range(ex);
             const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
             float *y = Y + (size_t)r * ldy;
+            if (fast && plain_tile) { /* the common case, with nothing to check per output */
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    const int c = 8 * j + 2 * t, i = 4 * j + 2 * q2;
+                    const float2 scale = *reinterpret_cast<const float2 *>(&columns.scale[c]);
+                    const float2 b = *reinterpret_cast<const float2 *>(&columns.bias[c]);
+                    *reinterpret_cast<float2 *>(y + n0 + c) = make_float2(
+                        fast_value(level0[i], level1[i], level2[i], scale.x, row_scale, b.x),
+                        fast_value(level0[i + 1], level1[i + 1], level2[i + 1], scale.y, row_scale,
+                                   b.y));
+                }
+                continue;
+            }
 #pragma unroll
             for (int j = 0; j < 16; j++) {
                 const int c = 8 * j + 2 * t; /* this thread's columns c, c + 1 of the tile */
