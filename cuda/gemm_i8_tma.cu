@@ -16,8 +16,10 @@
  * barriers, then the column scales and biases of the block's tiles (ColumnTerms).
  *
  * Epilogue: y = 2^(e_x + e_w - 46) 255^2 (255^2 L0 + 255 L1 + L2), the level sums combined exactly
- * in int64 and rounded once to fp32, plus the bias; NaN where a row of X or W was not finite. It
- * is latency-bound and costs about a third of a 768-deep product (bench/README.md). */
+ * in int64 and rounded once to fp32, plus the bias; NaN where a row of X or W was not finite.
+ * The common tile (beta 0, all columns inside N and in the fast exponent range) takes a path with
+ * no per-output checks: the epilogue is latency-bound, and the checks had made it a third of a
+ * 768-deep product (bench/README.md). */
 #include "gemm_i8.h"
 #include "gemm_tc_common.cuh"
 #include "slicing.cuh"
