@@ -116,8 +116,8 @@ struct cuda_state {
     const float *sliced_from = nullptr;
     int sliced_rows = 0, sliced_k = 0, sliced_ld = 0;
     /* ozaki, umas_fast_gpu: activations that their producer wrote sliced, with no fp32 copy
-     * (conv1's three operands, see conv1_sliced): the product of activation `act` (rows, k, ld
-     * as the caller passes them) takes `x` and always the int8 kernel. */
+     * (register_presliced; conv1_sliced and the others): the product of activation `act` (rows,
+     * k, ld as the caller passes them) takes `x` and always the int8 kernel. */
     struct presliced_operand {
         const float *act;
         int rows, k, ld;
@@ -436,13 +436,19 @@ bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const
     return true;
 }
 
+/* Whether a product of `rows` rows and m outputs has too few tiles of the int8 kernel to fill
+ * the GPU once: an exact fp32 SGEMM is faster there (gemm_tensor_cores). */
+bool ozaki_tiles_few(const cuda_state *s, int rows, int m) {
+    return i8_gemm_nt_blocks(rows, m) < (size_t)s->multiprocessors;
+}
+
 /* Whether a product on the weight slices w (m outputs, k inputs) of `rows` rows would take the
- * int8 kernel with the operand x (sliced): enough tiles to fill the GPU (gemm_tensor_cores's
- * rule) and the kernel accepts the operands. */
+ * int8 kernel with the operand x (sliced): enough tiles to fill the GPU and the kernel accepts
+ * the operands. */
 bool ozaki_kernel_takes(const cuda_state *s, const i8_sliced &w, int m, int k, int rows,
                         const i8_sliced &x) {
     return s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm && w.slices &&
-           i8_gemm_nt_blocks(rows, m) >= (size_t)s->multiprocessors &&
+           !ozaki_tiles_few(s, rows, m) &&
            i8_gemm_nt(0, m, k, &x, &w, nullptr, 0.0f, nullptr, 0, s->stream);
 }
 bool ozaki_forward_takes(const cuda_state *s, const dev_linear &lin, int rows, const i8_sliced &x) {
@@ -451,6 +457,27 @@ bool ozaki_forward_takes(const cuda_state *s, const dev_linear &lin, int rows, c
 bool ozaki_backward_takes(const cuda_state *s, const dev_linear &lin, int cols, int rows,
                           const i8_sliced &x) {
     return ozaki_kernel_takes(s, lin.sliced_t, cols, lin.out, rows, x);
+}
+
+/* Whether an SO(2) convolution's three products (m = 0, and the block forms of m = 1 and 2) on
+ * n rows take the int8 kernel with the operands parts: the forward ones, or (m0_cols > 0) the
+ * backward ones, with m0_cols output columns of the m = 0 product. */
+bool so2_products_take(const cuda_state *s, const dev_linear &m0, const dev_linear &block_m1,
+                       const dev_linear &block_m2, int m0_cols, int n,
+                       const i8_sliced (&parts)[3]) {
+    if (m0_cols == 0)
+        return ozaki_forward_takes(s, m0, n, parts[0]) &&
+               ozaki_forward_takes(s, block_m1, n, parts[1]) &&
+               ozaki_forward_takes(s, block_m2, n, parts[2]);
+    return ozaki_backward_takes(s, m0, m0_cols, n, parts[0]) &&
+           ozaki_backward_takes(s, block_m1, block_m1.in, n, parts[1]) &&
+           ozaki_backward_takes(s, block_m2, block_m2.in, n, parts[2]);
+}
+
+/* Whether umas_fast_gpu's producers write their products' operands sliced for a chunk of n
+ * edges (each producer then checks that its products take the int8 kernel). */
+bool producers_write_sliced(const cuda_state *s, int n) {
+    return s->fused && s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm && n > 0;
 }
 
 /* P sliced operands of `rows` rows and K[i] columns laid out one after the other from
@@ -525,7 +552,7 @@ bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperation_t o
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
     if (s->precision == UMAS_PRECISION_OZAKI) {
-        bool few = i8_gemm_nt_blocks(rows, m) < (size_t)s->multiprocessors;
+        bool few = ozaki_tiles_few(s, rows, m);
         for (int i = 0; i < s->presliced_count; i++)
             few = few && s->presliced[i].act != act; /* no fp32 copy: the kernel it is */
         if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
@@ -702,13 +729,12 @@ float *radial_of(cuda_state *s, edge_tape &t) {
     return F(s->keep_radial ? t.radial : s->tapes[0].radial);
 }
 
-/* The radial MLP's last layer: t.pre_norm2 [n][Ce] -> radial_of(t). */
 /* umas_fast_gpu, ozaki: SiLU(LayerNorm) of x [n][Ce] (row stride ld) written sliced into
  * s->sliced as the operand of the product `next` on s->hidden (cu_layer_norm_silu_sliced), when
  * that product takes the int8 kernel; false (nothing done) otherwise. */
 bool norm_silu_sliced(cuda_state *s, const dev_linear &next, const dev_layer_norm &norm, int n,
                       const float *x, int ld) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int K[1] = {next.in};
     i8_sliced part[1];
@@ -729,6 +755,7 @@ void norm_silu_then(cuda_state *s, const dev_layer_norm &norm, const dev_linear 
     s->presliced_count = 0;
 }
 
+/* The radial MLP's last layer: t.pre_norm2 [n][Ce] -> radial_of(t). */
 void radial_mlp_last(cuda_state *s, const dev_radial &m, int n, edge_tape &t) {
     norm_silu_then(s, m.norm2, m.fc3, n, F(t.pre_norm2), m.fc1.out, radial_of(s, t));
 }
@@ -750,7 +777,7 @@ void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_tape &t)
  * d_hidden (the adjoint of its output) is only read. False (nothing done) otherwise. */
 bool norm_silu_backward_sliced(cuda_state *s, const dev_radial &m, int n, edge_tape &t,
                                const float *d_hidden) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int ce = m.fc1.out, K[1] = {m.fc2.out};
     i8_sliced part[1];
@@ -895,7 +922,7 @@ void so2_forward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, i
  * [n] exponents (16-byte aligned), then the three planes [n][ld]. */
 bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int first, const float *x,
                   edge_tape &t, const float *y) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {6 * C, 8 * C, 4 * C};
     i8_sliced part[3];
@@ -919,13 +946,12 @@ bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int first, co
  * otherwise. */
 bool gate_sliced(cuda_state *s, const dev_block &b, int H, int n, edge_tape &t, const float *o,
                  const float *g) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {3 * H, 4 * H, 2 * H};
     i8_sliced part[3];
-    if (!fused_operands_sliced(s, n, K, part) || !ozaki_forward_takes(s, b.conv2_m0, n, part[0]) ||
-        !ozaki_forward_takes(s, b.block_conv2_m1, n, part[1]) ||
-        !ozaki_forward_takes(s, b.block_conv2_m2, n, part[2]) ||
+    if (!fused_operands_sliced(s, n, K, part) ||
+        !so2_products_take(s, b.conv2_m0, b.block_conv2_m1, b.block_conv2_m2, 0, n, part) ||
         !cu_gate_forward_sliced(n, H, F(t.gates), o, part, s->stream))
         return false;
     register_presliced(s, {g, g + 3 * H, g + 7 * H}, n, K, {9 * H, 9 * H, 9 * H}, part);
@@ -937,14 +963,12 @@ bool gate_sliced(cuda_state *s, const dev_block &b, int H, int n, edge_tape &t, 
  * conv2's backward wrote it. */
 bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n, edge_tape &t,
                           const float *dg) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {5 * H, 4 * H, 2 * H};
     i8_sliced part[3];
     if (!fused_operands_sliced(s, n, K, part) ||
-        !ozaki_backward_takes(s, b.conv1_m0, 6 * C, n, part[0]) ||
-        !ozaki_backward_takes(s, b.block_conv1_m1, b.block_conv1_m1.in, n, part[1]) ||
-        !ozaki_backward_takes(s, b.block_conv1_m2, b.block_conv1_m2.in, n, part[2]) ||
+        !so2_products_take(s, b.conv1_m0, b.block_conv1_m1, b.block_conv1_m2, 6 * C, n, part) ||
         !cu_gate_backward_sliced(n, H, F(t.gates), F(t.gated), dg, part, s->stream))
         return false;
     const float *d_conv1_m0 = F(s->d_conv1_m0);
@@ -988,14 +1012,12 @@ void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, i
  * conv2 adjoint products take the int8 kernel; false (nothing done) otherwise. */
 bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
                                  edge_tape &t, const float *d_out, const float *dz) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {3 * C, 4 * C, 2 * C};
     i8_sliced part[3];
     if (!fused_operands_sliced(s, n, K, part) ||
-        !ozaki_backward_takes(s, b.conv2_m0, 3 * H, n, part[0]) ||
-        !ozaki_backward_takes(s, b.block_conv2_m1, b.block_conv2_m1.in, n, part[1]) ||
-        !ozaki_backward_takes(s, b.block_conv2_m2, b.block_conv2_m2.in, n, part[2]))
+        !so2_products_take(s, b.conv2_m0, b.block_conv2_m1, b.block_conv2_m2, 3 * H, n, part))
         return false;
     cu_rotate_back_backward_sliced(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                                    F(t.messages), d_out, dW(s, first), F(s->d_envelope) + first,
@@ -1010,7 +1032,7 @@ bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H
  * that product takes the int8 kernel; false (nothing done) otherwise. */
 bool producer_backward_sliced(cuda_state *s, const dev_block &b, int C, int n, int first,
                               const float *x, edge_tape &t, const float *dy) {
-    if (!s->fused || s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm || n <= 0)
+    if (!producers_write_sliced(s, n))
         return false;
     const dev_linear &fc3 = b.radial.fc3;
     const int K[1] = {fc3.out}; /* 12C */
@@ -1203,13 +1225,13 @@ size_t tape_floats_per_edge(const cuda_state *s, const umas_weights *w, size_t l
  * the few per-edge geometry arrays are left out). */
 size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
     size_t C = w->C, H = w->H, Ce = w->Ce, wide = 4 * (C > H ? C : H);
-    const bool gate_sliced = s->fused && s->precision == UMAS_PRECISION_OZAKI;
+    const bool producers_slice = s->fused && s->precision == UMAS_PRECISION_OZAKI;
     return (size_t)w->F + Ce + 12 * C + (size_t)w->B + 2 * Ce /* radial MLP and its adjoints */
            + 18 * C                                           /* rotated */
            + (s->fast ? 0 : 2 * wide)                         /* product_r, product_i */
            + 9 * H + 5 * H                                    /* d_gated, d_conv1_m0 */
            + (s->fused ? 0 : 18 * C)                          /* unscaled */
-           + (gate_sliced ? (fused_operand_bytes(1024, (int)C, (int)H) / 1024 + 3) / 4 : 0);
+           + (producers_slice ? (fused_operand_bytes(1024, (int)C, (int)H) / 1024 + 3) / 4 : 0);
 }
 
 int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
@@ -1363,7 +1385,7 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 18);
         ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
                 3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
-        if (s->fused) /* also the gate's sliced outputs of a chunk (gate_sliced) */
+        if (s->fused) /* also the operands the producers write sliced (fused_operands_sliced) */
             ozaki = std::max(ozaki, fused_operand_bytes(n, (int)C, (int)H));
     }
     struct item {
