@@ -91,7 +91,8 @@ buffer *tape_buffer(edge_tape &t, int i) {
 /* One captured step (forward, backward, forces) and what it was captured for. */
 struct step_graph {
     int N = 0, E = 0, energy_nodes = 0;
-    bool node_virial = false, store = false, keep_radial = true;
+    bool node_virial = false, keep_radial = true;
+    int kept_blocks = 0, chunk = 0;
     unsigned long generation = 0;
     cudaGraphExec_t exec = nullptr;
 };
@@ -138,17 +139,28 @@ struct cuda_state {
     dev_linear unified_fc1; /* umas_fast: every block's first radial layer, [L Ce][F] */
     float *head_w3_dev = nullptr;
 
-    /* Edges per chunk of this call: all of them when `store`, else recompute_chunk. */
+    /* Edges per chunk of this call (choose_tape); recompute_chunk: about 1 GB of scratch. */
     int chunk = 0, recompute_chunk = 0;
-    /* umas_fast_gpu: keep each block's edge activations from the forward for the backward when
-     * they fit in device memory (`store`), instead of recomputing them chunk by chunk */
-    bool fused = false, store = false, force_recompute = false;
-    /* With `store`: whether the kept tapes hold each block's radial MLP output too. Without it
-     * (when the whole tape does not fit) the blocks share tapes[0]'s, and the backward runs the
-     * MLP's last layer again: +4 % of the GEMM work for 18 KB less per edge (UMA-S). */
-    bool keep_radial = true, force_no_radial = false;
-    size_t stored_edges = 0;        /* edges the kept activations have room for (0: none) */
-    bool stored_keep_radial = true; /* ... and whether they include the radial outputs */
+    /* umas_fast_gpu: the last kept_blocks blocks (L - kept_blocks .. L - 1) keep their edge
+     * activations over all edges from the forward for the backward, in tapes[l] (block 0's in
+     * tapes[0]: only when all blocks keep theirs); the others recompute them chunk by chunk in
+     * the backward, in tapes[0]. As many as fit in device memory (choose_tape). */
+    bool fused = false;
+    int kept_blocks = 0;
+    /* Whether the kept tapes hold each block's radial MLP output too. Without it the blocks
+     * share tapes[0]'s, and the backward runs the MLP's last layer again: +4 % of the GEMM work
+     * for 6 KB less per edge and block (UMA-S). */
+    bool keep_radial = true;
+    /* UMAS_CUDA_RECOMPUTE: "1" keeps no block's activations, "radial" none of the radial
+     * outputs, "partial" half the blocks' in three chunks (tests); UMAS_CUDA_VERBOSE=1 prints
+     * each choice to stderr. */
+    bool force_recompute = false, force_no_radial = false, force_partial = false, verbose = false;
+    /* reserve_all's choice, made for up to `edges` edges (0: none yet); one_chunk: chunk = E */
+    struct tape_decision {
+        size_t edges = 0;
+        int kept_blocks = 0, chunk = 0;
+        bool keep_radial = true, one_chunk = false;
+    } decision;
     /* per edge */
     buffer vec, src, tgt, distance, envelope, wigner, d_wigner, d_envelope, d_distance, gradient;
     /* per node */
@@ -161,8 +173,9 @@ struct cuda_state {
      * two are never needed at once) */
     buffer radial_input, hidden, d_radial, d_gauss, radial_work, rotated, product_r, product_i,
         d_gated, d_conv1_m0, unscaled;
-    /* The activations the backward of a chunk needs: one tape shared by all blocks (recompute),
-     * or one per block over all edges (store). tapes[0] also serves the edge-degree MLP. */
+    /* The activations the backward of a chunk needs: tapes[l] over all edges for the blocks
+     * that keep theirs (kept_blocks), tapes[0] one chunk's for those that recompute (over all
+     * edges when every block keeps). tapes[0] also serves the edge-degree MLP. */
     std::vector<edge_tape> tapes;
     /* 3xtf32: the TF32 parts of a product's activation operand */
     buffer split_hi, split_lo;
@@ -718,9 +731,35 @@ struct graph_view {
     int N, E, energy_nodes;
 };
 
-/* The tape of block l (l = -1: the edge-degree MLP), see cuda_state::tapes. */
-edge_tape &tape(cuda_state *s, int l) {
-    return s->tapes[s->store && l > 0 ? l : 0];
+int num_blocks(const cuda_state *s) {
+    return (int)s->blocks.size();
+}
+
+/* Whether block l keeps its edge activations over all edges (cuda_state::kept_blocks). */
+bool block_keeps(const cuda_state *s, int l) {
+    return l >= 0 && l >= num_blocks(s) - s->kept_blocks;
+}
+
+/* Whether tapes[i] holds all edges (a kept tape) rather than one chunk. */
+bool tape_holds_all_edges(const cuda_state *s, int i) {
+    return i > 0 || s->kept_blocks == num_blocks(s);
+}
+
+void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]);
+
+/* The tape of block l (l = -1: the edge-degree MLP) for the chunk from edge `first` on: its
+ * kept tape seen from that edge, or tapes[0] (see cuda_state::kept_blocks). */
+edge_tape tape(cuda_state *s, const umas_weights *w, int l, int first) {
+    int i = block_keeps(s, l) ? l : 0;
+    edge_tape t = s->tapes[i];
+    if (!tape_holds_all_edges(s, i) || first == 0)
+        return t;
+    size_t floats[tape_buffers];
+    tape_sizes(s, w, i, floats);
+    for (int k = 0; k < tape_buffers; k++)
+        if (tape_buffer(t, k)->ptr)
+            tape_buffer(t, k)->ptr = F(*tape_buffer(t, k)) + (size_t)first * floats[k];
+    return t;
 }
 
 /* Where tape t's radial MLP output [n][out] lives: in t, or in tapes[0]'s when the kept tapes
@@ -843,12 +882,11 @@ float *first_layer_slice(cuda_state *s, const umas_weights *w, int l, int first)
     return F(s->first) + (size_t)first * first_layer_ld(w) + (size_t)l * w->Ce;
 }
 
-/* Block l's radial MLP output for edges [first, first + n) into its tape; umas_fast from its
+/* Block l's radial MLP output for edges [first, first + n) into its tape t; umas_fast from its
  * slice of the unified first layer */
-int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g,
-                       int first) {
+int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g, int first,
+                       edge_tape &t) {
     const dev_radial &m = s->blocks[l].radial;
-    edge_tape &t = tape(s, l);
     if (!s->fast)
         return radial_chunk(s, w, m, g, first, t);
     int n = chunk_size(s, g, first);
@@ -857,14 +895,15 @@ int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_
 }
 
 /* umas_fast: dE/d(first layer output) of block l into its slice of s->first */
-void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, int first) {
+void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, int first,
+                           edge_tape &t) {
     const dev_radial &m = s->blocks[l].radial;
     if (!s->fast) {
-        radial_mlp_backward(s, m, n, first, w->B, tape(s, l));
+        radial_mlp_backward(s, m, n, first, w->B, t);
         return;
     }
     float *slice = first_layer_slice(s, w, l, first);
-    radial_mlp_rest_backward(s, m, n, slice, slice, first_layer_ld(w), tape(s, l));
+    radial_mlp_rest_backward(s, m, n, slice, slice, first_layer_ld(w), t);
 }
 
 /* umas_fast: every block's first radial layer for all edges, one GEMM per chunk */
@@ -1061,14 +1100,14 @@ void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &block, 
 }
 
 /* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. The chunk's tape is
- * recomputed from x first unless the forward kept it (s->store, umas_fast_gpu only).
+ * recomputed from x first unless the forward kept it (`kept`, umas_fast_gpu only).
  * umas_fast_gpu runs the producer's backward as one pass that re-gathers and rotates x itself
  * (cu_producer_backward); general and umas_fast keep the unscaled rotated features of the
  * recompute for it. */
 void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
-                       const float *x, const float *d_out, edge_tape &t) {
+                       const float *x, const float *d_out, edge_tape &t, bool kept) {
     cudaStream_t st = s->stream;
-    if (!s->store)
+    if (!kept)
         edgewise_messages(s, b, C, H, n, first, x, t, s->fused ? nullptr : F(s->unscaled), true);
     else if (!s->keep_radial)
         radial_mlp_last(s, b.radial, n, t); /* the tape kept its input, not its output */
@@ -1208,7 +1247,7 @@ void cuda_destroy(umas_context *ctx) {
  * without keep_radial the kept tapes of blocks 1.. have no radial output either. */
 void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
     size_t C = w->C, H = w->H, Ce = w->Ce;
-    const bool shared_radial = s->store && !s->keep_radial && l > 0; /* in tapes[0]'s */
+    const bool shared_radial = block_keeps(s, (int)l) && !s->keep_radial && l > 0; /* tapes[0] */
     const size_t sizes[tape_buffers] = {
         s->fast && l > 0 ? 0 : Ce, Ce, shared_radial ? 0 : 12 * C, 2 * H, 9 * H, 9 * C};
     for (int i = 0; i < tape_buffers; i++)
@@ -1252,6 +1291,9 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     const char *recompute = getenv("UMAS_CUDA_RECOMPUTE");
     s->force_recompute = recompute && strcmp(recompute, "1") == 0;
     s->force_no_radial = recompute && strcmp(recompute, "radial") == 0;
+    s->force_partial = recompute && strcmp(recompute, "partial") == 0;
+    const char *verbose = getenv("UMAS_CUDA_VERBOSE");
+    s->verbose = verbose && strcmp(verbose, "1") == 0;
     s->tapes.resize(fused ? w->num_layers : 1);
     s->precision = ctx->precision;
     cudaGetDevice(&s->device);
@@ -1439,11 +1481,14 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     for (const item &it : items)
         if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
             return -1;
-    for (size_t l = 0; l < (s->store ? L : 1); l++) {
+    for (size_t l = 0; l < L; l++) {
+        if (l > 0 && !block_keeps(s, (int)l))
+            continue; /* recomputes in tapes[0] */
         size_t floats[tape_buffers];
+        size_t rows = tape_holds_all_edges(s, (int)l) ? std::max<size_t>(E, 1) : n;
         tape_sizes(s, w, l, floats);
         for (int i = 0; i < tape_buffers; i++)
-            if (reserve(s, *tape_buffer(s->tapes[l], i), n * floats[i] * f,
+            if (reserve(s, *tape_buffer(s->tapes[l], i), rows * floats[i] * f,
                         "saved edge activations", a, e, err))
                 return -1;
     }
@@ -1459,73 +1504,106 @@ void release(cuda_state *s, buffer &b) {
     b = buffer();
 }
 
-/* Bytes per edge of the kept activations of every block with the scratch for one chunk of all
- * edges (the keep-or-recompute estimate; s->store and s->keep_radial as they would be). */
-size_t kept_bytes_per_edge(const cuda_state *s, const umas_weights *w) {
-    size_t L = w->num_layers, floats = scratch_floats_per_edge(s, w) + (s->fast ? L * w->Ce : 0);
+/* Bytes of the kept tapes and of one chunk's scratch for E edges in chunks of `chunk`, with
+ * s->kept_blocks and s->keep_radial as they would be (the keep-or-recompute estimate; the
+ * per-edge geometry and the node arrays are left out). */
+double tape_bytes(const cuda_state *s, const umas_weights *w, size_t E, size_t chunk) {
+    size_t L = w->num_layers;
+    double floats = (double)chunk * scratch_floats_per_edge(s, w) +
+                    (s->fast ? (double)E * L * w->Ce : 0.0); /* s->first */
     for (size_t l = 0; l < L; l++)
-        floats += tape_floats_per_edge(s, w, l);
+        if (l == 0 || block_keeps(s, (int)l))
+            floats += (double)(tape_holds_all_edges(s, (int)l) ? E : chunk) *
+                      (double)tape_floats_per_edge(s, w, l);
     return floats * sizeof(float);
 }
 
-/* Gives back the kept activations of blocks 1.. (their radial outputs alone, or all). */
-void release_kept_tapes(cuda_state *s, bool radial_only) {
+/* Gives back the tapes the choice in s does not use: those of blocks 1.. that recompute, and
+ * the radial outputs of the kept ones without keep_radial. */
+void release_unused_tapes(cuda_state *s) {
     for (size_t l = 1; l < s->tapes.size(); l++)
-        for (int i = 0; i < tape_buffers; i++)
-            if (!radial_only || tape_buffer(s->tapes[l], i) == &s->tapes[l].radial)
-                release(s, *tape_buffer(s->tapes[l], i));
+        for (int i = 0; i < tape_buffers; i++) {
+            buffer *b = tape_buffer(s->tapes[l], i);
+            if (!block_keeps(s, (int)l) || (b == &s->tapes[l].radial && !s->keep_radial))
+                release(s, *b);
+        }
 }
 
-/* umas_fast_gpu keeps every block's edge activations (s->store, one chunk of all edges) when
- * they take at most 80 % of the device memory that is free or already ours; if the whole tape
- * does not fit, the tape without the blocks' radial MLP outputs (keep_radial false); otherwise,
- * or when allocating fails, it recomputes them in the backward chunk by chunk, like umas_fast.
- * UMAS_CUDA_RECOMPUTE=1 forces recomputing, =radial the tape without radial outputs. */
+void print_tape_choice(const cuda_state *s, const umas_weights *w, size_t E) {
+    int L = num_blocks(s), k = s->kept_blocks;
+    fprintf(stderr,
+            "umas cuda: %zu edges: %d of %d blocks keep their edge activations%s, chunks of %d "
+            "edges; %.1f GB of tapes and scratch\n",
+            E, k, L, k > 0 && !s->keep_radial ? " (without the radial outputs)" : "", s->chunk,
+            tape_bytes(s, w, E, (size_t)s->chunk) / 1e9);
+}
+
+/* umas_fast_gpu keeps the edge activations of as many blocks (the last ones) as fit in 80 % of
+ * the device memory that is free or already ours, each over all edges: every block's with its
+ * radial MLP outputs, then without them, then fewer blocks'. The rest recompute theirs in the
+ * backward, chunk by chunk, like umas_fast. Among equal tapes, fewer and larger chunks first
+ * (all edges at once, about 4 GB, then about 1 GB of scratch). The choice holds for every later
+ * call with as many edges or fewer (the steps of one neighbour list: no buffer moves). */
 int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
     size_t E = g.E > 0 ? g.E : 1;
-    s->store = false;
-    s->keep_radial = true;
-    s->chunk = s->recompute_chunk;
-    if (s->fused && !s->force_recompute) {
-        for (bool keep_radial : {true, false}) {
-            if (keep_radial && s->force_no_radial)
-                continue;
-            bool fits, decided = E <= s->stored_edges; /* the steps of one list: decided already */
-            if (decided) {
-                fits = keep_radial == s->stored_keep_radial;
-            } else {
-                size_t free_bytes = 0, total = 0;
-                cudaMemGetInfo(&free_bytes, &total);
-                s->store = true;
-                s->keep_radial = keep_radial;
-                fits = (double)E * kept_bytes_per_edge(s, w) <=
-                       0.8 * (double)(free_bytes + s->buffer_bytes);
-            }
-            if (!fits)
-                continue;
-            s->store = true;
-            s->keep_radial = keep_radial;
-            s->chunk = (int)E;
-            if (!keep_radial && !decided) /* once: releasing changes the buffers (graphs) */
-                release_kept_tapes(s, true);
-            if (reserve_buffers(ctx, g, err) == 0) {
-                s->stored_edges = std::max(s->stored_edges, E);
-                s->stored_keep_radial = keep_radial;
-                return 0;
-            }
-            s->stored_edges = 0;
-            cudaGetLastError();
-            release_kept_tapes(s, false);
-        }
-        s->store = false; /* recompute: the kept tapes of blocks 1.. are not needed */
+    int L = w->num_layers;
+    cuda_state::tape_decision &made = s->decision;
+    if (!s->fused) {
+        s->kept_blocks = 0;
         s->keep_radial = true;
         s->chunk = s->recompute_chunk;
-        s->stored_edges = 0;
-        release_kept_tapes(s, false);
+        return reserve_buffers(ctx, g, err);
     }
-    return reserve_buffers(ctx, g, err);
+    if (E <= made.edges) {
+        s->kept_blocks = made.kept_blocks;
+        s->keep_radial = made.keep_radial;
+        s->chunk = made.one_chunk ? (int)E : made.chunk;
+        if (reserve_buffers(ctx, g, err) == 0)
+            return 0;
+        cudaGetLastError();
+    }
+    made.edges = 0;
+    size_t free_bytes = 0, total = 0;
+    cudaMemGetInfo(&free_bytes, &total);
+    const double budget = 0.8 * (double)(free_bytes + s->buffer_bytes);
+    const size_t rc = (size_t)s->recompute_chunk;
+    /* forced recomputing keeps the ~1 GB chunks (tests: several chunks on the larger cases) */
+    const size_t chunks[3] = {s->force_recompute ? std::min(E, rc) : E, std::min(E, 4 * rc),
+                              std::min(E, rc)};
+    const int partial = std::max(1, L / 2);
+    for (int k = L; k >= 0; k--) {
+        if ((s->force_recompute && k > 0) || (s->force_partial && k != partial))
+            continue;
+        for (bool keep_radial : {true, false}) {
+            if ((keep_radial && (s->force_no_radial || s->force_partial)) ||
+                (!keep_radial && k == 0))
+                continue;
+            for (int c = 0; c < 3; c++) {
+                if (c > 0 && chunks[c] == chunks[c - 1])
+                    continue;
+                s->kept_blocks = k;
+                s->keep_radial = keep_radial;
+                size_t chunk = s->force_partial ? (E + 2) / 3 : chunks[c];
+                s->chunk = (int)chunk;
+                bool last_resort = k == 0 && chunk == std::min(E, rc);
+                bool forced = s->force_partial || s->force_recompute;
+                if (!last_resort && !forced && tape_bytes(s, w, E, chunk) > budget)
+                    continue;
+                release_unused_tapes(s);
+                if (reserve_buffers(ctx, g, err) != 0) {
+                    cudaGetLastError();
+                    continue;
+                }
+                made = {E, k, (int)chunk, keep_radial, chunk == E};
+                if (s->verbose)
+                    print_tape_choice(s, w, E);
+                return 0;
+            }
+        }
+    }
+    return -1; /* recomputing everything did not fit either: err says what */
 }
 
 void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g, float *save) {
@@ -1536,10 +1614,10 @@ void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
     if (save)
         cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
     message_input(s, b, N, C, F(s->h), F(s->u));
-    edge_tape &t = tape(s, l);
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = block_radial_chunk(s, w, l, g, first);
-        edgewise_messages(s, b, C, H, n, first, F(s->u), t, nullptr, s->store);
+        edge_tape t = tape(s, w, l, first);
+        int n = block_radial_chunk(s, w, l, g, first, t);
+        edgewise_messages(s, b, C, H, n, first, F(s->u), t, nullptr, block_keeps(s, l));
         cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                                F(t.messages), U(s->node_sums), s->stream);
     }
@@ -1566,9 +1644,11 @@ void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g
     message_input(s, b, N, C, h_in, F(s->u));
     cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = s->store ? chunk_size(s, g, first) : block_radial_chunk(s, w, l, g, first);
-        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), tape(s, l));
-        block_radial_backward(s, w, l, n, first);
+        edge_tape t = tape(s, w, l, first);
+        bool kept = block_keeps(s, l);
+        int n = kept ? chunk_size(s, g, first) : block_radial_chunk(s, w, l, g, first, t);
+        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), t, kept);
+        block_radial_backward(s, w, l, n, first, t);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->du), s->stream);
     cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
@@ -1614,9 +1694,10 @@ void enqueue_forward(umas_context *ctx, cuda_state *s, const graph_view &g, int 
     cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
     record_trace(ctx, s, 0, F(s->h), N);
     for (int first = 0; first < E; first += s->chunk) {
-        int n = radial_chunk(s, w, s->degree, g, first, tape(s, -1));
+        edge_tape t = tape(s, w, -1, first);
+        int n = radial_chunk(s, w, s->degree, g, first, t);
         cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(tape(s, -1).radial), U(s->node_sums), st);
+                               F(t.radial), U(s->node_sums), st);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->h), st);
     record_trace(ctx, s, 1, F(s->h), N);
@@ -1652,7 +1733,7 @@ void enqueue_backward(umas_context *ctx, cuda_state *s, const graph_view &g) {
     if (s->fast)
         unified_radial_backward(s, w, g);
     for (int first = 0; first < E; first += s->chunk) {
-        edge_tape &t = tape(s, -1);
+        edge_tape t = tape(s, w, -1, first);
         int n = radial_chunk(s, w, s->degree, g, first, t);
         cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
                                 F(t.radial), F(s->dh), F(s->d_radial), dW(s, first),
@@ -1824,15 +1905,17 @@ int launch_step_graph(umas_context *ctx, cuda_state *s, const graph_view &g, dou
     cudaStream_t st = s->stream;
     for (const step_graph &sg : s->graphs)
         if (sg.N == g.N && sg.E == g.E && sg.energy_nodes == g.energy_nodes &&
-            sg.node_virial == (node_virial != nullptr) && sg.store == s->store &&
-            sg.keep_radial == s->keep_radial && sg.generation == s->generation)
+            sg.node_virial == (node_virial != nullptr) && sg.kept_blocks == s->kept_blocks &&
+            sg.chunk == s->chunk && sg.keep_radial == s->keep_radial &&
+            sg.generation == s->generation)
             return check(cudaGraphLaunch(sg.exec, st), "launching the step graph", err);
     step_graph sg;
     sg.N = g.N;
     sg.E = g.E;
     sg.energy_nodes = g.energy_nodes;
     sg.node_virial = node_virial != nullptr;
-    sg.store = s->store;
+    sg.kept_blocks = s->kept_blocks;
+    sg.chunk = s->chunk;
     sg.keep_radial = s->keep_radial;
     sg.generation = s->generation;
     cudaGraph_t graph = nullptr;

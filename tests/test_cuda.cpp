@@ -39,7 +39,8 @@ bool have_gpu() {
 // umas_fast_gpu's choice for its edge activations (UMAS_CUDA_RECOMPUTE): "" keeps them all (as
 // when they fit in GPU memory), "recompute" recomputes them in the backward (=1: when keeping
 // them does not fit), "radial" keeps them without the radial MLP outputs (=radial: when only
-// that fits).
+// that fits), "partial" keeps those of the last half of the blocks over all edges and recomputes
+// the others, in three chunks (=partial: when only some blocks' fit, as at 100,000 atoms).
 struct CudaCase {
     CaseId id;
     std::string backend, precision, keep;
@@ -56,6 +57,7 @@ std::vector<CudaCase> cuda_cases() {
                  {"umas_fast_gpu", "", ""},
                  {"umas_fast_gpu", "", "recompute"},
                  {"umas_fast_gpu", "", "radial"},
+                 {"umas_fast_gpu", "", "partial"},
                  {"umas_fast_gpu", "3xtf32", ""},
                  {"umas_fast_gpu", "3xtf32", "recompute"},
                  {"umas_fast_gpu", "3xtf32", "radial"},
@@ -63,6 +65,7 @@ std::vector<CudaCase> cuda_cases() {
                  {"umas_fast_gpu", "ozaki", ""},
                  {"umas_fast_gpu", "ozaki", "recompute"},
                  {"umas_fast_gpu", "ozaki", "radial"},
+                 {"umas_fast_gpu", "ozaki", "partial"},
                  {"umas_fast_gpu", "tf32", ""}};
     for (const mode &m : modes)
         for (const CaseId &id : all_cases())
@@ -122,8 +125,8 @@ TEST_P(CudaReference, MatchesFairchemFloat64WithinFloat32Bounds) {
     ReferenceCase c = load_case(id.model, id.name);
     const std::string &keep = GetParam().keep;
     ScopedEnv recompute("UMAS_CUDA_RECOMPUTE", keep == "recompute" ? "1"
-                                               : keep == "radial"  ? "radial"
-                                                                   : "0");
+                                               : keep.empty()      ? "0"
+                                                                   : keep.c_str());
     Evaluation ev;
     ev.setup(model_path(id.model), c, backend, "cuda",
              precision.empty() ? nullptr : precision.c_str());

@@ -5,7 +5,8 @@
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
 # part out; UMAS_CUDA_FILTER is a GoogleTest filter for test_cuda; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
 # optionally with :VARIABLE=value for that run's environment (e.g. umas_fast_gpu:3xtf32:
-# UMAS_CUDA_RECOMPUTE=radial). UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
+# UMAS_CUDA_RECOMPUTE=radial). UMAS_LAMMPS_TESTS: test names for tests/test_lammps_gpu.py (e.g.
+# "ReferenceParity GpuVersusCpu"); UMAS_LAMMPS_BENCH: precisions for a LAMMPS in.bench run each. UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
 # holds (wgmma instructions, local-memory spills).
 set -uo pipefail
 source tools/device-env.sh
@@ -34,7 +35,7 @@ if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
         if [ "$test" = test_cuda ] && [ -n "${UMAS_CUDA_FILTER:-}" ]; then
             filter=("--gtest_filter=$UMAS_CUDA_FILTER")
         fi
-        timeout "${UMAS_TEST_TIMEOUT:-420}" stdbuf -oL /tmp/umas/bin/$test "${filter[@]}" \
+        timeout "${UMAS_TEST_TIMEOUT:-540}" stdbuf -oL /tmp/umas/bin/$test "${filter[@]}" \
             > "$OUT/$test.log" 2>&1
         echo "$test exit $?" >> "$OUT/$test.log"
         grep -E "measured|FAIL|SKIPPED|Failure|error|exit" "$OUT/$test.log" | grep -v "no CUDA device"
@@ -52,13 +53,25 @@ if [ "${UMAS_LAMMPS_GPU:-1}" = 1 ] && [ -x /tmp/umas/bin/lmp_umas ]; then
     echo "== LAMMPS, pair_style umas device cuda (tests/test_lammps_gpu.py)"
     UMAS_LMP=/tmp/umas/bin/lmp_umas UMAS_TEST_MODELS=/tmp/umas/models \
     UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_DEVICE=cuda \
-        timeout "${UMAS_LAMMPS_TIMEOUT:-900}" python3 tests/test_lammps_gpu.py -v > "$OUT/test_lammps_gpu.log" 2>&1
+        timeout "${UMAS_LAMMPS_TIMEOUT:-900}" python3 tests/test_lammps_gpu.py -v ${UMAS_LAMMPS_TESTS:-} \
+        > "$OUT/test_lammps_gpu.log" 2>&1
     status=$?
     grep -E "measured|skipp|^(FAIL|ERROR)|Error" "$OUT/test_lammps_gpu.log"
     if [ "$status" != 0 ]; then tail -n 60 "$OUT/test_lammps_gpu.log"; fi
     echo "== lammps gpu summary: exit $status;" \
          "$(grep -E '^Ran [0-9]+ tests' "$OUT/test_lammps_gpu.log" | tail -n 1);" \
          "$(grep -E '^(OK|FAILED)' "$OUT/test_lammps_gpu.log" | tail -n 1)"
+fi
+if [ -n "${UMAS_LAMMPS_BENCH:-}" ] && [ -x /tmp/umas/bin/lmp_umas ]; then
+    # LAMMPS speed and its host share: examples/bench/in.bench, 2,048 atoms, umas_fast_gpu
+    for precision in $UMAS_LAMMPS_BENCH; do
+        echo "== LAMMPS in.bench, 2048 atoms, umas_fast_gpu, precision $precision"
+        (cd examples/bench && /tmp/umas/bin/lmp_umas -in in.bench -var n 8 \
+            -var steps "${UMAS_LAMMPS_BENCH_STEPS:-150}" -var device cuda \
+            -var backend umas_fast_gpu -var precision "$precision" \
+            -var model /tmp/umas/models/umas.safetensors -log none) > "$OUT/lammps-$precision.log" 2>&1
+        grep -E "Loop time|Performance|umas timing|Pair  |Neigh |Comm |Other|ERROR" "$OUT/lammps-$precision.log"
+    done
 fi
 if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
