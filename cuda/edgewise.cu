@@ -460,38 +460,30 @@ __device__ void store_channel_sliced(bool active, size_t e, const float (&v)[V],
         }
 #pragma unroll
     for (int p = 0; p < P; p++) {
-        for (int offset = 16; offset > 0; offset >>= 1)
-            top[p] = fmaxf(top[p], __shfl_xor_sync(0xffffffffu, top[p], offset));
+        top[p] = warp_max(top[p]);
         if (lane == 0)
             largest[j][threadIdx.x / 32][p] = top[p];
     }
     __syncthreads();
     if (!active)
         return;
-    RowScale scale[P];
-    int exponent[P];
+    RowSlicing slicing[P];
 #pragma unroll
     for (int p = 0; p < P; p++) {
         float t = 0.0f;
         for (int w = 0; w < (int)blockDim.x / 32; w++)
             t = fmaxf(t, largest[j][w][p]);
-        exponent[p] = part_exponent(t);
-        scale[p] = row_scale_of(exponent[p], t <= FLT_MAX);
+        slicing[p] = row_slicing(t);
     }
 #pragma unroll
     for (int i = 0; i < V; i++) {
         const i8_sliced &o = out.part[part[i]];
-        int digit[3];
-        balanced_digits(scaled_integer(v[i], scale[part[i]]), digit);
-        int8_t *at = o.slices + e * o.ld + col[i];
-#pragma unroll
-        for (int plane = 0; plane < 3; plane++)
-            at[plane * o.plane] = (int8_t)digit[plane];
+        store_digits(o.slices + e * o.ld + col[i], o.plane, v[i], slicing[part[i]].scale);
     }
     if (threadIdx.x == 0)
 #pragma unroll
         for (int p = 0; p < P; p++)
-            out.part[p].exponents[e] = exponent[p];
+            out.part[p].exponents[e] = slicing[p].exponent;
 }
 
 /* The launch of such a kernel for n edges of `channels` (<= FLAT_THREADS) channels. */
@@ -645,22 +637,16 @@ __device__ void store_radial_adjoint_sliced(int e, int C, const float (&dr)[12],
     float t = 0.0f;
     for (int w = 0; w < (int)blockDim.x / 32; w++)
         t = fmaxf(t, warp_top[w]);
-    const int exponent = part_exponent(t);
-    const RowScale scale = row_scale_of(exponent, t <= FLT_MAX);
+    const RowSlicing slicing = row_slicing(t);
     const int c = threadIdx.x;
     if (c == 0)
-        o.exponents[e] = exponent;
+        o.exponents[e] = slicing.exponent;
     if (c >= C)
         return;
     int8_t *row = o.slices + (size_t)e * o.ld + c;
 #pragma unroll
-    for (int j = 0; j < 12; j++) {
-        int digit[3];
-        balanced_digits(scaled_integer(dr[j], scale), digit);
-#pragma unroll
-        for (int plane = 0; plane < 3; plane++)
-            row[plane * o.plane + (size_t)j * C] = (int8_t)digit[plane];
-    }
+    for (int j = 0; j < 12; j++)
+        store_digits(row + (size_t)j * C, o.plane, dr[j], slicing.scale);
 }
 
 /* radial null: gather_rotate_backward; else the producer backward (d_radial written, or with
@@ -710,8 +696,7 @@ gather_backward_kernel(int n, const int *source, const int *target, const cu_wig
 #pragma unroll
                 for (int j = 0; j < 12; j++)
                     top = fmaxf(top, finite_magnitude(dr[j]));
-                for (int offset = 16; offset > 0; offset >>= 1)
-                    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
+                top = warp_max(top);
                 if (threadIdx.x % 32 == 0)
                     warp_top[e & 1][threadIdx.x / 32] = top;
             }
@@ -1215,16 +1200,12 @@ __global__ void rotate_back_backward_sliced_kernel(int n, const int *target,
         if (lane < 3)
             rotate_back_backward_finish((int)e, 32 + lane, envelope, tail_sum(acc, lane), d_wigner,
                                         d_envelope);
-        int exponent[3];
-        RowScale scale[3];
+        RowSlicing slicing[3];
 #pragma unroll
         for (int part = 0; part < 3; part++) {
-            for (int offset = 16; offset > 0; offset >>= 1)
-                top[part] = fmaxf(top[part], __shfl_xor_sync(0xffffffffu, top[part], offset));
-            exponent[part] = part_exponent(top[part]);
-            scale[part] = row_scale_of(exponent[part], top[part] <= FLT_MAX);
+            slicing[part] = row_slicing(warp_max(top[part]));
             if (lane == 0)
-                out.part[part].exponents[e] = exponent[part];
+                out.part[part].exponents[e] = slicing[part].exponent;
         }
         float W[34];
         load_wigner(&wigner[e], W);
@@ -1235,13 +1216,9 @@ __global__ void rotate_back_backward_sliced_kernel(int n, const int *target,
             for (int p = 0; p < 9; p++) {
                 const int part = gate_part(p);
                 const i8_sliced &o = out.part[part];
-                int digit[3];
-                balanced_digits(scaled_integer(v[p], scale[part]), digit);
-                int8_t *at =
-                    o.slices + (size_t)e * o.ld + (size_t)(p - gate_part_start(part)) * C + c;
-#pragma unroll
-                for (int plane = 0; plane < 3; plane++)
-                    at[plane * o.plane] = (int8_t)digit[plane];
+                store_digits(o.slices + (size_t)e * o.ld + (size_t)(p - gate_part_start(part)) * C +
+                                 c,
+                             o.plane, v[p], slicing[part].scale);
             }
         }
     }

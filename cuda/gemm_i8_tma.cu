@@ -132,8 +132,7 @@ __global__ void slice_kernel(int rows, int K, const float *__restrict__ a, size_
                 m = fmaxf(m, x);
             }
         }
-        for (int offset = 16; offset > 0; offset >>= 1)
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+        m = warp_max(m);
         finite = __all_sync(0xffffffffu, finite);
         const int e = row_exponent(m);
         const RowScale scale = row_scale_of(e, finite);

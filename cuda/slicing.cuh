@@ -69,6 +69,33 @@ __device__ __forceinline__ int part_exponent(float t) {
     return t <= FLT_MAX ? row_exponent(t) : I8_NOT_FINITE;
 }
 
+/* What a row whose largest finite_magnitude is t is written with: its exponent (as stored) and
+ * its scaling to integers. */
+struct RowSlicing {
+    int exponent;
+    RowScale scale;
+};
+__device__ __forceinline__ RowSlicing row_slicing(float t) {
+    const int exponent = part_exponent(t);
+    return {exponent, row_scale_of(exponent, t <= FLT_MAX)};
+}
+
+/* The largest of the 32 lanes' t (every lane gets it). */
+__device__ __forceinline__ float warp_max(float t) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        t = fmaxf(t, __shfl_xor_sync(0xffffffffu, t, offset));
+    return t;
+}
+
+/* Entry v of a row scaled by s, as its three digits at at[0], at[plane], at[2 plane]. */
+__device__ __forceinline__ void store_digits(int8_t *at, size_t plane, float v, const RowScale &s) {
+    int digit[3];
+    balanced_digits(scaled_integer(v, s), digit);
+#pragma unroll
+    for (int p = 0; p < 3; p++)
+        at[p * plane] = (int8_t)digit[p];
+}
+
 /* Row r of `out` from one warp: lane l holds the row's entries v[k] = entry l + 32 k (k <
  * VALUES; 0 past the row's n <= 32 VALUES entries). The warp's largest magnitude gives the
  * exponent (written by lane 0), then each lane writes its entries' digits (consecutive lanes,
@@ -81,23 +108,16 @@ __device__ void store_warp_row_sliced(const float (&v)[VALUES], int n, size_t r,
 #pragma unroll
     for (int k = 0; k < VALUES; k++)
         top = fmaxf(top, finite_magnitude(v[k]));
-    for (int offset = 16; offset > 0; offset >>= 1)
-        top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, offset));
-    const int exponent = part_exponent(top);
-    const RowScale scale = row_scale_of(exponent, top <= FLT_MAX);
+    const RowSlicing slicing = row_slicing(warp_max(top));
     if (lane == 0)
-        out.exponents[r] = exponent;
+        out.exponents[r] = slicing.exponent;
     int8_t *row = out.slices + r * out.ld;
 #pragma unroll
     for (int k = 0; k < VALUES; k++) {
         const int i = lane + 32 * k;
         if (i >= n)
             break;
-        int digit[3];
-        balanced_digits(scaled_integer(v[k], scale), digit);
-#pragma unroll
-        for (int plane = 0; plane < 3; plane++)
-            row[plane * out.plane + i] = (int8_t)digit[plane];
+        store_digits(row + i, out.plane, v[k], slicing.scale);
     }
 }
 
