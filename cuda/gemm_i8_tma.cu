@@ -281,24 +281,16 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int consumer = warpgroup - 1;
     int it = 0;       /* k-tiles consumed, over all of this block's tiles */
     int checksum = 0; /* NO_EPILOGUE: keeps the products alive */
-    /* consumer 0, thread c: column c's exponent and bias of the tile to come (their load
-     * latency passes during the tile before) */
-    int column_exponent = 0;
-    float column_bias = 0.0f;
-    if (consumer == 0 && (int)blockIdx.x < tiles)
-        load_column_terms(blockIdx.x, tiles_n, tid - 128, N, exp_w, bias, column_exponent,
-                          column_bias);
 
 #pragma unroll 1
     for (int tile = blockIdx.x, round = 0; tile < tiles; tile += gridDim.x, round++) {
         const int m0 = tile / tiles_n * BM, n0 = tile % tiles_n * BN;
         ColumnTerms &columns = terms[round & 1];
         if (consumer == 0) { /* thread c of the first consumer: column n0 + c's scale and bias */
-            const int c = tid - 128, ew = column_exponent;
-            const float b = column_bias;
-            if (tile + (int)gridDim.x < tiles) /* the next tile's, loaded a tile ahead */
-                load_column_terms(tile + gridDim.x, tiles_n, c, N, exp_w, bias, column_exponent,
-                                  column_bias);
+            const int c = tid - 128;
+            int ew;
+            float b;
+            load_column_terms(tile, tiles_n, c, N, exp_w, bias, ew, b);
             if (c == 0)
                 columns.all_in_range = 1;
             asm volatile("bar.sync 2, 128;\n" ::: "memory");
