@@ -151,9 +151,9 @@ struct cuda_state {
      * share tapes[0]'s, and the backward runs the MLP's last layer again: +4 % of the GEMM work
      * for 6 KB less per edge and block (UMA-S). */
     bool keep_radial = true;
-    /* UMAS_CUDA_RECOMPUTE: "1" keeps no block's activations, "radial" none of the radial
-     * outputs, "partial" half the blocks' in three chunks (tests); UMAS_CUDA_VERBOSE=1 prints
-     * each choice to stderr. */
+    /* UMAS_CUDA_RECOMPUTE (tests): "1" keeps no block's activations, "radial" every block's
+     * without the radial outputs, "partial" half the blocks' without them; the last two in three
+     * chunks. UMAS_CUDA_VERBOSE=1 prints each choice to stderr. */
     bool force_recompute = false, force_no_radial = false, force_partial = false, verbose = false;
     /* reserve_all's choice, made for up to `edges` edges (0: none yet); one_chunk: chunk = E */
     struct tape_decision {
@@ -861,7 +861,7 @@ int chunk_size(const cuda_state *s, const graph_view &g, int first) {
     return g.E - first < s->chunk ? g.E - first : s->chunk;
 }
 
-/* edges [first, first + n) and their radial MLP output in t.radial */
+/* edges [first, first + n) and their radial MLP output in radial_of(t) */
 int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m, const graph_view &g,
                  int first, edge_tape &t) {
     int n = chunk_size(s, g, first);
@@ -1016,7 +1016,7 @@ bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n
 }
 
 /* The chunk's messages into t.messages (core/edgewise.c edgewise_messages), from the radial
- * weights in t.radial. With `keep_gate_input` (the backward will read this chunk's tape) the
+ * weights in radial_of(t). With `keep_gate_input` (the backward will read this chunk's tape) the
  * conv1 output stays in t.gated and the gate writes to scratch; else it gates in place. The
  * unscaled rotated features go to `unscaled` unless it is null. */
 void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
@@ -1585,10 +1585,10 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
                     continue;
                 s->kept_blocks = k;
                 s->keep_radial = keep_radial;
-                size_t chunk = s->force_partial ? (E + 2) / 3 : chunks[c];
+                size_t chunk = s->force_partial || s->force_no_radial ? (E + 2) / 3 : chunks[c];
                 s->chunk = (int)chunk;
                 bool last_resort = k == 0 && chunk == std::min(E, rc);
-                bool forced = s->force_partial || s->force_recompute;
+                bool forced = s->force_partial || s->force_recompute || s->force_no_radial;
                 if (!last_resort && !forced && tape_bytes(s, w, E, chunk) > budget)
                     continue;
                 release_unused_tapes(s);
@@ -1697,7 +1697,7 @@ void enqueue_forward(umas_context *ctx, cuda_state *s, const graph_view &g, int 
         edge_tape t = tape(s, w, -1, first);
         int n = radial_chunk(s, w, s->degree, g, first, t);
         cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(t.radial), U(s->node_sums), st);
+                               radial_of(s, t), U(s->node_sums), st);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->h), st);
     record_trace(ctx, s, 1, F(s->h), N);
@@ -1736,7 +1736,7 @@ void enqueue_backward(umas_context *ctx, cuda_state *s, const graph_view &g) {
         edge_tape t = tape(s, w, -1, first);
         int n = radial_chunk(s, w, s->degree, g, first, t);
         cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                                F(t.radial), F(s->dh), F(s->d_radial), dW(s, first),
+                                radial_of(s, t), F(s->dh), F(s->d_radial), dW(s, first),
                                 F(s->d_envelope) + first, st);
         radial_mlp_backward(s, s->degree, n, first, w->B, t);
     }

@@ -40,7 +40,8 @@ bool have_gpu() {
 // when they fit in GPU memory), "recompute" recomputes them in the backward (=1: when keeping
 // them does not fit), "radial" keeps them without the radial MLP outputs (=radial: when only
 // that fits), "partial" keeps those of the last half of the blocks over all edges and recomputes
-// the others, in three chunks (=partial: when only some blocks' fit, as at 100,000 atoms).
+// the others (=partial: when only some blocks' fit, as at 100,000 atoms); the last two in three
+// chunks of edges.
 struct CudaCase {
     CaseId id;
     std::string backend, precision, keep;
