@@ -1518,13 +1518,20 @@ double tape_bytes(const cuda_state *s, const umas_weights *w, size_t E, size_t c
     return floats * sizeof(float);
 }
 
-/* Gives back the tapes the choice in s does not use: those of blocks 1.. that recompute, and
- * the radial outputs of the kept ones without keep_radial. */
-void release_unused_tapes(cuda_state *s) {
-    for (size_t l = 1; l < s->tapes.size(); l++)
+/* Gives back the tapes the choice in s does not use: those of blocks 1.. that recompute, the
+ * radial outputs of the kept ones without keep_radial, and tapes[0]'s room beyond one chunk
+ * when it holds one chunk (it held all edges for an earlier choice). */
+void release_unused_tapes(cuda_state *s, const umas_weights *w) {
+    size_t chunk_floats[tape_buffers];
+    tape_sizes(s, w, 0, chunk_floats);
+    for (size_t l = 0; l < s->tapes.size(); l++)
         for (int i = 0; i < tape_buffers; i++) {
             buffer *b = tape_buffer(s->tapes[l], i);
-            if (!block_keeps(s, (int)l) || (b == &s->tapes[l].radial && !s->keep_radial))
+            bool unused =
+                l > 0 && (!block_keeps(s, (int)l) || (b == &s->tapes[l].radial && !s->keep_radial));
+            bool oversized = l == 0 && !tape_holds_all_edges(s, 0) &&
+                             b->bytes > (size_t)s->chunk * chunk_floats[i] * sizeof(float) + 16;
+            if (unused || oversized)
                 release(s, *b);
         }
 }
@@ -1591,7 +1598,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
                 bool forced = s->force_partial || s->force_recompute || s->force_no_radial;
                 if (!last_resort && !forced && tape_bytes(s, w, E, chunk) > budget)
                     continue;
-                release_unused_tapes(s);
+                release_unused_tapes(s, w);
                 if (reserve_buffers(ctx, g, err) != 0) {
                     cudaGetLastError();
                     continue;
