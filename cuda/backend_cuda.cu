@@ -151,10 +151,11 @@ struct cuda_state {
      * share tapes[0]'s, and the backward runs the MLP's last layer again: +4 % of the GEMM work
      * for 6 KB less per edge and block (UMA-S). */
     bool keep_radial = true;
-    /* UMAS_CUDA_RECOMPUTE (tests): "1" keeps no block's activations, "radial" every block's
-     * without the radial outputs, "partial" half the blocks' without them; the last two in three
-     * chunks. UMAS_CUDA_VERBOSE=1 prints each choice to stderr. */
-    bool force_recompute = false, force_no_radial = false, force_partial = false, verbose = false;
+    /* UMAS_CUDA_RECOMPUTE (tests): "1" keeps no block's activations, "chunks" every block's,
+     * "radial" every block's without the radial outputs, "partial" half the blocks' without
+     * them; the last three in three chunks. UMAS_CUDA_VERBOSE=1 prints each choice to stderr. */
+    bool force_recompute = false, force_chunks = false, force_no_radial = false,
+         force_partial = false, verbose = false;
     /* reserve_all's choice, made for up to `edges` edges (0: none yet); one_chunk: chunk = E */
     struct tape_decision {
         size_t edges = 0;
@@ -1292,6 +1293,7 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     s->force_recompute = recompute && strcmp(recompute, "1") == 0;
     s->force_no_radial = recompute && strcmp(recompute, "radial") == 0;
     s->force_partial = recompute && strcmp(recompute, "partial") == 0;
+    s->force_chunks = recompute && strcmp(recompute, "chunks") == 0;
     const char *verbose = getenv("UMAS_CUDA_VERBOSE");
     s->verbose = verbose && strcmp(verbose, "1") == 0;
     s->tapes.resize(fused ? w->num_layers : 1);
@@ -1581,21 +1583,23 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
                               std::min(E, rc)};
     const int partial = std::max(1, L / 2);
     for (int k = L; k >= 0; k--) {
-        if ((s->force_recompute && k > 0) || (s->force_partial && k != partial))
+        if ((s->force_recompute && k > 0) || (s->force_partial && k != partial) ||
+            ((s->force_chunks || s->force_no_radial) && k != L))
             continue;
         for (bool keep_radial : {true, false}) {
             if ((keep_radial && (s->force_no_radial || s->force_partial)) ||
-                (!keep_radial && k == 0))
+                (!keep_radial && (k == 0 || s->force_chunks)))
                 continue;
             for (int c = 0; c < 3; c++) {
                 if (c > 0 && chunks[c] == chunks[c - 1])
                     continue;
                 s->kept_blocks = k;
                 s->keep_radial = keep_radial;
-                size_t chunk = s->force_partial || s->force_no_radial ? (E + 2) / 3 : chunks[c];
+                const bool three_chunks = s->force_chunks || s->force_no_radial || s->force_partial;
+                size_t chunk = three_chunks ? (E + 2) / 3 : chunks[c];
                 s->chunk = (int)chunk;
                 bool last_resort = k == 0 && chunk == std::min(E, rc);
-                bool forced = s->force_partial || s->force_recompute || s->force_no_radial;
+                bool forced = three_chunks || s->force_recompute;
                 if (!last_resort && !forced && tape_bytes(s, w, E, chunk) > budget)
                     continue;
                 release_unused_tapes(s, w);

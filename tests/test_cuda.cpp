@@ -38,10 +38,11 @@ bool have_gpu() {
 // A reference case on one of the GPU backends, in one precision ("" = exact fp32). `keep` forces
 // umas_fast_gpu's choice for its edge activations (UMAS_CUDA_RECOMPUTE): "" keeps them all (as
 // when they fit in GPU memory), "recompute" recomputes them in the backward (=1: when keeping
-// them does not fit), "radial" keeps them without the radial MLP outputs (=radial: when only
-// that fits), "partial" keeps those of the last half of the blocks over all edges and recomputes
-// the others (=partial: when only some blocks' fit, as at 100,000 atoms); the last two in three
-// chunks of edges.
+// them does not fit), "chunks" keeps them all but works in chunks of edges (=chunks: when the
+// scratch for all edges at once does not fit, as at 16,000 atoms), "radial" keeps them without
+// the radial MLP outputs (=radial: when only that fits), "partial" keeps those of the last half
+// of the blocks over all edges and recomputes the others (=partial: when only some blocks' fit,
+// as at 100,000 atoms); the last three in three chunks of edges.
 struct CudaCase {
     CaseId id;
     std::string backend, precision, keep;
@@ -59,6 +60,7 @@ std::vector<CudaCase> cuda_cases() {
                  {"umas_fast_gpu", "", "recompute"},
                  {"umas_fast_gpu", "", "radial"},
                  {"umas_fast_gpu", "", "partial"},
+                 {"umas_fast_gpu", "", "chunks"},
                  {"umas_fast_gpu", "3xtf32", ""},
                  {"umas_fast_gpu", "3xtf32", "recompute"},
                  {"umas_fast_gpu", "3xtf32", "radial"},
@@ -67,6 +69,7 @@ std::vector<CudaCase> cuda_cases() {
                  {"umas_fast_gpu", "ozaki", "recompute"},
                  {"umas_fast_gpu", "ozaki", "radial"},
                  {"umas_fast_gpu", "ozaki", "partial"},
+                 {"umas_fast_gpu", "ozaki", "chunks"},
                  {"umas_fast_gpu", "tf32", ""}};
     for (const mode &m : modes)
         for (const CaseId &id : all_cases())
