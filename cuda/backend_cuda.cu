@@ -139,23 +139,27 @@ struct cuda_state {
     dev_linear unified_fc1; /* umas_fast: every block's first radial layer, [L Ce][F] */
     float *head_w3_dev = nullptr;
 
-    /* Edges per chunk of this call (choose_tape); recompute_chunk: about 1 GB of scratch. */
+    /* Edges per chunk of this call (reserve_all); recompute_chunk: about 1 GB of scratch. */
     int chunk = 0, recompute_chunk = 0;
     /* umas_fast_gpu: the last kept_blocks blocks (L - kept_blocks .. L - 1) keep their edge
      * activations over all edges from the forward for the backward, in tapes[l] (block 0's in
      * tapes[0]: only when all blocks keep theirs); the others recompute them chunk by chunk in
-     * the backward, in tapes[0]. As many as fit in device memory (choose_tape). */
+     * the backward, in tapes[0]. As many as fit in device memory (reserve_all). */
     bool fused = false;
     int kept_blocks = 0;
     /* Whether the kept tapes hold each block's radial MLP output too. Without it the blocks
      * share tapes[0]'s, and the backward runs the MLP's last layer again: +4 % of the GEMM work
      * for 6 KB less per edge and block (UMA-S). */
     bool keep_radial = true;
-    /* UMAS_CUDA_RECOMPUTE (tests): "1" keeps no block's activations, "chunks" every block's,
-     * "radial" every block's without the radial outputs, "partial" half the blocks' without
-     * them; the last three in three chunks. UMAS_CUDA_VERBOSE=1 prints each choice to stderr. */
-    bool force_recompute = false, force_chunks = false, force_no_radial = false,
-         force_partial = false, verbose = false;
+    /* A tape forced by UMAS_CUDA_RECOMPUTE (tests, forced_tape_of); UMAS_CUDA_VERBOSE=1 prints
+     * each choice reserve_all makes to stderr. */
+    struct forced_tape {
+        bool on = false;
+        int kept_blocks = 0;
+        bool keep_radial = true;
+        bool three_chunks = false; /* else chunks of recompute_chunk */
+    } forced;
+    bool verbose = false;
     /* reserve_all's choice, made for up to `edges` edges (0: none yet); one_chunk: chunk = E */
     struct tape_decision {
         size_t edges = 0;
@@ -535,15 +539,19 @@ void register_presliced(cuda_state *s, const float *const (&act)[P], int rows, c
     s->sliced_from = nullptr; /* s->sliced may have been overwritten */
 }
 
-/* Operands written sliced by umas_fast_gpu's producers other than conv1's, in s->sliced:
- * whether they fit there for n rows (parts set if so). */
+/* Operands written sliced for n rows into the buffer b: whether they fit there (parts set if
+ * so). conv1's go into s->rotated, the other producers' into s->sliced. */
+template <int P>
+bool operands_sliced_in(const buffer &b, int n, const int (&K)[P], i8_sliced (&parts)[P]) {
+    i8_sliced unused[P];
+    if (!b.ptr || sliced_layout(nullptr, n, K, unused) > b.bytes)
+        return false;
+    sliced_layout(b.ptr, n, K, parts);
+    return true;
+}
 template <int P>
 bool fused_operands_sliced(cuda_state *s, int n, const int (&K)[P], i8_sliced (&parts)[P]) {
-    i8_sliced unused[P];
-    if (!s->sliced.ptr || sliced_layout(nullptr, n, K, unused) > s->sliced.bytes)
-        return false;
-    sliced_layout(s->sliced.ptr, n, K, parts);
-    return true;
+    return operands_sliced_in(s->sliced, n, K, parts);
 }
 
 /* 3xtf32 on Hopper: c[rows][m] = beta c + act[rows][k] op(W) (+ bias) by the split-precision
@@ -966,10 +974,8 @@ bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int first, co
         return false;
     const int K[3] = {6 * C, 8 * C, 4 * C};
     i8_sliced part[3];
-    if (sliced_layout(nullptr, n, K, part) > s->rotated.bytes)
-        return false;
-    sliced_layout(s->rotated.ptr, n, K, part);
-    if (!ozaki_forward_takes(s, b.conv1_m0_gates, n, part[0]) ||
+    if (!operands_sliced_in(s->rotated, n, K, part) ||
+        !ozaki_forward_takes(s, b.conv1_m0_gates, n, part[0]) ||
         !ozaki_forward_takes(s, b.conv1_m0_rows, n, part[0]) ||
         !ozaki_forward_takes(s, b.block_conv1_m1, n, part[1]) ||
         !ozaki_forward_takes(s, b.block_conv1_m2, n, part[2]) ||
@@ -1265,13 +1271,33 @@ size_t tape_floats_per_edge(const cuda_state *s, const umas_weights *w, size_t l
  * the few per-edge geometry arrays are left out). */
 size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
     size_t C = w->C, H = w->H, Ce = w->Ce, wide = 4 * (C > H ? C : H);
-    const bool producers_slice = s->fused && s->precision == UMAS_PRECISION_OZAKI;
     return (size_t)w->F + Ce + 12 * C + (size_t)w->B + 2 * Ce /* radial MLP and its adjoints */
            + 18 * C                                           /* rotated */
            + (s->fast ? 0 : 2 * wide)                         /* product_r, product_i */
            + 9 * H + 5 * H                                    /* d_gated, d_conv1_m0 */
            + (s->fused ? 0 : 18 * C)                          /* unscaled */
-           + (producers_slice ? (fused_operand_bytes(1024, (int)C, (int)H) / 1024 + 3) / 4 : 0);
+           + (producers_write_sliced(s, 1)
+                  ? (fused_operand_bytes(1024, (int)C, (int)H) / 1024 + 3) / 4
+                  : 0);
+}
+
+/* UMAS_CUDA_RECOMPUTE's tape (tests; anything else, "0" or unset, forces none): "1" keeps no
+ * block's activations; "chunks" every block's; "radial" every block's without the radial
+ * outputs; "partial" the last half of the blocks' without them. The last three run in three
+ * chunks of edges. */
+cuda_state::forced_tape forced_tape_of(const char *value, int L) {
+    cuda_state::forced_tape f;
+    if (!value)
+        return f;
+    if (strcmp(value, "1") == 0)
+        f = {true, 0, true, false};
+    else if (strcmp(value, "chunks") == 0)
+        f = {true, L, true, true};
+    else if (strcmp(value, "radial") == 0)
+        f = {true, L, false, true};
+    else if (strcmp(value, "partial") == 0)
+        f = {true, std::max(1, L / 2), false, true};
+    return f;
 }
 
 int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
@@ -1290,10 +1316,7 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     s->fast = fast;
     s->fused = fused;
     const char *recompute = getenv("UMAS_CUDA_RECOMPUTE");
-    s->force_recompute = recompute && strcmp(recompute, "1") == 0;
-    s->force_no_radial = recompute && strcmp(recompute, "radial") == 0;
-    s->force_partial = recompute && strcmp(recompute, "partial") == 0;
-    s->force_chunks = recompute && strcmp(recompute, "chunks") == 0;
+    s->forced = forced_tape_of(recompute, w->num_layers);
     const char *verbose = getenv("UMAS_CUDA_VERBOSE");
     s->verbose = verbose && strcmp(verbose, "1") == 0;
     s->tapes.resize(fused ? w->num_layers : 1);
@@ -1429,7 +1452,8 @@ int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
         s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 18);
         ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
                 3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
-        if (s->fused) /* also the operands the producers write sliced (fused_operands_sliced) */
+        /* also room for the operands the producers write sliced (fused_operands_sliced) */
+        if (producers_write_sliced(s, 1))
             ozaki = std::max(ozaki, fused_operand_bytes(n, (int)C, (int)H));
     }
     struct item {
@@ -1565,6 +1589,14 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
         s->chunk = s->recompute_chunk;
         return reserve_buffers(ctx, g, err);
     }
+    const size_t rc = (size_t)s->recompute_chunk;
+    if (s->forced.on) {
+        s->kept_blocks = s->forced.kept_blocks;
+        s->keep_radial = s->forced.keep_radial;
+        s->chunk = (int)(s->forced.three_chunks ? (E + 2) / 3 : std::min(E, rc));
+        release_unused_tapes(s, w);
+        return reserve_buffers(ctx, g, err);
+    }
     if (E <= made.edges) {
         s->kept_blocks = made.kept_blocks;
         s->keep_radial = made.keep_radial;
@@ -1577,37 +1609,27 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t free_bytes = 0, total = 0;
     cudaMemGetInfo(&free_bytes, &total);
     const double budget = 0.8 * (double)(free_bytes + s->buffer_bytes);
-    const size_t rc = (size_t)s->recompute_chunk;
-    /* forced recomputing keeps the ~1 GB chunks (tests: several chunks on the larger cases) */
-    const size_t chunks[3] = {s->force_recompute ? std::min(E, rc) : E, std::min(E, 4 * rc),
-                              std::min(E, rc)};
-    const int partial = std::max(1, L / 2);
+    const size_t chunks[3] = {E, std::min(E, 4 * rc), std::min(E, rc)};
     for (int k = L; k >= 0; k--) {
-        if ((s->force_recompute && k > 0) || (s->force_partial && k != partial) ||
-            ((s->force_chunks || s->force_no_radial) && k != L))
-            continue;
         for (bool keep_radial : {true, false}) {
-            if ((keep_radial && (s->force_no_radial || s->force_partial)) ||
-                (!keep_radial && (k == 0 || s->force_chunks)))
+            if (!keep_radial && k == 0)
                 continue;
             for (int c = 0; c < 3; c++) {
                 if (c > 0 && chunks[c] == chunks[c - 1])
                     continue;
                 s->kept_blocks = k;
                 s->keep_radial = keep_radial;
-                const bool three_chunks = s->force_chunks || s->force_no_radial || s->force_partial;
-                size_t chunk = three_chunks ? (E + 2) / 3 : chunks[c];
-                s->chunk = (int)chunk;
-                bool last_resort = k == 0 && chunk == std::min(E, rc);
-                bool forced = three_chunks || s->force_recompute;
-                if (!last_resort && !forced && tape_bytes(s, w, E, chunk) > budget)
+                s->chunk = (int)chunks[c];
+                /* recomputing all in the smallest chunks is tried whatever the estimate */
+                bool last_resort = k == 0 && chunks[c] == chunks[2];
+                if (!last_resort && tape_bytes(s, w, E, chunks[c]) > budget)
                     continue;
                 release_unused_tapes(s, w);
                 if (reserve_buffers(ctx, g, err) != 0) {
                     cudaGetLastError();
                     continue;
                 }
-                made = {E, k, (int)chunk, keep_radial, chunk == E};
+                made = {E, k, (int)chunks[c], keep_radial, chunks[c] == E};
                 if (s->verbose)
                     print_tape_choice(s, w, E);
                 return 0;
