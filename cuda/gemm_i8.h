@@ -70,8 +70,7 @@ enum {
     I8_K32_8STAGES = 2,
     I8_COMPUTE_ONLY = 3,
     I8_NO_EPILOGUE = 4, /* a wrong result: Y is not written (the epilogue's cost) */
-    I8_K64_3STAGES = 5,
-    I8_BULK_STORE = 6 /* 64 x 3, Y staged in shared memory and written by bulk tensor stores */
+    I8_K64_3STAGES = 5
 };
 int i8_gemm_nt_variant(int variant, int rows, int out, int K, const i8_sliced *x,
                        const i8_sliced *w, const float *bias, float beta, float *Y, size_t ldy,

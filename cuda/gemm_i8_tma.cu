@@ -50,14 +50,10 @@ struct alignas(16) ColumnTerms {
     int all_in_range;
 };
 
-/* A pipeline shape: BK = k per stage (one swizzled row of BK bytes: 128, 64 or 32), the number
- * of stages, and whether the tile of Y is staged in shared memory for bulk tensor stores. */
-template <int BK_, int STAGES_, bool STAGED_ = false> struct Pipeline {
+/* A pipeline shape: BK = k per stage (one swizzled row of BK bytes: 128, 64 or 32) and the
+ * number of stages. */
+template <int BK_, int STAGES_> struct Pipeline {
     static constexpr int BK = BK_, STAGES = STAGES_;
-    static constexpr bool STAGED = STAGED_;
-    /* STAGED: each consumer's 64 x 128 part of the Y tile as 4 boxes [64][32] (fp32) in the
-     * 128-byte swizzle, the source of its bulk tensor stores */
-    static constexpr unsigned STAGING_BYTES = STAGED ? BM * BN * 4 : 0;
     static constexpr int KSTEPS = BK / 32; /* wgmma k-steps per stage */
     static constexpr unsigned X_PLANE_BYTES = BM * BK, W_PLANE_BYTES = BN * BK;
     static constexpr unsigned X_BOX_BYTES = PLANES * X_PLANE_BYTES;
@@ -65,8 +61,8 @@ template <int BK_, int STAGES_, bool STAGED_ = false> struct Pipeline {
     /* the stages (1,024-byte aligned for the swizzle atoms), the full[] and empty[] barriers,
      * then the block's column scales and biases (the epilogue's, see ColumnTerms) */
     static constexpr size_t BARRIER_BYTES = 2 * STAGES * sizeof(uint64_t);
-    static constexpr size_t SMEM_BYTES = 1024 + STAGES * (size_t)STAGE_BYTES + STAGING_BYTES +
-                                         BARRIER_BYTES + 2 * sizeof(ColumnTerms);
+    static constexpr size_t SMEM_BYTES =
+        1024 + STAGES * (size_t)STAGE_BYTES + BARRIER_BYTES + 2 * sizeof(ColumnTerms);
     static_assert(SMEM_BYTES <= 227 * 1024, "fits sm_90 shared memory");
 };
 
@@ -208,16 +204,6 @@ __device__ __forceinline__ void load_column_terms(int tile, int tiles_n, int c, 
     b = bias && col < N ? bias[col] : 0.0f;
 }
 
-/* Bulk tensor store of the swizzled [64][32] box at src to (column x, row y) of map's matrix
- * (what lies outside it is not written). */
-__device__ __forceinline__ void store_box(const CUtensorMap *map, const float *src, int x, int y) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
-            reinterpret_cast<uint64_t>(map)),
-        "r"(x), "r"(y), "r"(smem_address(src))
-        : "memory");
-}
-
 /* Y = beta Y + X W^T (+ bias), persistent: block b computes the tiles b, b + gridDim.x, ... of Y
  * (tile t: rows (t / tiles_n) BM, columns (t % tiles_n) BN). The producer runs ahead through the
  * k-tiles of all its tiles, so the next tile's first stages load while the consumers finish the
@@ -227,24 +213,22 @@ __device__ __forceinline__ void store_box(const CUtensorMap *map, const float *s
 template <class P, bool COMPUTE_ONLY, bool NO_EPILOGUE>
 __global__ void __launch_bounds__(THREADS, 1)
     i8_gemm_kernel(const __grid_constant__ CUtensorMap map_x,
-                   const __grid_constant__ CUtensorMap map_w,
-                   const __grid_constant__ CUtensorMap map_y, bool bulk_store,
-                   const int *__restrict__ exp_x, const int *__restrict__ exp_w, int M, int N,
-                   int K, const float *__restrict__ bias, float beta, float *__restrict__ Y,
-                   size_t ldy, int tiles_n, int tiles, bool pairs) {
+                   const __grid_constant__ CUtensorMap map_w, const int *__restrict__ exp_x,
+                   const int *__restrict__ exp_w, int M, int N, int K,
+                   const float *__restrict__ bias, float beta, float *__restrict__ Y, size_t ldy,
+                   int tiles_n, int tiles, bool pairs) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int BK = P::BK, STAGES = P::STAGES;
     constexpr unsigned STAGE_BYTES = P::STAGE_BYTES;
     extern __shared__ unsigned char smem_raw[];
     unsigned char *const smem = reinterpret_cast<unsigned char *>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-    unsigned char *const staging = smem + STAGES * (size_t)STAGE_BYTES;
-    uint64_t *const full = reinterpret_cast<uint64_t *>(staging + P::STAGING_BYTES);
+    uint64_t *const full = reinterpret_cast<uint64_t *>(smem + STAGES * (size_t)STAGE_BYTES);
     uint64_t *const empty = full + STAGES;
     /* the column terms of the block's tiles, by tile parity (one tile's epilogue may still read
      * them while the next tile's are written) */
     ColumnTerms *const terms =
-        reinterpret_cast<ColumnTerms *>(staging + P::STAGING_BYTES + P::BARRIER_BYTES);
+        reinterpret_cast<ColumnTerms *>(smem + STAGES * (size_t)STAGE_BYTES + P::BARRIER_BYTES);
 
     const int tid = threadIdx.x;
     const int warpgroup = tid / 128;
@@ -370,44 +354,6 @@ __global__ void __launch_bounds__(THREADS, 1)
         /* a tile that needs no per-output checks: Y only written, 8-byte column pairs, all of its
          * columns inside N and in the fast range (rows are checked one by one) */
         const bool plain_tile = beta == 0.0f && pairs && n0 + BN <= N && columns.all_in_range;
-        if (P::STAGED && bulk_store) { /* beta = 0: through shared memory, bulk tensor stores */
-            float *const part = reinterpret_cast<float *>(staging) + consumer * 64 * BN;
-            const bool leader = tid % 128 == 0;
-            if (leader) /* the previous tile's stores have read the staging buffer */
-                asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-            asm volatile("bar.sync %0, 128;\n" ::"r"(3 + consumer) : "memory");
-#pragma unroll
-            for (int q2 = 0; q2 < 2; q2++) {
-                const int local = warp * 16 + g + 8 * q2;
-                const int ex = row_exponents[q2]; /* rows past M: 0, not stored */
-                const bool fast = columns.all_in_range && in_fast_range(ex);
-                const float row_scale = fast ? power_of_two(ex - 23) : 0.0f;
-#pragma unroll
-                for (int j = 0; j < 16; j++) {
-                    const int c = 8 * j + 2 * t;
-                    float v[2];
-#pragma unroll
-                    for (int q1 = 0; q1 < 2; q1++)
-                        v[q1] =
-                            output_value(level0[4 * j + 2 * q2 + q1], level1[4 * j + 2 * q2 + q1],
-                                         level2[4 * j + 2 * q2 + q1], fast, row_scale, ex, columns,
-                                         c + q1, n0 + c + q1 < N ? exp_w + n0 + c + q1 : nullptr);
-                    /* box c / 32, its row `local`, 16-byte chunk (c % 32) / 4 swizzled */
-                    const int cc = c % 32;
-                    float *at = part + (c / 32) * 64 * 32 + local * 32 +
-                                (((cc / 4) ^ (local & 7)) * 4) + cc % 4;
-                    *reinterpret_cast<float2 *>(at) = make_float2(v[0], v[1]);
-                }
-            }
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            asm volatile("bar.sync %0, 128;\n" ::"r"(3 + consumer) : "memory");
-            if (leader) {
-                for (int b = 0; b < BN / 32; b++)
-                    store_box(&map_y, part + b * 64 * 32, n0 + 32 * b, m0 + consumer * 64);
-                asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-            }
-            continue;
-        }
 #pragma unroll
         for (int q2 = 0; q2 < 2; q2++) {
             const int r = row0 + 8 * q2;
@@ -459,8 +405,6 @@ __global__ void __launch_bounds__(THREADS, 1)
     }
     if (NO_EPILOGUE && checksum == 0x12345678)
         Y[0] = 0.0f;
-    if (P::STAGED && bulk_store && tid % 128 == 0) /* the last stores complete before exit */
-        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
 }
 
@@ -485,22 +429,6 @@ bool encode_sliced(CUtensorMap *map, const i8_sliced *a, int rows, int K, int bo
                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/* Tensor map of Y [rows][out] (fp32, row stride ldy) for the bulk stores of a consumer's boxes:
- * [64 rows][32 columns] in the 128-byte swizzle. */
-bool encode_output(CUtensorMap *map, float *Y, int rows, int out, size_t ldy) {
-    PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-    if (!encode)
-        return false;
-    const cuuint64_t dims[2] = {(cuuint64_t)out, (cuuint64_t)rows};
-    const cuuint64_t strides[1] = {(cuuint64_t)ldy * sizeof(float)};
-    const cuuint32_t box[2] = {32, 64};
-    const cuuint32_t element_strides[2] = {1, 1};
-    return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, Y, dims, strides, box, element_strides,
-                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                  CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 /* Launches the kernel of pipeline P (its shared-memory opt-in once per device). */
 template <class P, bool COMPUTE_ONLY = false, bool NO_EPILOGUE = false>
 bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, const float *bias,
@@ -516,13 +444,10 @@ bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, co
             return false;
         configured.fetch_or(bit, std::memory_order_relaxed);
     }
-    CUtensorMap map_x, map_w, map_y = {};
+    CUtensorMap map_x, map_w;
     if (!encode_sliced(&map_x, x, rows, K, BM, P::BK) ||
         !encode_sliced(&map_w, w, out, K, BN, P::BK))
         return false;
-    /* STAGED: Y written by bulk tensor stores where it can be (beta = 0, 16-byte rows) */
-    const bool bulk_store = P::STAGED && beta == 0.0f && aligned16(Y) && ldy % 4 == 0 &&
-                            encode_output(&map_y, Y, rows, out, ldy);
     const int tiles_n = (out + BN - 1) / BN;
     const size_t tiles = i8_gemm_nt_blocks(rows, out);
     if (tiles > (size_t)INT_MAX)
@@ -531,8 +456,8 @@ bool launch(int rows, int out, int K, const i8_sliced *x, const i8_sliced *w, co
     cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
     const size_t blocks = std::min(tiles, (size_t)std::max(multiprocessors, 1));
     kernel<<<(unsigned)blocks, THREADS, P::SMEM_BYTES, stream>>>(
-        map_x, map_w, map_y, bulk_store, x->exponents, w->exponents, rows, out, K, bias, beta, Y,
-        ldy, tiles_n, (int)tiles, ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
+        map_x, map_w, x->exponents, w->exponents, rows, out, K, bias, beta, Y, ldy, tiles_n,
+        (int)tiles, ldy % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % 8 == 0);
     return true;
 }
 
@@ -577,8 +502,6 @@ extern "C" int i8_gemm_nt_variant(int variant, int rows, int out, int K, const i
         return launch<Pipeline<128, 2>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
     case I8_K32_8STAGES:
         return launch<Pipeline<32, 8>, false>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
-    case I8_BULK_STORE:
-        return launch<Pipeline<64, 3, true>>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
     case I8_K64_3STAGES:
         return launch<Pipeline<64, 3>>(rows, out, K, x, w, bias, beta, Y, ldy, stream);
     case I8_COMPUTE_ONLY:

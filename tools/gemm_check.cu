@@ -582,10 +582,11 @@ int main(int argc, char **argv) {
             static const struct {
                 const char *name;
                 int variant;
-            } shapes[] = {
-                {"ozaki-gemm-k128x2", I8_K128_2STAGES},   {"ozaki-gemm-k32x8", I8_K32_8STAGES},
-                {"ozaki-no-epilogue", I8_NO_EPILOGUE},    {"ozaki-gemm-k64x3", I8_K64_3STAGES},
-                {"ozaki-gemm-bulk-store", I8_BULK_STORE}, {"ozaki-compute-only", I8_COMPUTE_ONLY}};
+            } shapes[] = {{"ozaki-gemm-k128x2", I8_K128_2STAGES},
+                          {"ozaki-gemm-k32x8", I8_K32_8STAGES},
+                          {"ozaki-no-epilogue", I8_NO_EPILOGUE},
+                          {"ozaki-gemm-k64x3", I8_K64_3STAGES},
+                          {"ozaki-compute-only", I8_COMPUTE_ONLY}};
             for (const auto &v : shapes)
                 methods.push_back({v.name, -1, OZAKI, false, [&, v] {
                                        i8_gemm_nt_variant(v.variant, rows, n, K, &x8, &w8, nullptr,
