@@ -126,6 +126,19 @@ __device__ static void row_statistics(const float *row, int n, int lane, double 
     *inv_std = 1.0 / sqrt((var > 0.0 ? var : 0.0) + 1e-5);
 }
 
+/* One element of SiLU(LayerNorm(x)): y = x_hat w + b with x_hat = (x - mean) inv_std. */
+__device__ static float norm_silu_value(float x, double mean, double inv_std, float w, float b) {
+    return siluf_((float)(((double)x - mean) * inv_std * w + b));
+}
+
+/* One element's terms of the backward: x_hat and g = w dy SiLU'(y) (y as in norm_silu_value). */
+__device__ static double norm_silu_adjoint(float x, double mean, double inv_std, float w, float b,
+                                           float dy, double *x_hat) {
+    *x_hat = ((double)x - mean) * inv_std;
+    const float y = (float)(*x_hat * w + b);
+    return (double)(w * dy * silu_derivativef_(y));
+}
+
 /* core/nn.c norm_silu: out[rows][n] = SiLU(LayerNorm(in)); weight, bias [n]. One warp per row
  * (ROW_THREADS / 32 rows per block, grid-stride over the rows); lane handles the elements
  * lane, lane + 32, ... of its row (consecutive lanes read consecutive floats). */
@@ -142,7 +155,7 @@ static __global__ void layer_norm_silu_kernel(int rows, int n, const float *__re
         double mean, inv_std;
         row_statistics(x, n, lane, &mean, &inv_std);
         for (int i = lane; i < n; i += 32)
-            y[i] = siluf_((float)(((double)x[i] - mean) * inv_std * weight[i] + bias[i]));
+            y[i] = norm_silu_value(x[i], mean, inv_std, weight[i], bias[i]);
     }
 }
 
@@ -171,8 +184,7 @@ static __global__ void layer_norm_silu_sliced_kernel(int rows, int n, const floa
 #pragma unroll
         for (int k = 0; k < VALUES; k++) {
             const int i = lane + 32 * k;
-            y[k] = i < n ? siluf_((float)(((double)x[i] - mean) * inv_std * weight[i] + bias[i]))
-                         : 0.0f;
+            y[k] = i < n ? norm_silu_value(x[i], mean, inv_std, weight[i], bias[i]) : 0.0f;
         }
         store_warp_row_sliced(y, n, row, out);
     }
@@ -215,18 +227,18 @@ static __global__ void layer_norm_silu_backward_kernel(int rows, int n, const fl
         row_statistics(x, n, lane, &mean, &inv_std);
         double sums[2] = {0.0, 0.0}; /* sum g, sum g x_hat */
         for (int i = lane; i < n; i += 32) {
-            const double x_hat = ((double)x[i] - mean) * inv_std;
-            const float y = (float)(x_hat * weight[i] + bias[i]);
-            const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
+            double x_hat;
+            const double g =
+                norm_silu_adjoint(x[i], mean, inv_std, weight[i], bias[i], dy[i], &x_hat);
             sums[0] += g;
             sums[1] += g * x_hat;
         }
         warp_sum<2>(sums);
         const double mean_g = sums[0] / n, mean_gx = sums[1] / n;
         for (int i = lane; i < n; i += 32) {
-            const double x_hat = ((double)x[i] - mean) * inv_std;
-            const float y = (float)(x_hat * weight[i] + bias[i]);
-            const double g = (double)(weight[i] * dy[i] * silu_derivativef_(y));
+            double x_hat;
+            const double g =
+                norm_silu_adjoint(x[i], mean, inv_std, weight[i], bias[i], dy[i], &x_hat);
             dx[i] = (float)(inv_std * (g - mean_g - x_hat * mean_gx));
         }
     }
@@ -262,11 +274,8 @@ static __global__ void layer_norm_silu_backward_sliced_kernel(int rows, int n, c
         for (int k = 0; k < VALUES; k++) {
             const int i = lane + 32 * k;
             x_hat[k] = g[k] = 0.0;
-            if (i < n) {
-                x_hat[k] = ((double)x[i] - mean) * inv_std;
-                const float y = (float)(x_hat[k] * weight[i] + bias[i]);
-                g[k] = (double)(weight[i] * dy[i] * silu_derivativef_(y));
-            }
+            if (i < n)
+                g[k] = norm_silu_adjoint(x[i], mean, inv_std, weight[i], bias[i], dy[i], &x_hat[k]);
             sums[0] += g[k];
             sums[1] += g[k] * x_hat[k];
         }
