@@ -84,14 +84,19 @@ if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
     done
 fi
 if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
-    # per-kernel time of one MD step at 2000 atoms (Nsight Compute, one metric: one replay)
-    for variant in ${UMAS_PROFILE_VARIANTS:-umas_fast_gpu:fp32}; do
-        set -- ${variant/:/ }
-        echo "== kernel breakdown, 2000 atoms, backend $1, precision $2 (one step)"
-        ncu --metrics gpu__time_duration.sum --csv /tmp/umas/bin/umas-bench \
-            --model /tmp/umas/models/umas.safetensors --device cuda --backend "$1" \
-            --precision "$2" --atoms 2000 --steps 1 --warmup 0 > "$OUT/profile-$2.csv" 2>&1
-        python3 bench/kernel_breakdown.py "$OUT/profile-$2.csv" | tee "$OUT/breakdown-$2.txt"
+    # per-kernel time of one MD step (Nsight Compute, one metric: one replay) at each of
+    # UMAS_PROFILE_ATOMS (default 2000)
+    for atoms in ${UMAS_PROFILE_ATOMS:-2000}; do
+        for variant in ${UMAS_PROFILE_VARIANTS:-umas_fast_gpu:fp32}; do
+            set -- ${variant/:/ }
+            echo "== kernel breakdown, $atoms atoms, backend $1, precision $2 (one step)"
+            ncu --metrics gpu__time_duration.sum --csv /tmp/umas/bin/umas-bench \
+                --model /tmp/umas/models/umas.safetensors --device cuda --backend "$1" \
+                --precision "$2" --atoms "$atoms" --steps 1 --warmup 0 \
+                > "$OUT/profile-$2-$atoms.csv" 2>&1
+            python3 bench/kernel_breakdown.py "$OUT/profile-$2-$atoms.csv" |
+                tee "$OUT/breakdown-$2-$atoms.txt"
+        done
     done
 fi
 
