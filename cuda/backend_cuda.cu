@@ -157,7 +157,8 @@ struct cuda_state {
         bool on = false;
         int kept_blocks = 0;
         bool keep_radial = true;
-        bool three_chunks = false; /* else chunks of recompute_chunk */
+        bool three_chunks = false; /* else chunks of `chunk` edges (recompute_chunk when 0) */
+        int chunk = 0;
     } forced;
     bool verbose = false;
     /* reserve_all's choice, made for up to `edges` edges (0: none yet); one_chunk: chunk = E */
@@ -1281,10 +1282,12 @@ size_t scratch_floats_per_edge(const cuda_state *s, const umas_weights *w) {
                   : 0);
 }
 
-/* UMAS_CUDA_RECOMPUTE's tape (tests; anything else, "0" or unset, forces none): "1" keeps no
- * block's activations; "chunks" every block's; "radial" every block's without the radial
- * outputs; "partial" the last half of the blocks' without them. The last three run in three
- * chunks of edges. */
+/* UMAS_CUDA_RECOMPUTE's tape (tests and measurements; anything else, "0" or unset, forces none):
+ * "1" keeps no block's activations; "chunks" every block's; "radial" every block's without the
+ * radial outputs; "partial" the last half of the blocks' without them. The last three run in
+ * three chunks of edges. "kept:K:radial:N" or "kept:K:noradial:N" keeps the last K blocks' with
+ * or without the radial outputs, in chunks of N edges (to measure the choices reserve_all makes
+ * between). */
 cuda_state::forced_tape forced_tape_of(const char *value, int L) {
     cuda_state::forced_tape f;
     if (!value)
@@ -1297,6 +1300,12 @@ cuda_state::forced_tape forced_tape_of(const char *value, int L) {
         f = {true, L, false, true};
     else if (strcmp(value, "partial") == 0)
         f = {true, std::max(1, L / 2), false, true};
+    int kept = 0, chunk = 0;
+    char radial[16] = "";
+    if (sscanf(value, "kept:%d:%15[a-z]:%d", &kept, radial, &chunk) == 3 && chunk > 0) {
+        kept = std::min(std::max(kept, 0), L);
+        f = {true, kept, kept == 0 || strcmp(radial, "radial") == 0, false, chunk};
+    }
     return f;
 }
 
@@ -1593,8 +1602,11 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     if (s->forced.on) {
         s->kept_blocks = s->forced.kept_blocks;
         s->keep_radial = s->forced.keep_radial;
-        s->chunk = (int)(s->forced.three_chunks ? (E + 2) / 3 : std::min(E, rc));
+        const size_t forced_chunk = s->forced.chunk > 0 ? (size_t)s->forced.chunk : rc;
+        s->chunk = (int)(s->forced.three_chunks ? (E + 2) / 3 : std::min(E, forced_chunk));
         release_unused_tapes(s, w);
+        if (s->verbose)
+            print_tape_choice(s, w, E);
         return reserve_buffers(ctx, g, err);
     }
     if (E <= made.edges) {
