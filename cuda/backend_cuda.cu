@@ -1302,7 +1302,8 @@ cuda_state::forced_tape forced_tape_of(const char *value, int L) {
         f = {true, std::max(1, L / 2), false, true};
     int kept = 0, chunk = 0;
     char radial[16] = "";
-    if (sscanf(value, "kept:%d:%15[a-z]:%d", &kept, radial, &chunk) == 3 && chunk > 0) {
+    if (sscanf(value, "kept:%d:%15[a-z]:%d", &kept, radial, &chunk) == 3 && chunk > 0 &&
+        (strcmp(radial, "radial") == 0 || strcmp(radial, "noradial") == 0)) {
         kept = std::min(std::max(kept, 0), L);
         f = {true, kept, kept == 0 || strcmp(radial, "radial") == 0, false, chunk};
     }
