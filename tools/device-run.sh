@@ -3,11 +3,14 @@
 # GPU tests (test_cuda), LAMMPS with `device cuda` (tests/test_lammps_gpu.py with the carried
 # serial lmp_umas; single rank, no MPI there) and the benchmark table (umas-bench). Output also
 # under $OUT. UMAS_TEST_CUDA=0 / UMAS_GEMM_CHECK=0 / UMAS_LAMMPS_GPU=0 / UMAS_BENCH=0 leave a
-# part out; UMAS_CUDA_FILTER is a GoogleTest filter for test_cuda; UMAS_BENCH_VARIANTS / UMAS_PROFILE_VARIANTS are lists of backends:precision, each
-# optionally with :VARIABLE=value for that run's environment (e.g. umas_fast_gpu:3xtf32:
-# UMAS_CUDA_RECOMPUTE=radial, or =kept:3:radial:90192 for any tape). UMAS_LAMMPS_TESTS: test names for tests/test_lammps_gpu.py (e.g.
-# "ReferenceParity GpuVersusCpu"); UMAS_LAMMPS_BENCH: precisions for a LAMMPS in.bench run each. UMAS_SASS=1 first prints what the tensor-core GEMM kernels' machine code
-# holds (wgmma instructions, local-memory spills).
+# part out; UMAS_CUDA_FILTER is a GoogleTest filter for test_cuda; UMAS_BENCH_VARIANTS /
+# UMAS_PROFILE_VARIANTS are lists of backends:precision, each optionally with :VARIABLE=value for
+# that run's environment (e.g. umas_fast_gpu:3xtf32:UMAS_CUDA_RECOMPUTE=radial, or
+# =kept:3:radial:90192 for any tape); UMAS_PROFILE_ATOMS: the sizes of the kernel breakdown.
+# UMAS_LAMMPS_TESTS: test names for tests/test_lammps_gpu.py (e.g. "ReferenceParity
+# GpuVersusCpu"); UMAS_LAMMPS_BENCH: precisions for a LAMMPS in.bench run each. UMAS_SASS=1 first
+# prints what the tensor-core GEMM kernels' machine code holds (wgmma instructions, local-memory
+# spills).
 set -uo pipefail
 source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
