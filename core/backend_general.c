@@ -228,20 +228,6 @@ static void record_trace(umas_context *ctx, int stage, const double *x, int node
     memcpy(ctx->trace + (size_t)stage * n, x, sizeof(double) * n);
 }
 
-/* Charge/spin balancing of l = 0 channels (spec 8): their sums over the system become
- * `target`. The backward is the same operation with target 0 (it removes the mean). */
-static void balance(const int *channels, int count, double target, double *h, int nodes, int C) {
-    for (int k = 0; k < count; k++) {
-        int c = channels[k];
-        double sum = 0;
-        for (int n = 0; n < nodes; n++)
-            sum += h[(size_t)n * 9 * C + c];
-        double shift = (sum - target) / nodes;
-        for (int n = 0; n < nodes; n++)
-            h[(size_t)n * 9 * C + c] -= shift;
-    }
-}
-
 static void embed_nodes(const umas_weights *w, const umas_graph *g, double *h) {
     int C = w->C;
     memset(h, 0, sizeof(double) * (size_t)g->num_nodes * 9 * C);
@@ -291,8 +277,7 @@ static void block_forward(umas_context *ctx, int layer, const umas_graph *g, dou
     for (size_t k = 0; k < size; k++)
         s->h[k] += s->ffn_out[k];
 
-    balance(w->charge_balanced, w->num_charge_balanced, ctx->charge, s->h, N, C);
-    balance(w->spin_balanced, w->num_spin_balanced, ctx->spin - 1.0, s->h, N, C);
+    umas_balance_forward(ctx, s->h, N, g->num_energy_nodes, C);
 }
 
 /* Backward of one block: s->dh holds dE/d(block output) and becomes dE/d(block input). */
@@ -304,8 +289,7 @@ static void block_backward(umas_context *ctx, int layer, const umas_graph *g, co
     size_t size = (size_t)N * 9 * C;
     const double *h_in = save, *h_mid = save + size;
 
-    balance(w->charge_balanced, w->num_charge_balanced, 0.0, s->dh, N, C);
-    balance(w->spin_balanced, w->num_spin_balanced, 0.0, s->dh, N, C);
+    umas_balance_backward(ctx, s->dh, N, g->num_energy_nodes, C);
 
     /* h_out = h_mid + FFN(norm_2(h_mid)) */
     umas_rms_norm_forward(&b->norm_2, N, C, h_mid, s->u);
@@ -407,9 +391,6 @@ int umas_cpu_compute(umas_context *ctx, const umas_graph *g, umas_result *result
     umas_cpu_state *s = ctx->backend_state;
     const umas_weights *w = &ctx->weights;
     int N = g->num_nodes, L = w->num_layers;
-    if ((w->num_charge_balanced || w->num_spin_balanced) && g->num_energy_nodes != N)
-        return umas_fail(err, "this model balances charge/spin channels over the whole system;"
-                              " that needs every atom on one rank (no ghost nodes) for now");
     if (reserve(ctx, g, gradients, err))
         return -1;
     if (gradients && !s->saved) /* cannot happen after reserve; keeps the analyzer informed */

@@ -60,7 +60,7 @@ static int find_precision(const char *name, const char *device, umas_precision *
                           umas_error *err) {
     int gpu = device && strcmp(device, "cuda") == 0;
     *precision = UMAS_PRECISION_EXACT;
-    if (!name || strcmp(name, gpu ? "fp32" : "fp64") == 0)
+    if (!name || strcmp(name, "default") == 0 || strcmp(name, gpu ? "fp32" : "fp64") == 0)
         return 0;
     if (gpu && strcmp(name, "3xtf32") == 0)
         *precision = UMAS_PRECISION_3XTF32;
@@ -71,8 +71,8 @@ static int find_precision(const char *name, const char *device, umas_precision *
     else
         return umas_fail(err, "precision '%s' is not available on device '%s' (%s)", name,
                          device ? device : "cpu",
-                         gpu ? "cuda has fp32, 3xtf32, tf32 and ozaki"
-                             : "the CPU computes in fp64");
+                         gpu ? "cuda has default (fp32), fp32, 3xtf32, tf32 and ozaki"
+                             : "the CPU has default (fp64) and fp64");
     return 0;
 }
 
@@ -181,6 +181,8 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
     ctx->charge = sys->charge;
     ctx->spin = sys->spin;
     ctx->num_atoms = sys->num_atoms;
+    ctx->sum_over_processes = sys->sum_over_processes;
+    ctx->sum_data = sys->sum_data;
     ctx->neighbors.num_nodes = -1;
     ctx->expert_coefficients = calloc((size_t)model->info.num_experts, sizeof(double));
     ctx->routing_input = calloc(2 * (size_t)model->info.sphere_channels, sizeof(double));
@@ -190,6 +192,9 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
     else
         failed = umas_merge(model, ctx->task, sys->charge, sys->spin, counts, sys->num_atoms,
                             &ctx->weights, ctx->expert_coefficients, ctx->routing_input, err) ||
+                 umas_balance_init(&ctx->balance, model->charge_balanced,
+                                   model->num_charge_balanced, model->spin_balanced,
+                                   model->num_spin_balanced, sys->charge, sys->spin, err) ||
                  backend->create(ctx, err);
     free(counts);
     if (failed) {
@@ -205,6 +210,7 @@ void umas_context_free(umas_context *ctx) {
     if (ctx->backend_state)
         ctx->backend->destroy(ctx);
     umas_weights_free(&ctx->weights);
+    umas_balance_free(&ctx->balance);
     free(ctx->expert_coefficients);
     free(ctx->routing_input);
     free(ctx->trace);
@@ -350,7 +356,8 @@ int umas_compute(umas_context *ctx, const umas_graph *graph, umas_result *result
     if (check_graph(ctx, graph, err))
         return -1;
     int gradients = wants_gradients(result);
-    if (reserve_outputs(ctx, graph->num_nodes, graph->num_edges, gradients, err))
+    if (umas_balance_check_atoms(ctx, graph->num_energy_nodes, err) ||
+        reserve_outputs(ctx, graph->num_nodes, graph->num_edges, gradients, err))
         return -1;
     if (ctx->backend->compute(ctx, graph, result, gradients, err))
         return -1;
@@ -474,7 +481,8 @@ int umas_compute_positions(umas_context *ctx, const double *positions, const dou
             if (!isfinite(cell[k]))
                 return umas_fail(err, "the cell has a non-finite entry (NaN or inf)");
     int gradients = wants_gradients(result);
-    if (reserve_outputs(ctx, nb->num_nodes, nb->num_edges, gradients, err))
+    if (umas_balance_check_atoms(ctx, nb->num_energy_nodes, err) ||
+        reserve_outputs(ctx, nb->num_nodes, nb->num_edges, gradients, err))
         return -1;
     umas_graph graph = {nb->num_nodes, nb->num_energy_nodes, nb->atomic_numbers, 0, NULL, NULL,
                         NULL};

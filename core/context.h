@@ -2,6 +2,7 @@
 #ifndef UMAS_CONTEXT_H
 #define UMAS_CONTEXT_H
 
+#include "balance.h"
 #include "model.h"
 #include "weights.h"
 
@@ -69,6 +70,10 @@ struct umas_context {
     double *expert_coefficients; /* [K] */
     double *routing_input;       /* [2C] composition embedding mean, then c_sys */
     umas_weights weights;        /* merged, float64 */
+    umas_balance balance;        /* charge/spin balanced channels and their targets */
+    /* umas_system.sum_over_processes and its data (NULL: one process holds the system) */
+    void (*sum_over_processes)(double *values, int count, void *data);
+    void *sum_data;
     void *backend_state;
     double *node_output; /* [N] energy head output, model units, written by the backend */
     int node_output_capacity;

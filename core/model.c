@@ -279,6 +279,8 @@ static int parse_backbone(umas_model *m, const cJSON *bb, umas_error *err) {
         parse_channel_list(bb, "spin_balanced_channels", info->sphere_channels, &m->spin_balanced,
                            &m->num_spin_balanced, err))
         return -1;
+    info->num_charge_balanced = m->num_charge_balanced;
+    info->num_spin_balanced = m->num_spin_balanced;
     return 0;
 }
 

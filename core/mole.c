@@ -352,10 +352,6 @@ int umas_merge(const umas_model *m, const umas_task *task, int charge, int spin,
     w->energy_rmsd = task->energy_rmsd;
     w->energy_mean = task->energy_mean;
     w->element_references = task->element_references;
-    w->charge_balanced = m->charge_balanced;
-    w->num_charge_balanced = m->num_charge_balanced;
-    w->spin_balanced = m->spin_balanced;
-    w->num_spin_balanced = m->num_spin_balanced;
 
     w->system_embedding = alloc_or_fail(&ld, (size_t)w->C);
     if (!ld.failed)

@@ -54,6 +54,9 @@ typedef struct umas_model_info {
     int max_neighbors;      /* fairchem's per-atom neighbour limit (section 1.3 of the spec) */
     double cutoff;          /* Angstrom */
     int num_tasks;          /* tasks (datasets) the model can be run as */
+    /* l = 0 channels balanced to the system's charge / spin after every block (model-spec
+     * section 8; UMA-S 1.2: 3 and 0; 1.1: none) */
+    int num_charge_balanced, num_spin_balanced;
 } umas_model_info;
 
 /* Loads and validates a model file (every tensor's name, dtype and shape). */
@@ -93,6 +96,16 @@ typedef struct umas_system {
     int num_atoms;             /* atoms in the whole system, > 0 */
     const int *atomic_numbers; /* [num_atoms], or NULL when element_counts is given */
     const int *element_counts; /* [max_num_elements] atoms per atomic number, or NULL */
+
+    /* Several processes (MPI ranks) sharing the system, each with a part of it in its graph:
+     * a function that sums values[count] over all of them, in place, e.g.
+     * MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM, comm), and its `data`.
+     * Every process then calls umas_compute / umas_compute_positions together (collectively,
+     * also a process whose graph is empty), and system-wide sums (the charge/spin balancing of
+     * UMA-S 1.2: model-spec section 8) run over the energy nodes of all processes, which must
+     * hold every atom of the system exactly once. NULL: this process holds the whole system. */
+    void (*sum_over_processes)(double *values, int count, void *data);
+    void *sum_data;
 } umas_system;
 
 typedef struct umas_options {
@@ -102,9 +115,9 @@ typedef struct umas_options {
      * the recompute path) */
     const char *backend;
     const char *device; /* "cpu" (default when NULL) or "cuda" (float32, current CUDA device) */
-    /* Arithmetic of the matrix products. NULL: the device's exact default, "fp64" on the CPU,
-     * "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split into
-     * high and low TF32 parts: float32 accuracy, within the same bounds against float64; on
+    /* Arithmetic of the matrix products. NULL or "default": the device's exact default, "fp64"
+     * on the CPU, "fp32" on the GPU. On the GPU also "3xtf32" (tensor cores, each product split
+     * into high and low TF32 parts: float32 accuracy, within the same bounds against float64; on
      * Hopper GPUs umas's own tensor-core kernel, faster than fp32), "ozaki" (float32
      * accuracy from int8 tensor-core products: each operand row in three int8 slices with one
      * power-of-two scale, six products summed exactly in int32; Hopper GPUs only, elsewhere it

@@ -64,10 +64,6 @@ typedef struct umas_weights {
     umas_linear head[3]; /* energy MLP C -> H -> H -> 1 (the task's expert) */
     double energy_rmsd, energy_mean;
     const double *element_references; /* [Z], owned by the model */
-    const int *charge_balanced;       /* owned by the model */
-    int num_charge_balanced;
-    const int *spin_balanced;
-    int num_spin_balanced;
 
     void **allocations; /* every array above, for umas_weights_free */
     int num_allocations, capacity;

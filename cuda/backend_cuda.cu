@@ -138,6 +138,12 @@ struct cuda_state {
     dev_linear head[3];
     dev_linear unified_fc1; /* umas_fast: every block's first radial layer, [L Ce][F] */
     float *head_w3_dev = nullptr;
+    /* charge/spin balancing (ctx->balance): channels [count], targets [count] and the sums of
+     * the current balancing [count]; host_sums: those sums on their way through the host when
+     * several processes share the system */
+    int *balance_channel = nullptr;
+    double *balance_target = nullptr, *balance_sums = nullptr;
+    std::vector<double> host_sums;
 
     /* Edges per chunk of this call (reserve_all); recompute_chunk: about 1 GB of scratch. */
     int chunk = 0, recompute_chunk = 0;
@@ -1310,6 +1316,29 @@ cuda_state::forced_tape forced_tape_of(const char *value, int L) {
     return f;
 }
 
+/* The balanced channels and their targets (ctx->balance) and room for their sums. */
+int upload_balance(umas_context *ctx, cuda_state *s, umas_error *err) {
+    const umas_balance &b = ctx->balance;
+    if (b.count == 0)
+        return 0;
+    void *channel = nullptr, *target = nullptr, *sums = nullptr;
+    cudaError_t e = cudaMalloc(&channel, sizeof(int) * b.count);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&target, sizeof(double) * b.count);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&sums, sizeof(double) * b.count);
+    s->weight_memory.insert(s->weight_memory.end(), {channel, target, sums});
+    if (check(e, "the balanced channels", err))
+        return -1;
+    s->balance_channel = static_cast<int *>(channel);
+    s->balance_target = static_cast<double *>(target);
+    s->balance_sums = static_cast<double *>(sums);
+    cudaMemcpy(channel, b.channel, sizeof(int) * b.count, cudaMemcpyHostToDevice);
+    cudaMemcpy(target, b.target, sizeof(double) * b.count, cudaMemcpyHostToDevice);
+    s->host_sums.resize(b.count);
+    return 0;
+}
+
 int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     const umas_weights *w = &ctx->weights;
     int count = 0;
@@ -1318,9 +1347,6 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
         return umas_fail(err, "device cuda: no CUDA device is visible on this machine (use "
                               "device cpu)");
     }
-    if (w->num_charge_balanced || w->num_spin_balanced)
-        return umas_fail(err, "device cuda: models with charge/spin balanced channels are not "
-                              "supported on the GPU yet (use device cpu)");
     cuda_state *s = new cuda_state();
     ctx->backend_state = s;
     s->fast = fast;
@@ -1413,6 +1439,8 @@ int create(umas_context *ctx, bool fast, bool fused, umas_error *err) {
     for (int i = 0; i < 3; i++)
         s->head[i] = upload_linear(s, w->head[i]);
     s->head_w3_dev = upload(s, w->head[2].weight, (size_t)w->H); /* exact: not a GEMM operand */
+    if (upload_balance(ctx, s, err))
+        return -1;
     if (check(cudaGetLastError(), "weight upload", err))
         return -1;
     for (void *p : s->weight_memory)
@@ -1652,6 +1680,35 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     return -1; /* recomputing everything did not fit either: err says what */
 }
 
+/* Whether the balancing's sums go through the host (several processes share the system): then
+ * every balancing waits for the GPU, and the step cannot be one CUDA graph. */
+bool balance_on_host(const umas_context *ctx) {
+    return ctx->balance.count > 0 && ctx->sum_over_processes;
+}
+
+/* Charge/spin balancing (core/balance.h) of x [N][9][C]: the forward on a block's output, or
+ * (backward) its adjoint on dE/d(block output). */
+void balance(umas_context *ctx, cuda_state *s, const graph_view &g, float *x, bool backward) {
+    const umas_balance &b = ctx->balance;
+    if (b.count == 0)
+        return;
+    int C = ctx->weights.C;
+    cu_balance_sums(backward ? g.N : g.energy_nodes, C, b.count, s->balance_channel, x,
+                    s->balance_sums, s->stream);
+    if (balance_on_host(ctx)) {
+        double *host = s->host_sums.data();
+        cudaMemcpyAsync(host, s->balance_sums, sizeof(double) * b.count, cudaMemcpyDeviceToHost,
+                        s->stream);
+        cudaStreamSynchronize(s->stream);
+        umas_sum_over_processes(ctx, host, b.count);
+        cudaMemcpyAsync(s->balance_sums, host, sizeof(double) * b.count, cudaMemcpyHostToDevice,
+                        s->stream);
+    }
+    cu_balance_shift(backward ? g.energy_nodes : g.N, C, b.count, s->balance_channel,
+                     s->balance_sums, backward ? nullptr : s->balance_target, ctx->num_atoms, x,
+                     s->stream);
+}
+
 void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g, float *save) {
     const dev_block &b = s->blocks[l];
     const umas_weights *w = &ctx->weights;
@@ -1674,6 +1731,7 @@ void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
     cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, F(s->h), F(s->u), s->stream);
     ffn_forward(s, b, N, C, H, F(s->u), F(s->ffn_out));
     cu_add((size_t)N * 9 * C, F(s->ffn_out), F(s->h), s->stream);
+    balance(ctx, s, g, F(s->h), false);
 }
 
 void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
@@ -1683,6 +1741,7 @@ void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g
     int N = g.N, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
     const float *h_in = save, *h_mid = save + size;
+    balance(ctx, s, g, F(s->dh), true);
     cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, h_mid, F(s->u), s->stream);
     ffn_backward(s, b, N, C, H, F(s->u), F(s->dh), F(s->d_tmp));
     cu_rms_norm_backward(N, C, b.norm_2.scale, h_mid, F(s->d_tmp), F(s->du), s->stream);
@@ -2023,8 +2082,8 @@ int cuda_compute_positions(umas_context *ctx, const double *positions, const dou
     /* umas_fast_gpu replays a captured graph of the step; its edge count is padded (inert
      * edges) so that the graph serves many steps */
     int kept = host_flags[0];
-    bool graphed =
-        s->fused && gradients && !ctx->keep_trace && !s->graphs_failed && N > 0 && kept > 0;
+    bool graphed = s->fused && gradients && !ctx->keep_trace && !s->graphs_failed &&
+                   !balance_on_host(ctx) && N > 0 && kept > 0;
     graph_view g = {N, graphed ? padded_edges(kept) : kept, nb->num_energy_nodes};
     if (g.E > kept)
         cu_pad_edges(kept, g.E - kept, N, 2.0 * ctx->weights.cutoff, I(s->src), I(s->tgt),

@@ -215,6 +215,19 @@ void cu_head_seed(int N, int H, int energy_nodes, const float *w3, const float *
 void cu_add(size_t n, const float *b, float *a, cudaStream_t stream);
 
 /* ---------------------------------------------------------------------------------------------
+ * balance.cu: charge/spin balancing of l = 0 channels (core/balance.h)
+ * ------------------------------------------------------------------------------------------- */
+
+/* sums[k] = sum over nodes [0, nodes) of x[n][0][channel[k]], k < count (one double each, fixed
+ * order: bitwise repeatable); nodes may be 0 (sums 0). channel and sums on the device. */
+void cu_balance_sums(int nodes, int C, int count, const int *channel, const float *x, double *sums,
+                     cudaStream_t stream);
+/* x[n][0][channel[k]] -= (sums[k] - target[k]) / atoms over nodes [0, nodes) (core/balance.c
+ * balance); target null: 0 (the backward). */
+void cu_balance_shift(int nodes, int C, int count, const int *channel, const double *sums,
+                      const double *target, int atoms, float *x, cudaStream_t stream);
+
+/* ---------------------------------------------------------------------------------------------
  * neighbors.cu: the neighbour-list route (core/context.c umas_compute_positions, on the GPU)
  * ------------------------------------------------------------------------------------------- */
 

@@ -217,6 +217,13 @@ double PairUMAS::init_one(int, int) {
     return umas_model_get_info(model)->cutoff;
 }
 
+/* umas_system.sum_over_processes: system-wide sums (the charge/spin balancing of UMA-S 1.2)
+ * over the ranks of the pair style's communicator. */
+static void sum_over_ranks(double *values, int count, void *communicator) {
+    MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, MPI_SUM,
+                  *static_cast<MPI_Comm *>(communicator));
+}
+
 /* The MoLE merge depends on the composition of the whole system: recount it (all ranks) and
  * re-merge when it, the charge or the spin changed. */
 void PairUMAS::update_merge(const char *why) {
@@ -233,7 +240,12 @@ void PairUMAS::update_merge(const char *why) {
         total += c;
     if (total == 0)
         fail("no atoms of the elements given in pair_coeff");
-    umas_system system = {task.c_str(), charge, spin, (int)total, nullptr, counts.data()};
+    umas_system system = {task.c_str(), charge,        spin,    (int)total,
+                          nullptr,      counts.data(), nullptr, nullptr};
+    if (comm->nprocs > 1) {
+        system.sum_over_processes = sum_over_ranks;
+        system.sum_data = &world;
+    }
     umas_options options = {backend.c_str(), device.c_str(),
                             precision == "default" ? nullptr : precision.c_str()};
     umas_error err;
@@ -281,6 +293,10 @@ void PairUMAS::print_banner() {
             " cutoff=" + std::to_string(info->cutoff) + " A\n";
     text += "  task " + task + ", charge " + std::to_string(charge) + ", spin " +
             std::to_string(spin) + "\n";
+    if (info->num_charge_balanced || info->num_spin_balanced)
+        text += "  balanced l=0 channels: " + std::to_string(info->num_charge_balanced) +
+                " to the charge, " + std::to_string(info->num_spin_balanced) +
+                " to the spin (sums over all " + std::to_string(comm->nprocs) + " ranks)\n";
     text += "  MoLE merged for " + composition + "(expert coefficients " + coefficients + ")\n";
     text += "  types " + types + "\n";
     text += "  backend " + backend + ", device " + device + ", precision " + precision + ", mode " +

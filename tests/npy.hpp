@@ -1,12 +1,12 @@
 // npy.hpp - header-only reader for NumPy .npy files (format versions 1, 2 and 3), for the tests.
 //
-// Supports little-endian C-order arrays of dtype <f8, <f4, <i8, <i4, <i2, |i1, <u8, <u4, <u2,
-// |u1 and |b1 (bool); the values are converted to double:
+// Supports little-endian arrays (C or Fortran order; values come back in C order) of dtype <f8,
+// <f4, <i8, <i4, <i2, |i1, <u8, <u4, <u2, |u1 and |b1 (bool); the values are converted to double:
 //
 //     NpyArray a = npy_load("tests/data/tiny/a_cu_fcc_108/edge_index.npy");   // int64 [2][E]
 //     double src = a.values[0 * a.shape[1] + e];
 //
-// Any problem (missing file, bad header, big-endian or Fortran order, short data) throws
+// Any problem (missing file, bad header, big-endian, short data) throws
 // std::runtime_error naming the path.
 #ifndef UMAS_TESTS_NPY_HPP
 #define UMAS_TESTS_NPY_HPP
@@ -120,8 +120,9 @@ inline NpyArray npy_load(const std::string &path) {
     }
     a.dtype = descr.substr(1, descr.size() - 2);
     std::string fortran = npy_detail::dict_value(header, "fortran_order", path);
-    if (fortran.find("False") == std::string::npos) {
-        throw error(path, "Fortran-order arrays are not supported");
+    bool fortran_order = fortran.find("True") != std::string::npos;
+    if (!fortran_order && fortran.find("False") == std::string::npos) {
+        throw error(path, "bad fortran_order " + fortran);
     }
     std::string shape = npy_detail::dict_value(header, "shape", path);
     size_t count = 1;
@@ -188,6 +189,19 @@ inline NpyArray npy_load(const std::string &path) {
         for (size_t i = 0; i < count; i++) {
             a.values[i] = raw[i] != 0 ? 1.0 : 0.0;
         }
+    }
+    if (fortran_order && a.shape.size() > 1) { // column-major -> row-major
+        std::vector<double> c_order(count);
+        std::vector<size_t> index(a.shape.size(), 0);
+        for (size_t f = 0; f < count; f++) { // index: f's multi-index, first axis fastest
+            size_t c = 0;
+            for (size_t d = 0; d < a.shape.size(); d++)
+                c = c * a.shape[d] + index[d];
+            c_order[c] = a.values[f];
+            for (size_t d = 0; d < a.shape.size() && ++index[d] == a.shape[d]; d++)
+                index[d] = 0;
+        }
+        a.values = c_order;
     }
     return a;
 }
