@@ -180,6 +180,28 @@ class ReferenceParity(GpuTest):
             self.skipTest("umas.safetensors not in UMAS_TEST_MODELS (optional)")
         self.check_cases("umas", self.UMAS_CASES)
 
+    def test_tiny121(self):
+        """The UMA-S 1.2.1 architecture with tiny dims (charge-balanced channels 0-2 after every
+        block, 16 Gaussians, 7 datasets) on the same cases, among them the cation (charge 1),
+        with the general backend in fp32 and umas_fast_gpu in fp32, 3xtf32 and ozaki: the
+        same float32 bounds."""
+        variants = [(None, None)]
+        if DEVICE == "cuda":
+            variants += [("umas_fast_gpu", None), ("umas_fast_gpu", "3xtf32"),
+                         ("umas_fast_gpu", "ozaki")]
+        for backend, precision in variants:
+            self.check_cases("tiny121", self.CASES, backend, precision)
+
+    def test_umas121(self):
+        """UMA-S 1.2.1's architecture and dims (umas121: 128 channels, 4 blocks, 32 Gaussians,
+        charge-balanced channels) on the same cases plus Cu FCC 2000, general fp32 and
+        umas_fast_gpu ozaki, when umas121.safetensors was converted."""
+        if not os.path.exists(model_path("umas121")):
+            self.skipTest("umas121.safetensors not in UMAS_TEST_MODELS (optional)")
+        self.check_cases("umas121", self.UMAS_CASES)
+        if DEVICE == "cuda":
+            self.check_cases("umas121", self.UMAS_CASES, "umas_fast_gpu", "ozaki")
+
     def test_umas_fast_gpu_3xtf32(self):
         """`backend umas_fast_gpu precision 3xtf32` (split-precision tensor-core products, our
         own kernel on Hopper GPUs) on the same cases, both models: the same float32 bounds."""
@@ -264,9 +286,9 @@ class EnergyDrift(GpuTest):
     NOISE = 2e-6  # relative float32 round-off of an energy (see GpuVersusCpu)
 
     @staticmethod
-    def drift(table, natoms):
+    def drift(table, natoms, timestep_fs=1.0):
         """|E_end - E_0|/N, max |E - E_0|/N (eV/atom) and the least-squares slope of E/N
-        (eV/atom/ps at 1 fs steps) of thermo rows (step temp pe ke etotal press)."""
+        (eV/atom/ps) of thermo rows (step temp pe ke etotal press)."""
         steps = [row[0] for row in table]
         energies = [row[4] for row in table]
         end = abs(energies[-1] - energies[0]) / natoms
@@ -274,7 +296,7 @@ class EnergyDrift(GpuTest):
         mean_t = sum(steps) / len(steps)
         mean_e = sum(energies) / len(energies)
         slope = (sum((t - mean_t) * (e - mean_e) for t, e in zip(steps, energies)) /
-                 sum((t - mean_t) ** 2 for t in steps)) / natoms * 1000.0
+                 sum((t - mean_t) ** 2 for t in steps)) / natoms * 1000.0 / timestep_fs
         return end, deviation, slope
 
     def test_nve_drift(self):
@@ -339,6 +361,51 @@ class EnergyDrift(GpuTest):
         slope_floor = 2 * self.NOISE * energy_per_atom / duration_ps
         self.assertLessEqual(abs(gpu[2]), max(2 * abs(cpu[2]), slope_floor))
         self.assertLessEqual(gpu[1], max(3 * cpu[1], self.NOISE * energy_per_atom))
+
+
+class ChargedMoleculeDrift(GpuTest):
+    STEPS = int(os.environ.get("UMAS_TEST_NVE_STEPS", "200")) * 2
+    TIMESTEP_FS = float(os.environ.get("UMAS_TEST_MOLECULE_FS", "0.25"))
+
+    def test_nve_drift_charged_molecule(self):
+        """The cation doublet (isopropanol, omol, charge 1, spin 2, open box) with the
+        charge-balanced tiny121 model: 400 NVE steps of 0.25 fs from 300 K with device cuda
+        (umas_fast_gpu in fp32 and ozaki; the CUDA graph of the step holds the balancing) and
+        with device cpu. As EnergyDrift: the GPU's drift slope within 2x the CPU's or below
+        what float32 round-off of E/N can fake over the run, its fluctuation within 3x."""
+        cpu = None
+        for device, precision in (("cpu", None), (DEVICE, None), (DEVICE, "ozaki")):
+            if precision and DEVICE != "cuda":
+                continue
+            directory, script, case = base.molecule_files(case_name="tiny121/c_molecule_q1_s2")
+            script += ("velocity all create 300 4928459 loop geom\n"
+                       "fix 1 all nve\ntimestep %g\n"
+                       "thermo_style custom step temp pe ke etotal press\n"
+                       "thermo_modify format float %%.17g\nthermo 10\nrun %d\n" %
+                       (self.TIMESTEP_FS * 1e-3, self.STEPS))
+            gpu = device != "cpu"
+            run = self.run_ok(with_device(script, device, "umas_fast_gpu" if gpu else None,
+                                          precision), directory=directory)
+            self.assertIn("balanced l=0 channels: 3 to the charge", run.output)
+            table = run.thermo()[-1]
+            self.assertEqual(len(table), self.STEPS // 10 + 1)
+            natoms = len(case["numbers"])
+            result = EnergyDrift.drift(table, natoms, self.TIMESTEP_FS)
+            energy_per_atom = abs(table[0][4]) / natoms
+            label = device + (variant("umas_fast_gpu", precision) if gpu else "")
+            measured("NVE charged molecule %d steps of %g fs, device %s: %.1f s, |E_end - E_0|/N "
+                     "%.2e eV/atom, max |E - E_0|/N %.2e eV/atom, slope %.2e eV/atom/ps" %
+                     (self.STEPS, self.TIMESTEP_FS, label, run.seconds, *result))
+            if not gpu:
+                cpu = result
+                continue
+            duration_ps = self.STEPS * self.TIMESTEP_FS * 1e-3
+            slope_floor = 2 * EnergyDrift.NOISE * energy_per_atom / duration_ps
+            measured("NVE charged molecule device %s / cpu: slope %.2f, max %.2f" % (
+                label, abs(result[2]) / max(abs(cpu[2]), 1e-300), result[1] / max(cpu[1],
+                                                                                   1e-300)))
+            self.assertLessEqual(abs(result[2]), max(2 * abs(cpu[2]), slope_floor))
+            self.assertLessEqual(result[1], max(3 * cpu[1], EnergyDrift.NOISE * energy_per_atom))
 
 
 # ------------------------------------------------------------------------------------------
