@@ -36,6 +36,9 @@ def main(path, top=25):
         print("%-60s %7d %10.2f %6.1f" % (name[:60], calls[name], t, 100 * t / grand))
     print("%-60s %7d %10.2f %6.1f" % ("all kernels", sum(calls.values()), grand, 100.0))
     print("%-60s %7s %10.2f %6.1f" % ("of which GEMM (cuBLAS, tc_gemm)", "", gemm, 100 * gemm / grand))
+    balance = sum(t for n, t in total.items() if n.startswith("balance_"))
+    print("%-60s %7s %10.3f %6.2f" % ("of which charge/spin balancing (balance_*)", "", balance,
+                                      100 * balance / grand))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ Specification:
     to it, the forces equal fairchem's to 1e-9 eV/A and, for periodic cells, the stress (Voigt
     xx yy zz yz xz xy) equals fairchem's to 1e-11 eV/A^3; molecules print no stress;
   * charge and spin options reach the model (the molecule is evaluated as a cation doublet);
+  * the UMA-S 1.2.1 architecture (tiny121: charge-balanced channels) on the cation matches
+    fairchem-core 2.24's float64 energy and forces the same way, also with `--precision
+    default` (the device's default: fp64 on the CPU), which prints exactly what `fp64` prints;
   * bad input exits with status 1 and one 'umas-eval: error:' line on stderr: unknown task,
     missing structure, missing model, unknown element, out-of-range charge.
 """
@@ -77,6 +80,26 @@ class Energies(unittest.TestCase):
                     voigt = [s[0], s[4], s[8], s[5], s[2], s[1]]
                     self.assertLessEqual(max(abs(a - b) for a, b in zip(result["stress"], voigt)),
                                          1e-11)
+
+
+class BalancedModel(unittest.TestCase):
+    def test_cation_with_charge_balanced_channels(self):
+        model = os.path.join(os.path.dirname(ARGS.model), "tiny121.safetensors")
+        case = os.path.join(ARGS.data, "tiny121", "c_molecule_q1_s2")
+        with open(os.path.join(case, "meta.json")) as f:
+            reference = json.load(f)["energy_eV"]["f64"]
+        forces = read_npy(os.path.join(case, "forces_f64.npy"))
+        outputs = {}
+        for precision in ("default", "fp64"):
+            out = run("--model", model, "--task", "omol", "--charge", "1", "--spin", "2",
+                      "--device", "cpu", "--precision", precision, structure("isopropanol.extxyz"))
+            self.assertEqual(out.returncode, 0, out.stderr)
+            outputs[precision] = out.stdout
+            result = json.loads(out.stdout)
+            self.assertLessEqual(abs(result["energy"] - reference), 1e-9 * abs(reference))
+            ours = [f for atom in result["forces"] for f in atom]
+            self.assertLessEqual(max(abs(a - b) for a, b in zip(ours, forces)), 1e-9)
+        self.assertEqual(outputs["default"], outputs["fp64"])
 
 
 class Errors(unittest.TestCase):

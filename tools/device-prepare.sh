@@ -5,12 +5,13 @@
 # libraries and the optional `umas` checkpoint, compressed, in the git-ignored .devbin/.
 # The device has no LAMMPS and no MPI either: its `lmp_umas` (CUDA on) is linked to the static
 # serial LAMMPS of tools/build-lammps-serial.sh (MPI stubs; built once into .deps/, ~10-20 min).
-#   ./tools/device-prepare.sh    then run: ./tools/device-run.sh with carry [".devbin"]
+#   ./tools/device-prepare.sh    then run: ./tools/device-run.sh with carry
+#   [".devbin/binaries.tar.xz", ".devbin/umas121.pt.xz"] (or umas.pt.xz: one of the two fits)
 # UMAS_DEVICE_LAMMPS=0 leaves LAMMPS out (no serial LAMMPS build, no lmp_umas: the device run
 # then skips its LAMMPS tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets="test_cuda test_neighbors umas-bench umas-eval"
+targets="test_cuda test_balance test_neighbors umas-bench umas-eval"
 lammps=(-DUMAS_WITH_LAMMPS=OFF)
 if [ "${UMAS_DEVICE_LAMMPS:-1}" = 1 ]; then
     ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"
@@ -42,5 +43,9 @@ for lib in openblas.so.0 cjson.so.1 gfortran.so.5 quadmath.so.0; do
     cp -L "$(ldconfig -p | awk -v l="lib$lib" '$1 == l {print $NF; exit}')" .devbin/stage/
 done
 tar -C .devbin/stage -cf - . | xz -T2 -9 > .devbin/binaries.tar.xz && rm -rf .devbin/stage
-if [ -f models/umas.pt ]; then xz -T2 -6 -c models/umas.pt > .devbin/umas.pt.xz; fi
+# the optional big checkpoints, each ~41 MB compressed (random weights): carry one per call, the
+# tree that travels holds 64 MiB
+for big in umas umas121; do
+    if [ -f models/$big.pt ]; then xz -T2 -6 -c models/$big.pt > .devbin/$big.pt.xz; fi
+done
 du -sh .devbin/*

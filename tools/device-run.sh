@@ -10,18 +10,22 @@
 # UMAS_LAMMPS_TESTS: test names for tests/test_lammps_gpu.py (e.g. "ReferenceParity
 # GpuVersusCpu"); UMAS_LAMMPS_BENCH: precisions for a LAMMPS in.bench run each. UMAS_SASS=1 first
 # prints what the tensor-core GEMM kernels' machine code holds (wgmma instructions, local-memory
-# spills).
+# spills). UMAS_DEVICE_TESTS: the GoogleTest programs (default test_cuda test_balance
+# test_neighbors, plus test_kernels); UMAS_BENCH_MODELS: the models benchmarked (default umas
+# umas121, those carried); UMAS_PROFILE_MODEL: the model of the kernel breakdown (default umas).
 set -uo pipefail
 source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # convert the reference checkpoints with the stdlib converter
-for pt in tests/data/checkpoints/tiny.pt tests/data/checkpoints/tiny_v12.pt; do
+for pt in tests/data/checkpoints/*.pt; do
     python3 tools/umas_convert.py "$pt" "/tmp/umas/models/$(basename "$pt" .pt).safetensors"
 done
-if [ -f .devbin/umas.pt.xz ]; then
-    xz -dc .devbin/umas.pt.xz > /tmp/umas/umas.pt
-    python3 tools/umas_convert.py /tmp/umas/umas.pt /tmp/umas/models/umas.safetensors
-fi
+for big in umas umas121; do # the carried big checkpoints
+    if [ -f .devbin/$big.pt.xz ]; then
+        xz -dc .devbin/$big.pt.xz > /tmp/umas/$big.pt
+        python3 tools/umas_convert.py /tmp/umas/$big.pt /tmp/umas/models/$big.safetensors
+    fi
+done
 export UMAS_TEST_DATA="$PWD/tests/data" UMAS_TEST_MODELS=/tmp/umas/models
 if [ "${UMAS_SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
     echo "== machine code of the split-precision GEMM kernels (umas-gemm-check)"
@@ -31,12 +35,15 @@ if [ "${UMAS_SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
         "$OUT/gemm.sass"
 fi
 if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
-    tests="test_cuda test_neighbors"
+    tests="${UMAS_DEVICE_TESTS:-test_cuda test_balance test_neighbors}"
     [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
     for test in $tests; do
         filter=()
         if [ "$test" = test_cuda ] && [ -n "${UMAS_CUDA_FILTER:-}" ]; then
             filter=("--gtest_filter=$UMAS_CUDA_FILTER")
+        fi
+        if [ "$test" = test_balance ]; then # its processes are threads: one BLAS thread each
+            export OPENBLAS_NUM_THREADS=1
         fi
         timeout "${UMAS_TEST_TIMEOUT:-540}" stdbuf -oL /tmp/umas/bin/$test "${filter[@]}" \
             > "$OUT/$test.log" 2>&1
@@ -76,25 +83,27 @@ if [ -n "${UMAS_LAMMPS_BENCH:-}" ] && [ -x /tmp/umas/bin/lmp_umas ]; then
         grep -E "Loop time|Performance|umas timing|Pair  |Neigh |Comm |Other|ERROR" "$OUT/lammps-$precision.log"
     done
 fi
-if [ "${UMAS_BENCH:-1}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
+for model in ${UMAS_BENCH_MODELS:-umas umas121}; do
+    if [ "${UMAS_BENCH:-1}" != 1 ] || [ ! -f /tmp/umas/models/$model.safetensors ]; then continue; fi
     # one table per precision: the exact fp32 backends, then umas_fast with tensor cores
     for variant in ${UMAS_BENCH_VARIANTS:-general,umas_fast,umas_fast_gpu:fp32 umas_fast_gpu:3xtf32 umas_fast_gpu:ozaki umas_fast_gpu:tf32}; do
         set -- ${variant//:/ }
-        echo "== umas-bench, umas model (UMA-S shape), backends $1, precision $2, on the GPU ${3:-}"
-        env ${3:-} /tmp/umas/bin/umas-bench --model /tmp/umas/models/umas.safetensors --device cuda \
+        echo "== umas-bench, $model model (UMA-S shape), backends $1, precision $2, on the GPU ${3:-}"
+        env ${3:-} /tmp/umas/bin/umas-bench --model /tmp/umas/models/$model.safetensors --device cuda \
             --backend "$1" --precision "$2" --atoms "${UMAS_BENCH_ATOMS:-1000,2000,6000,16000}" \
             --steps "${UMAS_BENCH_STEPS:-5}" --warmup 2 | tee -a "$OUT/bench.txt"
     done
-fi
-if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/umas.safetensors ]; then
+done
+profile_model=${UMAS_PROFILE_MODEL:-umas}
+if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/$profile_model.safetensors ]; then
     # per-kernel time of one MD step (Nsight Compute, one metric: one replay) at each of
     # UMAS_PROFILE_ATOMS (default 2000)
     for atoms in ${UMAS_PROFILE_ATOMS:-2000}; do
         for variant in ${UMAS_PROFILE_VARIANTS:-umas_fast_gpu:fp32}; do
             set -- ${variant/:/ }
-            echo "== kernel breakdown, $atoms atoms, backend $1, precision $2 (one step)"
+            echo "== kernel breakdown, $profile_model model, $atoms atoms, backend $1, precision $2 (one step)"
             ncu --metrics gpu__time_duration.sum --csv /tmp/umas/bin/umas-bench \
-                --model /tmp/umas/models/umas.safetensors --device cuda --backend "$1" \
+                --model /tmp/umas/models/$profile_model.safetensors --device cuda --backend "$1" \
                 --precision "$2" --atoms "$atoms" --steps 1 --warmup 0 \
                 > "$OUT/profile-$2-$atoms.csv" 2>&1
             python3 bench/kernel_breakdown.py "$OUT/profile-$2-$atoms.csv" |
