@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-sanitize -DUMAS_SANITIZE=ON -DUMAS_WITH_CUDA=OFF -DUMAS_WITH_LAMMPS=OFF \
       -DCMAKE_BUILD_TYPE=Debug \
-      -DUMAS_BIG_CHECKPOINT=none
+      -DUMAS_BIG_CHECKPOINT=none -DUMAS_BIG_CHECKPOINT_121=none
 cmake --build build-sanitize -j2
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     ctest --test-dir build-sanitize --output-on-failure -j2
