@@ -2,6 +2,7 @@
  * umas_fast_gpu's tapes (the edge activations a block keeps for its backward) and the search for
  * how many blocks keep theirs in how large chunks of edges (reserve_all). */
 #include "cuda_internal.h"
+#include "tape_plan.h"
 
 namespace umas_cuda {
 
@@ -52,13 +53,19 @@ bool tape_holds_all_edges(const cuda_state *s, int i) {
  * reserve_buffers sizes them. umas_fast's blocks read their radial LayerNorm input in s->first,
  * so only tapes[0] (which also serves the edge-degree MLP) and general's tape keep pre_norm1;
  * without keep_radial the kept tapes of blocks 1.. have no radial output either. */
-void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
+/* Floats per edge of block l's tape, buffer by buffer (tape_buffer order), with its radial
+ * output (shared_radial false) or without it (a kept tape that shares tapes[0]'s). */
+static void tape_sizes_of(bool fast, const umas_weights *w, size_t l, bool shared_radial,
+                          size_t floats[]) {
     size_t C = w->C, H = w->H, Ce = w->Ce;
-    const bool shared_radial = block_keeps(s, (int)l) && !s->keep_radial && l > 0; /* tapes[0] */
     const size_t sizes[tape_buffers] = {
-        s->fast && l > 0 ? 0 : Ce, Ce, shared_radial ? 0 : 12 * C, 2 * H, 9 * H, 9 * C};
+        fast && l > 0 ? 0 : Ce, Ce, shared_radial ? 0 : 12 * C, 2 * H, 9 * H, 9 * C};
     for (int i = 0; i < tape_buffers; i++)
         floats[i] = sizes[i];
+}
+void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]) {
+    const bool shared_radial = block_keeps(s, (int)l) && !s->keep_radial && l > 0; /* tapes[0] */
+    tape_sizes_of(s->fast, w, l, shared_radial, floats);
 }
 size_t tape_floats_per_edge(const cuda_state *s, const umas_weights *w, size_t l) {
     size_t floats[tape_buffers], total = 0;
@@ -204,23 +211,25 @@ static void release(cuda_state *s, buffer &b) {
     b = buffer();
 }
 
-/* Bytes of the kept tapes and of one chunk's scratch for E edges in chunks of `chunk`, with
- * s->kept_blocks and s->keep_radial as they would be (the keep-or-recompute estimate; the
- * per-edge geometry and the node arrays are left out). */
-static double tape_bytes(const cuda_state *s, const umas_weights *w, size_t E, size_t chunk) {
-    size_t L = w->num_layers;
-    double floats = (double)chunk * scratch_floats_per_edge(s, w) +
-                    (s->fast ? (double)E * L * w->Ce : 0.0); /* s->first */
-    for (size_t l = 0; l < L; l++)
-        if (l == 0 || block_keeps(s, (int)l))
-            floats += (double)(tape_holds_all_edges(s, (int)l) ? E : chunk) *
-                      (double)tape_floats_per_edge(s, w, l);
-    return floats * sizeof(float);
+/* The sizes the memory plan (tape_plan.h) weighs for E edges. */
+static tape_plan_input plan_input(const cuda_state *s, const umas_weights *w, size_t E) {
+    size_t block0[tape_buffers], kept[tape_buffers];
+    tape_sizes_of(s->fast, w, 0, false, block0);
+    tape_sizes_of(s->fast, w, 1, false, kept);
+    tape_plan_input in;
+    in.edges = E;
+    in.blocks = w->num_layers;
+    in.recompute_chunk = (size_t)s->recompute_chunk;
+    for (int i = 0; i < tape_buffers; i++) {
+        in.block0_tape += block0[i];
+        in.kept_tape += kept[i];
+    }
+    in.radial = kept[2];
+    in.scratch = scratch_floats_per_edge(s, w);
+    in.per_edge = s->fast ? (size_t)w->num_layers * w->Ce : 0; /* s->first */
+    return in;
 }
 
-/* Gives back the tapes the choice in s does not use: those of blocks 1.. that recompute, the
- * radial outputs of the kept ones without keep_radial, and tapes[0]'s room beyond one chunk
- * when it holds one chunk (it held all edges for an earlier choice). */
 static void release_unused_tapes(cuda_state *s, const umas_weights *w) {
     size_t chunk_floats[tape_buffers];
     tape_sizes(s, w, 0, chunk_floats);
@@ -242,7 +251,8 @@ static void print_tape_choice(const cuda_state *s, const umas_weights *w, size_t
             "umas cuda: %zu edges: %d of %d blocks keep their edge activations%s, chunks of %d "
             "edges; %.1f GB of tapes and scratch\n",
             E, k, L, k > 0 && !s->keep_radial ? " (without the radial outputs)" : "", s->chunk,
-            tape_bytes(s, w, E, (size_t)s->chunk) / 1e9);
+            tape_bytes(plan_input(s, w, E), s->kept_blocks, s->keep_radial, (size_t)s->chunk) /
+                1e9);
 }
 
 /* umas_fast_gpu keeps the edge activations of as many blocks (the last ones) as fit in 80 % of
@@ -255,7 +265,6 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
     size_t E = g.E > 0 ? g.E : 1;
-    int L = w->num_layers;
     cuda_state::tape_decision &made = s->decision;
     if (!s->fused) {
         s->kept_blocks = 0;
@@ -285,33 +294,21 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     made.edges = 0;
     size_t free_bytes = 0, total = 0;
     cudaMemGetInfo(&free_bytes, &total);
-    const double budget = 0.8 * (double)(free_bytes + s->buffer_bytes);
-    const size_t chunks[3] = {E, std::min(E, 4 * rc), std::min(E, rc)};
-    for (int k = L; k >= 0; k--) {
-        for (bool keep_radial : {true, false}) {
-            if (!keep_radial && k == 0)
-                continue;
-            for (int c = 0; c < 3; c++) {
-                if (c > 0 && chunks[c] == chunks[c - 1])
-                    continue;
-                s->kept_blocks = k;
-                s->keep_radial = keep_radial;
-                s->chunk = (int)chunks[c];
-                /* recomputing all in the smallest chunks is tried whatever the estimate */
-                bool last_resort = k == 0 && chunks[c] == chunks[2];
-                if (!last_resort && tape_bytes(s, w, E, chunks[c]) > budget)
-                    continue;
-                release_unused_tapes(s, w);
-                if (reserve_buffers(ctx, g, err) != 0) {
-                    cudaGetLastError();
-                    continue;
-                }
-                made = {E, k, (int)chunks[c], keep_radial, chunks[c] == E};
-                if (s->verbose)
-                    print_tape_choice(s, w, E);
-                return 0;
-            }
+    tape_plan_input in = plan_input(s, w, E);
+    in.budget_bytes = 0.8 * (double)(free_bytes + s->buffer_bytes);
+    for (const tape_choice &choice : plan_tapes(in)) {
+        s->kept_blocks = choice.kept_blocks;
+        s->keep_radial = choice.keep_radial;
+        s->chunk = (int)choice.chunk;
+        release_unused_tapes(s, w);
+        if (reserve_buffers(ctx, g, err) != 0) {
+            cudaGetLastError();
+            continue;
         }
+        made = {E, choice.kept_blocks, (int)choice.chunk, choice.keep_radial, choice.chunk == E};
+        if (s->verbose)
+            print_tape_choice(s, w, E);
+        return 0;
     }
     return -1; /* recomputing everything did not fit either: err says what */
 }
