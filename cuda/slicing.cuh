@@ -1,5 +1,5 @@
 /* slicing.cuh - the arithmetic of the ozaki precision's slices (gemm_i8.h), for the slicing
- * kernel (gemm_i8_tma.cu) and for producers that write their output sliced (edgewise.cu):
+ * kernel (gemm_i8_tma.cu) and for producers that write their output sliced (edgewise_*.cu):
  * a row's exponent e, the integer A = rint(a 2^(23 - e)) of each entry and its three balanced
  * base-255 digits, packed four to a word; a warp's row written sliced. */
 #ifndef UMAS_CUDA_SLICING_CUH

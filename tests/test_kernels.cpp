@@ -1,4 +1,4 @@
-// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise.cu), the radial MLP's LayerNorm+SiLU
+// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise_producer.cu, edgewise_consumer.cu), the radial MLP's LayerNorm+SiLU
 // kernels (cuda/geometry.cu) and the split-precision GEMM (cuda/gemm_tc_tma.cu), one at a time,
 // against the CPU float64 functions they mirror (core/edgewise.c, core/nn.c), on random graphs with
 // real Wigner rotations and random rows.
