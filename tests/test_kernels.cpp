@@ -3,7 +3,7 @@
 // against the CPU float64 functions they mirror (core/edgewise.c, core/nn.c), on random graphs with
 // real Wigner rotations and random rows.
 //
-// Specification (docs/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
+// Specification (docs/history/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
 //  * producer: cu_gather_rotate equals umas_gather_rotate followed by conv1's radial scaling, both
 //    the scaled output and the unscaled copy, within 1e-5 x max(1, max |reference|) per l-block;
 //    leaving out the unscaled copy (null) gives the same scaled bits;
