@@ -90,7 +90,23 @@ struct umas_context {
 
 /* The neighbour route's dE/dr over the whole list [E][3]: the gradients of the `kept` edges
  * (ctx->edge_gradient, in the order of ctx->neighbors.kept) at their list positions, 0 for the
- * edges beyond the cutoff. */
+ * edges beyond the cutoff. (neighbor_route.c) */
 void umas_list_edge_gradient(const umas_context *ctx, int kept, double *list_gradient);
+
+/* Frees the stored neighbour list and marks it absent (num_nodes -1). (context.c) */
+void umas_neighbor_state_free(umas_neighbor_state *nb);
+
+/* Shared by umas_compute and the neighbour route (compute.c): */
+/* Everything a backend may rely on: indices in range, finite non-zero edge vectors. */
+int umas_check_graph(const umas_context *ctx, const umas_graph *g, umas_error *err);
+/* Whether the result asks for anything of the backward pass. */
+int umas_wants_gradients(const umas_result *result);
+/* ctx->node_output [N] and, with gradients, ctx->edge_gradient [E][3] large enough. */
+int umas_reserve_outputs(umas_context *ctx, int num_nodes, int num_edges, int gradients,
+                         umas_error *err);
+/* result->energy and node_energy from ctx->node_output (spec 10). */
+void umas_node_energies(const umas_context *ctx, const umas_graph *g, umas_result *result);
+/* Forces, virial and per-node virial of result from dE/dr per edge. */
+void umas_scatter_edge_gradients(const umas_graph *g, const double *gradient, umas_result *result);
 
 #endif
