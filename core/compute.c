@@ -38,8 +38,10 @@ int umas_check_graph(const umas_context *ctx, const umas_graph *g, umas_error *e
                              " positions?",
                              e, s, t);
         if (d2 == 0.0)
-            return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)",
-                             e, s, t);
+            return umas_fail_atoms(err, s, t,
+                                   "edge %d: atoms %d and %d are on top of each other "
+                                   "(distance 0)",
+                                   e, s, t);
     }
     return 0;
 }

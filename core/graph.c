@@ -499,8 +499,9 @@ int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
                         int self =
                             by_bin_atom[e] == i && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
                         if (d2 == 0 && !self) { /* the model is undefined there (1/d) */
-                            umas_fail(err, "atoms %d and %d are on top of each other (distance 0)",
-                                      by_bin_atom[e], i);
+                            umas_fail_atoms(err, by_bin_atom[e], i,
+                                            "atoms %d and %d are on top of each other (distance 0)",
+                                            by_bin_atom[e], i);
                             goto done;
                         }
                         if (!(d2 > 0 && d2 <= rc2)) {

@@ -33,6 +33,9 @@ extern "C" {
 
 typedef struct umas_error {
     char message[512];
+    /* the nodes (atoms, as indexed in the caller's graph or structure) the error is about, e.g.
+     * two atoms on top of each other, so that a caller can name them its own way; -1 when none */
+    int atom[2];
 } umas_error;
 
 /* ---------------------------------------------------------------------------------------------

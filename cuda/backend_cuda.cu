@@ -293,8 +293,9 @@ static int cuda_compute_positions(umas_context *ctx, const double *positions, co
         return -1;
     if (host_flags[1] < listed) {
         int e = host_flags[1];
-        return umas_fail(err, "edge %d: atoms %d and %d are on top of each other (distance 0)", e,
-                         nb->source[e], nb->target[e]);
+        return umas_fail_atoms(err, nb->source[e], nb->target[e],
+                               "edge %d: atoms %d and %d are on top of each other (distance 0)", e,
+                               nb->source[e], nb->target[e]);
     }
     /* umas_fast_gpu replays a captured graph of the step; its edge count is padded (inert
      * edges) so that the graph serves many steps */

@@ -335,15 +335,17 @@ void PairUMAS::check_position(int slot) {
                               " has a non-finite position (NaN or inf)");
 }
 
-/* Stops with a graph-builder message, its "atoms i and j" (indices of the model atoms of this
- * rank, owned and ghost) turned into LAMMPS atom IDs. */
-void PairUMAS::fail_with_atom_ids(const char *message) {
-    int i = -1, j = -1;
-    std::string text = message;
-    if (sscanf(message, "atoms %d and %d", &i, &j) == 2 && i >= 0 && j >= 0 &&
-        i < (int)slot_of.size() && j < (int)slot_of.size())
-        text = "atom IDs " + std::to_string(atom->tag[slot_of[i]]) + " and " +
-               std::to_string(atom->tag[slot_of[j]]) + text.substr(text.find(" are "));
+/* Stops with a core message; when it names atoms (err.atom: indices into `slot`, this rank's
+ * model atoms or graph nodes), they are named by their LAMMPS atom IDs instead. */
+void PairUMAS::fail_naming_atoms(const umas_error &err, const std::vector<int> &slot) {
+    std::string text = err.message;
+    int i = err.atom[0], j = err.atom[1];
+    if (i >= 0 && j >= 0 && i < (int)slot.size() && j < (int)slot.size()) {
+        size_t verb = text.find(" are ");
+        text = "atom IDs " + std::to_string(atom->tag[slot[i]]) + " and " +
+               std::to_string(atom->tag[slot[j]]) +
+               (verb == std::string::npos ? ": " + text : text.substr(verb));
+    }
     error->one(FLERR, "pair_style umas: " + text);
 }
 
@@ -441,7 +443,7 @@ void PairUMAS::build_list() {
     int targets = mode == LOCAL ? owned : model_atoms;
     if (umas_build_edges_to(model_atoms, targets, positions.data(), cell, no_pbc,
                             info->cutoff + neighbor->skin, &all, &err))
-        fail_with_atom_ids(err.message);
+        fail_naming_atoms(err, slot_of);
     std::vector<int> incoming(model_atoms, 0);
     for (int e = 0; e < all.num_edges; e++)
         incoming[all.target[e]]++;
@@ -579,7 +581,7 @@ void PairUMAS::compute(int eflag, int vflag) {
     result.node_virial = vflag_atom ? node_virial.data() : nullptr;
     umas_error err;
     if (umas_compute_positions(context, positions.data(), cell, &result, &err))
-        error->one(FLERR, std::string("pair_style umas: ") + err.message);
+        fail_naming_atoms(err, node_slot);
     seconds_forward += result.seconds_forward;
     seconds_backward += result.seconds_backward;
     calls++;

@@ -74,7 +74,7 @@ class PairUMAS : public Pair {
     void print_banner();
     int gather_atoms();
     void check_position(int slot);
-    void fail_with_atom_ids(const char *message);
+    void fail_naming_atoms(const umas_error &err, const std::vector<int> &slot);
     void build_list();
 };
 

@@ -680,6 +680,8 @@ TEST(BuildEdges, AtomsOnTopOfEachOtherAreAnError) {
     const double image_place[6] = {1, 1, 1, 6, 1, 1};
     EXPECT_NE(umas_build_edges(2, image_place, cell, pbc, 4.0, &edges, &err), 0);
     EXPECT_NE(std::string(err.message).find("atoms 1 and 0"), std::string::npos) << err.message;
+    EXPECT_EQ(err.atom[0], 1); // the atoms, for a caller to name them its own way
+    EXPECT_EQ(err.atom[1], 0);
     umas_edge_list_free(&edges);
 }
 

@@ -354,9 +354,12 @@ TEST_F(Context, ComputeRefusesBadGraphs) {
     vec[1] = NAN;
     EXPECT_NE(umas_compute(ctx, &g, &r, &err), 0);
     EXPECT_NE(std::string(err.message).find("non-finite"), std::string::npos);
+    EXPECT_EQ(err.atom[0], -1); // an error about no particular pair of atoms
     vec[0] = vec[1] = 0;
     EXPECT_NE(umas_compute(ctx, &g, &r, &err), 0);
     EXPECT_NE(std::string(err.message).find("on top of each other"), std::string::npos);
+    EXPECT_EQ(err.atom[0], 0); // edge 0: source 0, target 1
+    EXPECT_EQ(err.atom[1], 1);
     vec[0] = 2.5;
     src[1] = 5;
     EXPECT_NE(umas_compute(ctx, &g, &r, &err), 0);

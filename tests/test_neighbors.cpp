@@ -237,6 +237,9 @@ TEST_F(NeighborRouteErrors, AtomsOnTopOfEachOtherAreNamed) {
     for (int k = 0; k < 3; k++)
         bad[3 * 1 + k] = bad[k]; // atom 1 onto atom 0
     EXPECT_NE(compute(bad).find("on top of each other"), std::string::npos);
+    std::vector<int> named = {ev.err.atom[0], ev.err.atom[1]};
+    std::sort(named.begin(), named.end());
+    EXPECT_EQ(named, (std::vector<int>{0, 1}));
 }
 
 TEST_F(NeighborRouteErrors, PeriodicImagesNeedACell) {
