@@ -430,16 +430,33 @@ static void keep_within(umas_edge_list &edges, double cutoff) {
  * Edges are sorted by (target, source, image): results do not depend on LAMMPS' atom order,
  * which makes restarts continue bit for bit. */
 void PairUMAS::build_list() {
-    const umas_model_info *info = umas_model_get_info(model);
     int model_atoms = gather_atoms();
     int owned = 0;
     while (owned < model_atoms && slot_of[owned] < atom->nlocal)
         owned++;
+    umas_edge_list pairs = candidate_pairs(model_atoms, owned);
+    std::vector<int> hop, order = order_nodes(pairs, model_atoms, owned, hop);
+    list_edges(pairs, model_atoms, owned, order, hop);
+    umas_edge_list_free(&pairs);
+    umas_neighbors list = {(int)node_slot.size(),   owned_nodes,        list_z.data(),
+                           (int)list_source.size(), list_source.data(), list_target.data(),
+                           list_image.data()};
+    umas_error err;
+    if (umas_set_neighbors(context, &list, &err))
+        error->one(FLERR, std::string("pair_style umas: ") + err.message);
+    list_context = context;
+    list_builds++;
+}
+
+/* build_list, phase 1: every pair of model atoms within cutoff + skin (into the owned atoms only
+ * in local mode, where ghosts are sources only); where some atom has more than max_neighbors
+ * within the cutoff, fairchem's cut on the exact list instead (every_step: rebuilt each step). */
+umas_edge_list PairUMAS::candidate_pairs(int model_atoms, int owned) {
+    const umas_model_info *info = umas_model_get_info(model);
     const double cell[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     const int no_pbc[3] = {0, 0, 0}; /* ghosts are explicit images */
     umas_edge_list all = {0, nullptr, nullptr, nullptr, nullptr};
     umas_error err;
-    /* local mode: the ghosts are sources only, so only the owned atoms need their neighbours */
     int targets = mode == LOCAL ? owned : model_atoms;
     if (umas_build_edges_to(model_atoms, targets, positions.data(), cell, no_pbc,
                             info->cutoff + neighbor->skin, &all, &err))
@@ -459,32 +476,47 @@ void PairUMAS::build_list() {
                                       "as fairchem does (forces are discontinuous there)");
         }
     }
+    return all;
+}
 
-    /* nodes: owned atoms by ID; in shell mode then the ghosts that can reach an owned atom (the
-     * owned energies depend on nodes up to `blocks` hops away through their complete incoming
-     * edges, plus one hop for the edge-degree embedding) */
+/* build_list, phase 2: the graph's nodes, owned atoms by ID, then in shell mode the ghosts that
+ * can reach an owned atom (the owned energies depend on nodes up to `blocks` hops away through
+ * their complete incoming edges, plus one hop for the edge-degree embedding; hop[k]: model atom
+ * k's hops). Sets node_slot, list_z, owned_nodes; returns the model atom of each node. */
+std::vector<int> PairUMAS::order_nodes(const umas_edge_list &pairs, int model_atoms, int owned,
+                                       std::vector<int> &hop) {
+    const umas_model_info *info = umas_model_get_info(model);
     std::vector<int> order(owned);
     for (int k = 0; k < owned; k++)
         order[k] = k;
     std::sort(order.begin(), order.end(),
               [&](int p, int q) { return atom->tag[slot_of[p]] < atom->tag[slot_of[q]]; });
-    std::vector<int> hop;
+    hop.clear();
     if (mode == SHELL) {
-        hop = receptive_hops(all, model_atoms, owned, info->num_layers + 1);
+        hop = receptive_hops(pairs, model_atoms, owned, info->num_layers + 1);
         for (int k = owned; k < model_atoms; k++)
             if (hop[k] <= info->num_layers + 1)
                 order.push_back(k);
     }
-    std::vector<int> node_of(model_atoms, -1);
     node_slot.resize(order.size());
     list_z.resize(order.size());
     for (size_t n = 0; n < order.size(); n++) {
-        node_of[order[n]] = (int)n;
         node_slot[n] = slot_of[order[n]];
         list_z[n] = node_z[order[n]];
     }
     owned_nodes = owned;
+    return order;
+}
 
+/* build_list, phase 3: the list's edges between nodes, in canonical order (target, source,
+ * image): in local mode a ghost source becomes its owner plus an integer periodic image; edges
+ * no owned energy depends on are left out. Sets list_source, list_target, list_image. */
+void PairUMAS::list_edges(umas_edge_list &pairs, int model_atoms, int owned,
+                          const std::vector<int> &order, const std::vector<int> &hop) {
+    const umas_model_info *info = umas_model_get_info(model);
+    std::vector<int> node_of(model_atoms, -1);
+    for (size_t n = 0; n < order.size(); n++)
+        node_of[order[n]] = (int)n;
     std::vector<int> owner_of_tag; /* local mode: node of an owned atom ID */
     if (mode == LOCAL) {
         tagint max_tag = 0;
@@ -498,9 +530,9 @@ void PairUMAS::build_list() {
         int target, source, image[3];
     };
     std::vector<list_edge> edges;
-    edges.reserve(all.num_edges);
-    for (int e = 0; e < all.num_edges; e++) {
-        int s = all.source[e], t = all.target[e];
+    edges.reserve(pairs.num_edges);
+    for (int e = 0; e < pairs.num_edges; e++) {
+        int s = pairs.source[e], t = pairs.target[e];
         list_edge edge = {node_of[t], node_of[s], {0, 0, 0}};
         if (mode == LOCAL ? t >= owned : hop[t] > info->num_layers)
             continue; /* no energy or message of an owned atom depends on it */
@@ -508,7 +540,7 @@ void PairUMAS::build_list() {
             tagint tag = atom->tag[slot_of[s]];
             edge.source = owner_of_tag[tag];
             if (edge.source < 0) {
-                umas_edge_list_free(&all);
+                umas_edge_list_free(&pairs);
                 error->one(FLERR, "pair_style umas: ghost atom ID " + std::to_string(tag) +
                                       " has no owner on this rank; use mode shell");
             }
@@ -516,14 +548,13 @@ void PairUMAS::build_list() {
             const double *xo = &positions[3 * (size_t)order[edge.source]];
             const double d[3] = {xg[0] - xo[0], xg[1] - xo[1], xg[2] - xo[2]};
             if (!lattice_image(domain, d, edge.image)) {
-                umas_edge_list_free(&all);
+                umas_edge_list_free(&pairs);
                 error->one(FLERR, "pair_style umas: ghost of atom ID " + std::to_string(tag) +
                                       " is not a periodic image of it; use mode shell");
             }
         }
         edges.push_back(edge);
     }
-    umas_edge_list_free(&all);
     std::sort(edges.begin(), edges.end(), [](const list_edge &p, const list_edge &q) {
         if (p.target != q.target)
             return p.target < q.target;
@@ -539,13 +570,6 @@ void PairUMAS::build_list() {
         list_target[e] = edges[e].target;
         std::copy(edges[e].image, edges[e].image + 3, &list_image[3 * e]);
     }
-    umas_neighbors list = {(int)node_slot.size(), owned_nodes,        list_z.data(),
-                           (int)edges.size(),     list_source.data(), list_target.data(),
-                           list_image.data()};
-    if (umas_set_neighbors(context, &list, &err))
-        error->one(FLERR, std::string("pair_style umas: ") + err.message);
-    list_context = context;
-    list_builds++;
 }
 
 void PairUMAS::compute(int eflag, int vflag) {

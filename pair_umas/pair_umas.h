@@ -76,6 +76,11 @@ class PairUMAS : public Pair {
     void check_position(int slot);
     void fail_naming_atoms(const umas_error &err, const std::vector<int> &slot);
     void build_list();
+    umas_edge_list candidate_pairs(int model_atoms, int owned);
+    std::vector<int> order_nodes(const umas_edge_list &pairs, int model_atoms, int owned,
+                                 std::vector<int> &hop);
+    void list_edges(umas_edge_list &pairs, int model_atoms, int owned,
+                    const std::vector<int> &order, const std::vector<int> &hop);
 };
 
 } // namespace LAMMPS_NS
