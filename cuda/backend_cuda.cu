@@ -22,28 +22,7 @@ static void cuda_destroy(umas_context *ctx) {
         return;
     for (void *p : s->weight_memory)
         cudaFree(p);
-    /* every buffer, five to a row (clang-format would give each its own line) */
-    // clang-format off
-    buffer *all[] = {
-        &s->vec,          &s->src,          &s->tgt,          &s->distance,     &s->envelope,
-        &s->wigner,       &s->d_wigner,     &s->d_envelope,   &s->d_distance,   &s->gradient,
-        &s->z,            &s->h,            &s->u,            &s->ffn_out,      &s->ffn_pre,
-        &s->ffn_hidden,   &s->head_hidden,  &s->node_output,  &s->saved,        &s->dh,
-        &s->du,           &s->d_tmp,        &s->ffn_d_pre,    &s->ffn_d_r,      &s->radial_input,
-        &s->hidden,       &s->d_radial,     &s->d_gauss,      &s->radial_work,  &s->rotated,
-        &s->product_r,    &s->product_i,    &s->d_gated,      &s->d_conv1_m0,   &s->unscaled,
-        &s->list_source,  &s->list_target,  &s->list_image,   &s->list_vector,  &s->keep,
-        &s->slot,         &s->kept,         &s->select_scratch, &s->flags,        &s->positions,
-        &s->cell,         &s->forces,       &s->virial,       &s->node_virial,  &s->first,
-        &s->split_hi,     &s->split_lo,     &s->node_sums,    &s->sliced};
-    // clang-format on
-    for (buffer *b : all)
-        if (b->ptr)
-            cudaFree(b->ptr);
-    for (edge_tape &t : s->tapes)
-        for (int i = 0; i < tape_buffers; i++)
-            if (tape_buffer(t, i)->ptr)
-                cudaFree(tape_buffer(t, i)->ptr);
+    release_all(s, &ctx->weights);
     for (step_graph &sg : s->graphs)
         cudaGraphExecDestroy(sg.exec);
     if (s->blas)
@@ -188,8 +167,8 @@ static int cuda_create_fast_gpu(umas_context *ctx, umas_error *err) {
 }
 
 static size_t cuda_bytes(const umas_context *ctx) {
-    const cuda_state *s = static_cast<const cuda_state *>(ctx->backend_state);
-    return s->weight_bytes + s->buffer_bytes;
+    cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
+    return s->weight_bytes + buffer_bytes(s, &ctx->weights);
 }
 
 static int cuda_compute(umas_context *ctx, const umas_graph *graph, umas_result *result,
@@ -227,34 +206,12 @@ static int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
     size_t N = (size_t)nb->num_nodes;
     size_t E = (size_t)(s->fused ? padded_edges(nb->num_edges) : nb->num_edges);
     size_t listed = (size_t)nb->num_edges;
-    int a = nb->num_nodes, e = nb->num_edges;
     cudaSetDevice(s->device);
-    struct item {
-        buffer *b;
-        size_t bytes;
-        const char *what;
-    } items[] = {
-        {&s->list_source, listed * sizeof(int), "the neighbour list"},
-        {&s->list_target, listed * sizeof(int), "the neighbour list"},
-        {&s->list_image, 3 * listed * sizeof(int), "the neighbour list"},
-        {&s->list_vector, 3 * listed * sizeof(double), "the neighbour list"},
-        {&s->keep, listed * sizeof(int), "the neighbour list"},
-        {&s->slot, listed * sizeof(int), "the neighbour list"},
-        {&s->kept, listed * sizeof(int), "the neighbour list"},
-        {&s->select_scratch, cu_select_scratch_bytes(e), "the neighbour list"},
-        {&s->flags, 2 * sizeof(int), "the neighbour list"},
-        {&s->positions, 3 * N * sizeof(double), "positions"},
-        {&s->cell, 9 * sizeof(double), "positions"},
-        {&s->forces, 3 * N * sizeof(double), "forces"},
-        {&s->virial, 6 * sizeof(double), "forces"},
-        /* the kept edges go straight into the graph's edge arrays (with room for padding) */
-        {&s->vec, 3 * E * sizeof(double), "edge vectors"},
-        {&s->src, E * sizeof(int), "edges"},
-        {&s->tgt, E * sizeof(int), "edges"},
-    };
-    for (const item &it : items)
-        if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
-            return -1;
+    /* the kept edges go straight into the graph's edge arrays (with room for padding) */
+    const buffer_sizes z = {N, E, 0, listed};
+    if (reserve_for(s, &ctx->weights, LIST, z, err) ||
+        reserve_for(s, &ctx->weights, EDGE_INPUT, z, err))
+        return -1;
     if (listed > 0) {
         cudaMemcpy(s->list_source.ptr, nb->source, listed * sizeof(int), cudaMemcpyHostToDevice);
         cudaMemcpy(s->list_target.ptr, nb->target, listed * sizeof(int), cudaMemcpyHostToDevice);
@@ -309,7 +266,7 @@ static int cuda_compute_positions(umas_context *ctx, const double *positions, co
     if (reserve_all(ctx, g, err))
         return -1;
     if (gradients && result->node_virial &&
-        reserve(s, s->node_virial, 6 * (size_t)N * sizeof(double), "per-atom virials", N, g.E, err))
+        reserve_for(s, &ctx->weights, NODE_VIRIALS, {(size_t)N, (size_t)g.E, 0, 0}, err))
         return -1;
     double *node_virial = result->node_virial ? static_cast<double *>(s->node_virial.ptr) : nullptr;
     if (N > 0)

@@ -5,7 +5,8 @@
  *   backend_cuda.cu   create, destroy, compute and the neighbour route: the backend tables
  *   weights_cuda.cu   weight upload and per-precision preparation (TF32 splits, int8 slices)
  *   gemm_dispatch.cu  the precision policy: which GEMM (cuBLAS, cuBLASLt, 3xtf32, ozaki) runs
- *   presliced.h       operands that producers write already sliced for the ozaki GEMM
+ *   presliced.h       operands that producers write already sliced for the ozaki GEMM,
+ *                     held by a scope object
  *   memory_plan.cu    buffer sizes, tapes and the keep/recompute search (reserve_all)
  *   model_cuda.cu     the model's composition, forward and backward (mirrors backend_general.c)
  *   step_graph.cu     umas_fast_gpu's padded edge count and the CUDA graph of the step
@@ -103,6 +104,8 @@ struct step_graph {
     cudaGraphExec_t exec = nullptr;
 };
 
+class presliced_scope;
+
 struct cuda_state {
     cudaStream_t stream = nullptr;
     cublasHandle_t blas = nullptr;
@@ -116,21 +119,9 @@ struct cuda_state {
     bool tensor_core_gemm = false;
     int multiprocessors = 0; /* of the device */
     int ozaki_rows = 0;      /* ozaki: rows of an activation sliced at a time (s->sliced) */
-    /* ozaki: the caller's promise that the next product's activation is unchanged since the
-     * previous product; that product's slicing is then skipped if s->sliced holds all of it
-     * (sliced_from: the activation it was made from, null if none or only a part). */
-    bool ozaki_same_activation = false;
-    const float *sliced_from = nullptr;
-    int sliced_rows = 0, sliced_k = 0, sliced_ld = 0;
-    /* ozaki, umas_fast_gpu: activations that their producer wrote sliced, with no fp32 copy
-     * (register_presliced; conv1_sliced and the others): the product of activation `act` (rows,
-     * k, ld as the caller passes them) takes `x` and always the int8 kernel. */
-    struct presliced_operand {
-        const float *act;
-        int rows, k, ld;
-        i8_sliced x;
-    } presliced[3] = {};
-    int presliced_count = 0;
+    /* ozaki, umas_fast_gpu: the innermost open presliced_scope (presliced.h), null if none: the
+     * operands that producers wrote sliced for the products that follow them */
+    presliced_scope *presliced = nullptr;
     int widest = 0; /* the largest in or out of any linear layer (3xtf32 split buffers) */
     std::vector<void *> weight_memory;
     size_t weight_bytes = 0;
@@ -206,7 +197,6 @@ struct cuda_state {
     /* neighbour-list route: the list (umas_set_neighbors) and its per-step selection */
     buffer list_source, list_target, list_image, list_vector, keep, slot, kept, select_scratch,
         flags, positions, cell, forces, virial, node_virial;
-    size_t buffer_bytes = 0;
     /* bumped whenever a buffer moves: a captured graph holds buffer addresses */
     unsigned long generation = 0;
 
@@ -245,9 +235,31 @@ inline int check(cudaError_t e, const char *what, umas_error *err) {
     return umas_fail(err, "CUDA error in %s: %s", what, cudaGetErrorString(e));
 }
 
-/* memory_plan.cu */
-int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms, int edges,
-            umas_error *err);
+/* memory_plan.cu: the table of every device buffer (buffer_table), which call reserves it */
+enum buffer_use {
+    EDGE_INPUT,   /* the graph's edges: each call's graph, or cuda_set_neighbors (padded) */
+    GRAPH,        /* the rest of a graph's buffers: reserve_all */
+    TAPE,         /* umas_fast_gpu's tapes in use: reserve_all */
+    UNUSED_TAPE,  /* tapes of blocks that recompute theirs: released */
+    LIST,         /* the neighbour-list route: cuda_set_neighbors */
+    NODE_VIRIALS, /* per-atom virials, when a step asks for them */
+};
+/* What the buffers are sized for: atoms, edges, edges per chunk, and the neighbour list's
+ * pairs. */
+struct buffer_sizes {
+    size_t atoms, edges, chunk, listed;
+};
+struct buffer_entry {
+    buffer *b;
+    buffer_use use;
+    size_t bytes; /* for the sizes the table was made for */
+    const char *what;
+};
+std::vector<buffer_entry> buffer_table(cuda_state *s, const umas_weights *w, const buffer_sizes &z);
+int reserve_for(cuda_state *s, const umas_weights *w, buffer_use use, const buffer_sizes &z,
+                umas_error *err);
+void release_all(cuda_state *s, const umas_weights *w);
+size_t buffer_bytes(cuda_state *s, const umas_weights *w);
 bool block_keeps(const cuda_state *s, int l);
 bool tape_holds_all_edges(const cuda_state *s, int i);
 void tape_sizes(const cuda_state *s, const umas_weights *w, size_t l, size_t floats[]);
@@ -278,6 +290,9 @@ bool producers_write_sliced(const cuda_state *s, int n);
 size_t fused_operand_bytes(size_t n, int C, int H);
 void linear_forward(cuda_state *s, const dev_linear &lin, int rows, const float *x, int ldx,
                     float *y, int ldy);
+void linear_forward_pair(cuda_state *s, const dev_linear &a, float *ya, int ldya,
+                         const dev_linear &b, float *yb, int ldyb, int rows, const float *x,
+                         int ldx);
 void linear_backward(cuda_state *s, const dev_linear &lin, int rows, const float *dy, int lddy,
                      float *dx, int lddx, int cols, int accumulate);
 void so3_linear_forward(cuda_state *s, const dev_linear (&lin)[3], int N, const float *x, float *y);

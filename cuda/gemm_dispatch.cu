@@ -2,6 +2,7 @@
  * fp32 (cuBLAS, pedantic), tf32 (cuBLAS TF32), 3xtf32 (umas's split-precision tensor-core kernels
  * on Hopper, else three cuBLAS TF32 products), ozaki (the int8 kernel on Hopper, with exact fp32
  * SGEMMs for products too small to fill the GPU); linear and SO(3)-linear layers on top. */
+#include "common.cuh"
 #include "cuda_internal.h"
 #include "presliced.h"
 
@@ -17,11 +18,6 @@ static __global__ void broadcast_bias_kernel(int rows, int out, const float *bia
     for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
          k += (size_t)gridDim.x * blockDim.x)
         y[(k / out) * ldy + k % out] = bias[k % out];
-}
-
-static int blocks_for(size_t n) {
-    size_t b = (n + 255) / 256;
-    return (int)(b < 65535 ? (b ? b : 1) : 65535);
 }
 
 /* One cuBLAS product C = A op B + beta C in the context's arithmetic: exact float32
@@ -47,18 +43,15 @@ void gemm(cuda_state *s, cublasOperation_t op_a, int m, int n, int k, const floa
 }
 
 /* ozaki on Hopper: c[rows][m] = beta c + act[rows][k] W^T (+ bias) by the int8 kernel
- * (gemm_i8.h) on the weight's slices (w: the weight's, or its transpose's), the activation
- * sliced into s->sliced up to ozaki_rows rows at a time. Returns false (nothing done) when the
- * kernel does not take the product. */
+ * (gemm_i8.h) on the weight's slices (w: the weight's, or its transpose's), the activation's
+ * slices those an open presliced_scope holds, else sliced here into s->sliced up to ozaki_rows
+ * rows at a time. Returns false (nothing done) when the kernel does not take the product. */
 static bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows, const float *act,
                        int ldact, const float *bias, float beta, float *c, int ldc) {
-    for (int i = 0; i < s->presliced_count; i++) {
-        const cuda_state::presliced_operand &p = s->presliced[i];
-        if (p.act == act && p.rows == rows && p.k == k && p.ld == ldact) {
-            s->sliced_from = nullptr; /* s->sliced is not involved */
-            return i8_gemm_nt(rows, m, k, &p.x, &w, bias, beta, c, (size_t)ldc, s->stream);
-        }
-    }
+    const presliced_operand *held =
+        s->presliced ? s->presliced->find(act, rows, k, ldact) : nullptr;
+    if (held)
+        return i8_gemm_nt(rows, m, k, &held->x, &w, bias, beta, c, (size_t)ldc, s->stream);
     const size_t ld = i8_slice_ld(k);
     const size_t exponent_bytes = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16;
     const size_t chunk = s->ozaki_rows;
@@ -69,14 +62,9 @@ static bool gemm_ozaki(cuda_state *s, const i8_sliced &w, int m, int k, int rows
                    ld, chunk * ld};
     if (!i8_gemm_nt(0, m, k, &x, &w, bias, beta, c, (size_t)ldc, s->stream))
         return false; /* asks whether the kernel takes these operands */
-    const bool sliced = s->ozaki_same_activation && s->sliced_from == act &&
-                        s->sliced_rows == rows && s->sliced_k == k && s->sliced_ld == ldact;
-    s->sliced_from = (size_t)rows <= chunk ? act : nullptr;
-    s->sliced_rows = rows, s->sliced_k = k, s->sliced_ld = ldact;
     for (size_t r0 = 0; r0 < (size_t)rows; r0 += chunk) {
         const int n = (int)std::min(chunk, (size_t)rows - r0);
-        if (!sliced)
-            i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
+        i8_slice(n, k, act + r0 * ldact, (size_t)ldact, &x, s->stream);
         i8_gemm_nt(n, m, k, &x, &w, bias, beta, c + r0 * ldc, (size_t)ldc, s->stream);
     }
     return true;
@@ -156,15 +144,13 @@ static bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperat
         return false;
     const bool forward = op_w == CUBLAS_OP_T;
     if (s->precision == UMAS_PRECISION_OZAKI) {
-        bool few = ozaki_tiles_few(s, rows, m);
-        for (int i = 0; i < s->presliced_count; i++)
-            few = few && s->presliced[i].act != act; /* no fp32 copy: the kernel it is */
+        /* an activation held sliced has no fp32 copy: the kernel it is */
+        const bool few = ozaki_tiles_few(s, rows, m) && !(s->presliced && s->presliced->holds(act));
         if (!few && gemm_ozaki(s, forward ? lin.sliced : lin.sliced_t, m, k, rows, act, ldact, bias,
                                beta, c, ldc))
             return true;
-        s->sliced_from = nullptr; /* this product sliced nothing */
         if (bias && rows > 0) {
-            broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(
+            broadcast_bias_kernel<<<grid_for((size_t)rows * m, 256), 256, 0, s->stream>>>(
                 rows, m, bias, c, ldc);
             beta = 1.0f;
         }
@@ -180,8 +166,8 @@ static bool gemm_tensor_cores(cuda_state *s, const dev_linear &lin, cublasOperat
                        (size_t)(forward ? lin.in : lin.out), bias, beta, c, (size_t)ldc, s->stream))
         return true;
     if (bias && rows > 0) {
-        broadcast_bias_kernel<<<blocks_for((size_t)rows * m), 256, 0, s->stream>>>(rows, m, bias, c,
-                                                                                   ldc);
+        broadcast_bias_kernel<<<grid_for((size_t)rows * m, 256), 256, 0, s->stream>>>(rows, m, bias,
+                                                                                      c, ldc);
         beta = 1.0f;
     }
     if (small)
@@ -273,11 +259,30 @@ void linear_forward(cuda_state *s, const dev_linear &lin, int rows, const float 
         return;
     float beta = 0.0f;
     if (lin.bias) {
-        broadcast_bias_kernel<<<blocks_for((size_t)rows * lin.out), 256, 0, s->stream>>>(
+        broadcast_bias_kernel<<<grid_for((size_t)rows * lin.out, 256), 256, 0, s->stream>>>(
             rows, lin.out, lin.bias, y, ldy);
         beta = 1.0f;
     }
     gemm_split(s, lin, CUBLAS_OP_T, lin.out, lin.in, rows, x, ldx, lin.in, beta, y, ldy);
+}
+
+/* Two products on one activation x [rows][in] (row stride ldx), ya = x A^T + a and
+ * yb = x B^T + b: with ozaki on Hopper x is sliced once for both, unless a scope holds it already
+ * sliced. */
+void linear_forward_pair(cuda_state *s, const dev_linear &a, float *ya, int ldya,
+                         const dev_linear &b, float *yb, int ldyb, int rows, const float *x,
+                         int ldx) {
+    presliced_scope scope(s);
+    const int K[1] = {a.in};
+    i8_sliced part[1];
+    const bool held = s->presliced->find(x, rows, a.in, ldx) != nullptr;
+    if (!held && s->ozaki_rows >= rows && operands_sliced_in(s->sliced, rows, K, part) &&
+        ozaki_forward_takes(s, a, rows, part[0]) && ozaki_forward_takes(s, b, rows, part[0])) {
+        i8_slice(rows, a.in, x, (size_t)ldx, &part[0], s->stream);
+        scope.hold({x}, rows, K, {ldx}, part, s->sliced);
+    }
+    linear_forward(s, a, rows, x, ldx, ya, ldya);
+    linear_forward(s, b, rows, x, ldx, yb, ldyb);
 }
 
 /* dx[rows][0:cols] (+)= dy[rows][out] W[:, 0:cols] (umas_linear_backward) */

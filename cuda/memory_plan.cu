@@ -7,14 +7,12 @@
 namespace umas_cuda {
 
 /* Grows b to at least `bytes`; on failure writes the error (with what the graph needs). */
-int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms, int edges,
-            umas_error *err) {
+static int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms, int edges,
+                   umas_error *err) {
     if (bytes <= b.bytes && b.ptr)
         return 0;
-    if (b.ptr) {
+    if (b.ptr)
         cudaFree(b.ptr);
-        s->buffer_bytes -= b.bytes;
-    }
     b.ptr = nullptr;
     b.bytes = 0;
     size_t ask = bytes ? bytes : 16;
@@ -30,9 +28,16 @@ int reserve(cuda_state *s, buffer &b, size_t bytes, const char *what, int atoms,
                          total / 1048576.0);
     }
     b.bytes = ask;
-    s->buffer_bytes += ask;
     s->generation++;
     return 0;
+}
+
+static void release(cuda_state *s, buffer &b) {
+    if (b.ptr) {
+        cudaFree(b.ptr);
+        s->generation++;
+    }
+    b = buffer();
 }
 
 static int num_blocks(const cuda_state *s) {
@@ -116,99 +121,151 @@ cuda_state::forced_tape forced_tape_of(const char *value, int L) {
     return f;
 }
 
+/* ozaki on Hopper: rows of an activation sliced at a time (at most 2^18), for products of up to
+ * `rows` rows; 0 otherwise. */
+static int ozaki_rows_for(const cuda_state *s, size_t rows) {
+    if (s->precision != UMAS_PRECISION_OZAKI || !s->tensor_core_gemm)
+        return 0;
+    return (int)std::min(rows, (size_t)1 << 18);
+}
+
+/* Bytes of s->sliced: an activation of the widest product sliced, s->ozaki_rows rows at a time,
+ * and room for the operands the producers write sliced for a chunk of n edges. */
+static size_t sliced_bytes(const cuda_state *s, size_t n, int C, int H) {
+    if (s->ozaki_rows == 0)
+        return 0;
+    size_t bytes = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
+                   3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
+    if (producers_write_sliced(s, 1))
+        bytes = std::max(bytes, fused_operand_bytes(n, C, H));
+    return bytes;
+}
+
+/* Every device buffer of s, each once: what reserves it, its size for the sizes z, and what it
+ * holds (for the out-of-memory message). reserve_for, release_all and buffer_bytes read it. */
+std::vector<buffer_entry> buffer_table(cuda_state *s, const umas_weights *w,
+                                       const buffer_sizes &z) {
+    const size_t E = z.edges, N = z.atoms, n = z.chunk, listed = z.listed;
+    const size_t C = w->C, H = w->H, L = w->num_layers, Ce = w->Ce;
+    const size_t wide = 4 * (C > H ? C : H), f = sizeof(float), d = sizeof(double);
+    const size_t split = s->precision == UMAS_PRECISION_3XTF32 && !s->tensor_core_gemm
+                             ? std::max(n, N) * s->widest
+                             : 0;
+    std::vector<buffer_entry> t = {
+        /* the graph's edges: from the caller's graph, or the neighbour route's kept edges (room
+         * for umas_fast_gpu's padding) */
+        {&s->vec, EDGE_INPUT, E * 3 * d, "edge vectors"},
+        {&s->src, EDGE_INPUT, E * sizeof(int), "edges"},
+        {&s->tgt, EDGE_INPUT, E * sizeof(int), "edges"},
+        /* per edge */
+        {&s->distance, GRAPH, E * f, "edge geometry"},
+        {&s->envelope, GRAPH, E * f, "edge geometry"},
+        {&s->wigner, GRAPH, E * sizeof(cu_wigner), "Wigner matrices"},
+        {&s->d_wigner, GRAPH, E * sizeof(cu_wigner), "Wigner adjoints"},
+        {&s->d_envelope, GRAPH, E * f, "edge adjoints"},
+        {&s->d_distance, GRAPH, E * f, "edge adjoints"},
+        {&s->gradient, GRAPH, E * 3 * d, "edge gradients"},
+        /* umas_fast: every block's first radial layer output */
+        {&s->first, GRAPH, s->fast ? E * L * Ce * f : 0, "the unified radial layer"},
+        /* per node */
+        {&s->z, GRAPH, N * sizeof(int), "atoms"},
+        {&s->node_sums, GRAPH, N * 9 * C * sizeof(unsigned long long), "node sums"},
+        {&s->h, GRAPH, N * 9 * C * f, "node features"},
+        {&s->u, GRAPH, N * 9 * C * f, "node features"},
+        {&s->ffn_out, GRAPH, N * 9 * C * f, "node features"},
+        {&s->ffn_pre, GRAPH, N * 2 * H * f, "feed-forward"},
+        {&s->ffn_hidden, GRAPH, N * 9 * H * f, "feed-forward"},
+        {&s->head_hidden, GRAPH, N * 2 * H * f, "energy head"},
+        {&s->node_output, GRAPH, N * f, "energy head"},
+        {&s->saved, GRAPH, (2 * L + 1) * N * 9 * C * f, "saved block inputs"},
+        {&s->dh, GRAPH, N * 9 * C * f, "node adjoints"},
+        {&s->du, GRAPH, N * 9 * C * f, "node adjoints"},
+        {&s->d_tmp, GRAPH, N * 9 * C * f, "node adjoints"},
+        {&s->ffn_d_pre, GRAPH, N * 2 * H * f, "feed-forward adjoints"},
+        {&s->ffn_d_r, GRAPH, N * 9 * H * f, "feed-forward adjoints"},
+        /* per chunk of n edges */
+        {&s->radial_input, GRAPH, n * w->F * f, "radial inputs"},
+        {&s->hidden, GRAPH, n * Ce * f, "radial MLP"},
+        {&s->d_radial, GRAPH, n * 12 * C * f, "radial adjoints"},
+        {&s->d_gauss, GRAPH, n * w->B * f, "radial adjoints"},
+        {&s->radial_work, GRAPH, n * 2 * Ce * f, "radial adjoints"},
+        {&s->rotated, GRAPH, n * 18 * C * f, "edge features"},
+        /* general's real/imag products; umas_fast's block-form GEMMs need none */
+        {&s->product_r, GRAPH, s->fast ? 0 : n * wide * f, "edge features"},
+        {&s->product_i, GRAPH, s->fast ? 0 : n * wide * f, "edge features"},
+        {&s->d_gated, GRAPH, n * 9 * H * f, "edge adjoints"},
+        {&s->d_conv1_m0, GRAPH, n * 5 * H * f, "edge adjoints"},
+        /* umas_fast_gpu's producer backward recomputes these in registers */
+        {&s->unscaled, GRAPH, s->fused ? 0 : n * 18 * C * f, "edge features"},
+        /* a product's activation operand: 3xtf32's TF32 parts, ozaki's slices */
+        {&s->split_hi, GRAPH, split * f, "3xtf32 operands"},
+        {&s->sliced, GRAPH, sliced_bytes(s, n, (int)C, (int)H), "ozaki operands"},
+        {&s->split_lo, GRAPH, split * f, "3xtf32 operands"},
+        /* the neighbour-list route: the list (umas_set_neighbors) and its per-step selection */
+        {&s->list_source, LIST, listed * sizeof(int), "the neighbour list"},
+        {&s->list_target, LIST, listed * sizeof(int), "the neighbour list"},
+        {&s->list_image, LIST, 3 * listed * sizeof(int), "the neighbour list"},
+        {&s->list_vector, LIST, 3 * listed * d, "the neighbour list"},
+        {&s->keep, LIST, listed * sizeof(int), "the neighbour list"},
+        {&s->slot, LIST, listed * sizeof(int), "the neighbour list"},
+        {&s->kept, LIST, listed * sizeof(int), "the neighbour list"},
+        {&s->select_scratch, LIST, cu_select_scratch_bytes((int)listed), "the neighbour list"},
+        {&s->flags, LIST, 2 * sizeof(int), "the neighbour list"},
+        {&s->positions, LIST, 3 * N * d, "positions"},
+        {&s->cell, LIST, 9 * d, "positions"},
+        {&s->forces, LIST, 3 * N * d, "forces"},
+        {&s->virial, LIST, 6 * d, "forces"},
+        {&s->node_virial, NODE_VIRIALS, 6 * N * d, "per-atom virials"},
+    };
+    /* the tapes: block l's (0: the one of the blocks that recompute, and of the edge-degree
+     * MLP) while it is used, over all edges or one chunk */
+    for (size_t l = 0; l < s->tapes.size(); l++) {
+        const bool used = l == 0 || block_keeps(s, (int)l);
+        const size_t rows = tape_holds_all_edges(s, (int)l) ? std::max<size_t>(E, 1) : n;
+        size_t floats[tape_buffers];
+        tape_sizes(s, w, l, floats);
+        for (int i = 0; i < tape_buffers; i++)
+            t.push_back({tape_buffer(s->tapes[l], i), used ? TAPE : UNUSED_TAPE,
+                         rows * floats[i] * f, "saved edge activations"});
+    }
+    return t;
+}
+
+/* Reserves the buffers of s that `use` reserves, sized for z. */
+int reserve_for(cuda_state *s, const umas_weights *w, buffer_use use, const buffer_sizes &z,
+                umas_error *err) {
+    for (const buffer_entry &it : buffer_table(s, w, z))
+        if (it.use == use && reserve(s, *it.b, it.bytes, it.what, (int)z.atoms, (int)z.edges, err))
+            return -1;
+    return 0;
+}
+
 /* Every buffer for the graph g, with edges in chunks of s->chunk (already chosen). */
 static int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *err) {
     cuda_state *s = static_cast<cuda_state *>(ctx->backend_state);
     const umas_weights *w = &ctx->weights;
-    size_t E = g.E, N = g.N, C = w->C, H = w->H, L = w->num_layers;
-    size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
-    size_t wide = 4 * (C > H ? C : H), f = sizeof(float);
-    int a = g.N, e = g.E;
-    size_t split = s->precision == UMAS_PRECISION_3XTF32 && !s->tensor_core_gemm
-                       ? std::max(n, N) * s->widest
-                       : 0;
-    /* ozaki: the sliced activation of the largest product, at most 2^18 rows at a time */
-    size_t ozaki = 0;
-    if (s->precision == UMAS_PRECISION_OZAKI && s->tensor_core_gemm) {
-        s->ozaki_rows = (int)std::min(std::max(n, N), (size_t)1 << 18);
-        ozaki = ((size_t)s->ozaki_rows * sizeof(int) + 15) / 16 * 16 +
-                3 * (size_t)s->ozaki_rows * i8_slice_ld(s->widest);
-        /* also room for the operands the producers write sliced (fused_operands_sliced) */
-        if (producers_write_sliced(s, 1))
-            ozaki = std::max(ozaki, fused_operand_bytes(n, (int)C, (int)H));
-    }
-    struct item {
-        buffer *b;
-        size_t bytes;
-        const char *what;
-    } items[] = {
-        {&s->vec, E * 3 * sizeof(double), "edge vectors"},
-        {&s->src, E * sizeof(int), "edges"},
-        {&s->tgt, E * sizeof(int), "edges"},
-        {&s->distance, E * f, "edge geometry"},
-        {&s->envelope, E * f, "edge geometry"},
-        {&s->wigner, E * sizeof(cu_wigner), "Wigner matrices"},
-        {&s->d_wigner, E * sizeof(cu_wigner), "Wigner adjoints"},
-        {&s->d_envelope, E * f, "edge adjoints"},
-        {&s->d_distance, E * f, "edge adjoints"},
-        {&s->gradient, E * 3 * sizeof(double), "edge gradients"},
-        {&s->z, N * sizeof(int), "atoms"},
-        {&s->node_sums, N * 9 * C * sizeof(unsigned long long), "node sums"},
-        {&s->h, N * 9 * C * f, "node features"},
-        {&s->u, N * 9 * C * f, "node features"},
-        {&s->ffn_out, N * 9 * C * f, "node features"},
-        {&s->ffn_pre, N * 2 * H * f, "feed-forward"},
-        {&s->ffn_hidden, N * 9 * H * f, "feed-forward"},
-        {&s->head_hidden, N * 2 * H * f, "energy head"},
-        {&s->node_output, N * f, "energy head"},
-        {&s->saved, (2 * L + 1) * N * 9 * C * f, "saved block inputs"},
-        {&s->dh, N * 9 * C * f, "node adjoints"},
-        {&s->du, N * 9 * C * f, "node adjoints"},
-        {&s->d_tmp, N * 9 * C * f, "node adjoints"},
-        {&s->ffn_d_pre, N * 2 * H * f, "feed-forward adjoints"},
-        {&s->ffn_d_r, N * 9 * H * f, "feed-forward adjoints"},
-        {&s->radial_input, n * w->F * f, "radial inputs"},
-        {&s->hidden, n * w->Ce * f, "radial MLP"},
-        {&s->d_radial, n * 12 * C * f, "radial adjoints"},
-        {&s->d_gauss, n * w->B * f, "radial adjoints"},
-        {&s->radial_work, n * 2 * w->Ce * f, "radial adjoints"},
-        {&s->rotated, n * 18 * C * f, "edge features"},
-        /* general's real/imag products; umas_fast's block-form GEMMs need none */
-        {&s->product_r, s->fast ? 0 : n * wide * f, "edge features"},
-        {&s->product_i, s->fast ? 0 : n * wide * f, "edge features"},
-        {&s->d_gated, n * 9 * H * f, "edge adjoints"},
-        {&s->d_conv1_m0, n * 5 * H * f, "edge adjoints"},
-        /* umas_fast_gpu's producer backward recomputes these in registers */
-        {&s->unscaled, s->fused ? 0 : n * 18 * C * f, "edge features"},
-        {&s->first, s->fast ? E * L * w->Ce * f : 0, "the unified radial layer"},
-        {&s->split_hi, split * f, "3xtf32 operands"},
-        {&s->sliced, ozaki, "ozaki operands"},
-        {&s->split_lo, split * f, "3xtf32 operands"},
-    };
-    for (const item &it : items)
-        if (reserve(s, *it.b, it.bytes, it.what, a, e, err))
-            return -1;
-    for (size_t l = 0; l < L; l++) {
-        if (l > 0 && !block_keeps(s, (int)l))
-            continue; /* recomputes in tapes[0] */
-        size_t floats[tape_buffers];
-        size_t rows = tape_holds_all_edges(s, (int)l) ? std::max<size_t>(E, 1) : n;
-        tape_sizes(s, w, l, floats);
-        for (int i = 0; i < tape_buffers; i++)
-            if (reserve(s, *tape_buffer(s->tapes[l], i), rows * floats[i] * f,
-                        "saved edge activations", a, e, err))
-                return -1;
-    }
-    return 0;
+    const size_t E = g.E, N = g.N;
+    const size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
+    s->ozaki_rows = ozaki_rows_for(s, std::max(n, N));
+    const buffer_sizes z = {N, E, n, 0};
+    return reserve_for(s, w, EDGE_INPUT, z, err) || reserve_for(s, w, GRAPH, z, err) ||
+                   reserve_for(s, w, TAPE, z, err)
+               ? -1
+               : 0;
 }
 
-static void release(cuda_state *s, buffer &b) {
-    if (b.ptr) {
-        cudaFree(b.ptr);
-        s->buffer_bytes -= b.bytes;
-        s->generation++;
-    }
-    b = buffer();
+/* Frees every buffer of s (cuda_destroy). */
+void release_all(cuda_state *s, const umas_weights *w) {
+    for (const buffer_entry &it : buffer_table(s, w, {}))
+        release(s, *it.b);
+}
+
+/* Bytes of device memory in s's buffers. */
+size_t buffer_bytes(cuda_state *s, const umas_weights *w) {
+    size_t bytes = 0;
+    for (const buffer_entry &it : buffer_table(s, w, {}))
+        bytes += it.b->bytes;
+    return bytes;
 }
 
 /* The sizes the memory plan (tape_plan.h) weighs for E edges. */
@@ -295,7 +352,7 @@ int reserve_all(umas_context *ctx, const graph_view &g, umas_error *err) {
     size_t free_bytes = 0, total = 0;
     cudaMemGetInfo(&free_bytes, &total);
     tape_plan_input in = plan_input(s, w, E);
-    in.budget_bytes = 0.8 * (double)(free_bytes + s->buffer_bytes);
+    in.budget_bytes = 0.8 * (double)(free_bytes + buffer_bytes(s, w));
     for (const tape_choice &choice : plan_tapes(in)) {
         s->kept_blocks = choice.kept_blocks;
         s->keep_radial = choice.keep_radial;

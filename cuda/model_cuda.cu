@@ -27,19 +27,46 @@ static float *radial_of(cuda_state *s, edge_tape &t) {
     return F(s->keep_radial ? t.radial : s->tapes[0].radial);
 }
 
+/* A chunk of edges [first, first + n) of the graph and its rows of the per-edge arrays on the
+ * device (the CPU's umas_edge_chunk). The adjoints accumulate over the blocks. */
+struct edge_chunk {
+    int first, n;
+    const int *source, *target;       /* [n] sender j, receiver i */
+    const cu_wigner *wigner;          /* [n] */
+    const float *distance, *envelope; /* [n] */
+    cu_wigner *d_wigner;              /* [n] dE/dW */
+    float *d_envelope, *d_distance;   /* [n] */
+};
+
+/* The chunk of s->chunk edges (fewer at the end) that starts at edge `first` of g. */
+static edge_chunk chunk_at(cuda_state *s, const graph_view &g, int first) {
+    edge_chunk c;
+    c.first = first;
+    c.n = g.E - first < s->chunk ? g.E - first : s->chunk;
+    c.source = I(s->src) + first;
+    c.target = I(s->tgt) + first;
+    c.wigner = static_cast<const cu_wigner *>(s->wigner.ptr) + first;
+    c.distance = F(s->distance) + first;
+    c.envelope = F(s->envelope) + first;
+    c.d_wigner = static_cast<cu_wigner *>(s->d_wigner.ptr) + first;
+    c.d_envelope = F(s->d_envelope) + first;
+    c.d_distance = F(s->d_distance) + first;
+    return c;
+}
+
 /* umas_fast_gpu, ozaki: SiLU(LayerNorm) of x [n][Ce] (row stride ld) written sliced into
  * s->sliced as the operand of the product `next` on s->hidden (cu_layer_norm_silu_sliced), when
  * that product takes the int8 kernel; false (nothing done) otherwise. */
-static bool norm_silu_sliced(cuda_state *s, const dev_linear &next, const dev_layer_norm &norm,
-                             int n, const float *x, int ld) {
+static bool norm_silu_sliced(cuda_state *s, presliced_scope &scope, const dev_linear &next,
+                             const dev_layer_norm &norm, int n, const float *x, int ld) {
     if (!producers_write_sliced(s, n))
         return false;
     const int K[1] = {next.in};
     i8_sliced part[1];
-    if (!fused_operands_sliced(s, n, K, part) || !ozaki_forward_takes(s, next, n, part[0]) ||
+    if (!operands_sliced_in(s->sliced, n, K, part) || !ozaki_forward_takes(s, next, n, part[0]) ||
         !cu_layer_norm_silu_sliced(n, next.in, x, ld, norm.weight, norm.bias, &part[0], s->stream))
         return false;
-    register_presliced(s, {(const float *)F(s->hidden)}, n, K, {next.in}, part);
+    scope.hold({(const float *)F(s->hidden)}, n, K, {next.in}, part, s->sliced);
     return true;
 }
 
@@ -47,10 +74,10 @@ static bool norm_silu_sliced(cuda_state *s, const dev_linear &next, const dev_la
  * product `next` on it into y [n][next.out]. */
 static void norm_silu_then(cuda_state *s, const dev_layer_norm &norm, const dev_linear &next, int n,
                            const float *x, int ld, float *y) {
-    if (!norm_silu_sliced(s, next, norm, n, x, ld))
+    presliced_scope scope(s);
+    if (!norm_silu_sliced(s, scope, next, norm, n, x, ld))
         cu_layer_norm_silu(n, next.in, x, ld, norm.weight, norm.bias, F(s->hidden), s->stream);
     linear_forward(s, next, n, F(s->hidden), next.in, y, next.out);
-    s->presliced_count = 0;
 }
 
 /* The radial MLP's last layer: t.pre_norm2 [n][Ce] -> radial_of(t). */
@@ -73,62 +100,56 @@ static void radial_mlp_forward(cuda_state *s, const dev_radial &m, int n, edge_t
 /* umas_fast_gpu, ozaki: the second SiLU(LayerNorm)'s adjoint written sliced into s->sliced as
  * the operand of fc2's backward (the product on d_hidden), when that takes the int8 kernel;
  * d_hidden (the adjoint of its output) is only read. False (nothing done) otherwise. */
-static bool norm_silu_backward_sliced(cuda_state *s, const dev_radial &m, int n, edge_tape &t,
-                                      const float *d_hidden) {
+static bool norm_silu_backward_sliced(cuda_state *s, presliced_scope &scope, const dev_radial &m,
+                                      int n, edge_tape &t, const float *d_hidden) {
     if (!producers_write_sliced(s, n))
         return false;
     const int ce = m.fc1.out, K[1] = {m.fc2.out};
     i8_sliced part[1];
-    if (!fused_operands_sliced(s, n, K, part) ||
+    if (!operands_sliced_in(s->sliced, n, K, part) ||
         !ozaki_backward_takes(s, m.fc2, m.fc2.in, n, part[0]) ||
         !cu_layer_norm_silu_backward_sliced(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias,
                                             d_hidden, &part[0], s->stream))
         return false;
-    register_presliced(s, {d_hidden}, n, K, {ce}, part);
+    scope.hold({d_hidden}, n, K, {ce}, part, s->sliced);
     return true;
 }
 
 /* d_radial -> dE/d(first layer output) into d_first [n][Ce] (row stride ld, as pre_norm1, the
- * forward's input; d_first may be pre_norm1 itself) */
+ * forward's input; d_first may be pre_norm1 itself). d_radial may exist only sliced, held by the
+ * caller's scope (producer_backward). */
 static void radial_mlp_rest_backward(cuda_state *s, const dev_radial &m, int n,
                                      const float *pre_norm1, float *d_first, int ld, edge_tape &t) {
     int ce = m.fc1.out;
     float *d_hidden = F(s->radial_work), *scratch = F(s->radial_work) + (size_t)n * ce;
     linear_backward(s, m.fc3, n, F(s->d_radial), m.fc3.out, d_hidden, ce, ce, 0);
-    s->presliced_count = 0; /* d_radial, when the producer's backward wrote it sliced */
-    if (!norm_silu_backward_sliced(s, m, n, t, d_hidden))
-        cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias,
-                                    d_hidden, d_hidden, s->stream);
-    linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
-    s->presliced_count = 0;
+    {
+        presliced_scope scope(s);
+        if (!norm_silu_backward_sliced(s, scope, m, n, t, d_hidden))
+            cu_layer_norm_silu_backward(n, ce, F(t.pre_norm2), ce, m.norm2.weight, m.norm2.bias,
+                                        d_hidden, d_hidden, s->stream);
+        linear_backward(s, m.fc2, n, d_hidden, ce, scratch, ce, ce, 0);
+    }
     cu_layer_norm_silu_backward(n, ce, pre_norm1, ld, m.norm1.weight, m.norm1.bias, scratch,
                                 d_first, s->stream);
 }
 
 /* d_radial -> d_gauss [n][B] -> d_distance (umas_radial_mlp_backward + gaussian backward) */
-static void radial_mlp_backward(cuda_state *s, const dev_radial &m, int n, int first, int B,
+static void radial_mlp_backward(cuda_state *s, const dev_radial &m, const edge_chunk &c, int B,
                                 edge_tape &t) {
-    float *d_first = F(s->radial_work) + (size_t)n * m.fc1.out;
-    radial_mlp_rest_backward(s, m, n, F(t.pre_norm1), d_first, m.fc1.out, t);
-    linear_backward(s, m.fc1, n, d_first, m.fc1.out, F(s->d_gauss), B, B, 0);
-    cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, B, F(s->d_gauss), B,
-                         F(s->d_distance) + first, s->stream);
-}
-
-/* the number of edges in the chunk that starts at edge `first` */
-static int chunk_size(const cuda_state *s, const graph_view &g, int first) {
-    return g.E - first < s->chunk ? g.E - first : s->chunk;
+    float *d_first = F(s->radial_work) + (size_t)c.n * m.fc1.out;
+    radial_mlp_rest_backward(s, m, c.n, F(t.pre_norm1), d_first, m.fc1.out, t);
+    linear_backward(s, m.fc1, c.n, d_first, m.fc1.out, F(s->d_gauss), B, B, 0);
+    cu_gaussian_backward(c.n, c.distance, s->offsets, s->coeff, B, F(s->d_gauss), B, c.d_distance,
+                         s->stream);
 }
 
 /* edges [first, first + n) and their radial MLP output in radial_of(t) */
-static int radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m,
-                        const graph_view &g, int first, edge_tape &t) {
-    int n = chunk_size(s, g, first);
-    cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
-                    s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
-                    F(s->radial_input), s->stream);
-    radial_mlp_forward(s, m, n, t);
-    return n;
+static void radial_chunk(cuda_state *s, const umas_weights *w, const dev_radial &m,
+                         const edge_chunk &c, edge_tape &t) {
+    cu_radial_input(c.n, c.source, c.target, I(s->z), c.distance, s->offsets, s->coeff, w->B,
+                    s->source_embedding, s->target_embedding, w->Ce, F(s->radial_input), s->stream);
+    radial_mlp_forward(s, m, c.n, t);
 }
 
 /* umas_fast: block l's slice of the unified first radial layer's output (s->first, row stride
@@ -143,37 +164,36 @@ static float *first_layer_slice(cuda_state *s, const umas_weights *w, int l, int
 
 /* Block l's radial MLP output for edges [first, first + n) into its tape t; umas_fast from its
  * slice of the unified first layer */
-static int block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const graph_view &g,
-                              int first, edge_tape &t) {
+static void block_radial_chunk(cuda_state *s, const umas_weights *w, int l, const edge_chunk &c,
+                               edge_tape &t) {
     const dev_radial &m = s->blocks[l].radial;
     if (!s->fast)
-        return radial_chunk(s, w, m, g, first, t);
-    int n = chunk_size(s, g, first);
-    radial_mlp_rest(s, m, n, first_layer_slice(s, w, l, first), first_layer_ld(w), t);
-    return n;
+        radial_chunk(s, w, m, c, t);
+    else
+        radial_mlp_rest(s, m, c.n, first_layer_slice(s, w, l, c.first), first_layer_ld(w), t);
 }
 
 /* umas_fast: dE/d(first layer output) of block l into its slice of s->first */
-static void block_radial_backward(cuda_state *s, const umas_weights *w, int l, int n, int first,
+static void block_radial_backward(cuda_state *s, const umas_weights *w, int l, const edge_chunk &c,
                                   edge_tape &t) {
     const dev_radial &m = s->blocks[l].radial;
     if (!s->fast) {
-        radial_mlp_backward(s, m, n, first, w->B, t);
+        radial_mlp_backward(s, m, c, w->B, t);
         return;
     }
-    float *slice = first_layer_slice(s, w, l, first);
-    radial_mlp_rest_backward(s, m, n, slice, slice, first_layer_ld(w), t);
+    float *slice = first_layer_slice(s, w, l, c.first);
+    radial_mlp_rest_backward(s, m, c.n, slice, slice, first_layer_ld(w), t);
 }
 
 /* umas_fast: every block's first radial layer for all edges, one GEMM per chunk */
 static void unified_radial_forward(cuda_state *s, const umas_weights *w, const graph_view &g) {
     size_t ld = (size_t)w->num_layers * w->Ce;
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = chunk_size(s, g, first);
-        cu_radial_input(n, I(s->src) + first, I(s->tgt) + first, I(s->z), F(s->distance) + first,
-                        s->offsets, s->coeff, w->B, s->source_embedding, s->target_embedding, w->Ce,
-                        F(s->radial_input), s->stream);
-        linear_forward(s, s->unified_fc1, n, F(s->radial_input), w->F, F(s->first) + first * ld,
+        const edge_chunk c = chunk_at(s, g, first);
+        cu_radial_input(c.n, c.source, c.target, I(s->z), c.distance, s->offsets, s->coeff, w->B,
+                        s->source_embedding, s->target_embedding, w->Ce, F(s->radial_input),
+                        s->stream);
+        linear_forward(s, s->unified_fc1, c.n, F(s->radial_input), w->F, F(s->first) + first * ld,
                        (int)ld);
     }
 }
@@ -183,19 +203,12 @@ static void unified_radial_forward(cuda_state *s, const umas_weights *w, const g
 static void unified_radial_backward(cuda_state *s, const umas_weights *w, const graph_view &g) {
     size_t ld = (size_t)w->num_layers * w->Ce;
     for (int first = 0; first < g.E; first += s->chunk) {
-        int n = chunk_size(s, g, first);
-        linear_backward(s, s->unified_fc1, n, F(s->first) + first * ld, (int)ld, F(s->d_gauss),
+        const edge_chunk c = chunk_at(s, g, first);
+        linear_backward(s, s->unified_fc1, c.n, F(s->first) + first * ld, (int)ld, F(s->d_gauss),
                         w->B, w->B, 0);
-        cu_gaussian_backward(n, F(s->distance) + first, s->offsets, s->coeff, w->B, F(s->d_gauss),
-                             w->B, F(s->d_distance) + first, s->stream);
+        cu_gaussian_backward(c.n, c.distance, s->offsets, s->coeff, w->B, F(s->d_gauss), w->B,
+                             c.d_distance, s->stream);
     }
-}
-
-const cu_wigner *W(cuda_state *s, int first) {
-    return static_cast<const cu_wigner *>(s->wigner.ptr) + first;
-}
-static cu_wigner *dW(cuda_state *s, int first) {
-    return static_cast<cu_wigner *>(s->d_wigner.ptr) + first;
 }
 
 /* One m > 0 SO(2) convolution: out_r = W1 x_r - W2 x_i, out_i = W2 x_r + W1 x_i (so2_m_forward).
@@ -219,21 +232,21 @@ static void so2_forward(cuda_state *s, const dev_linear &Wl, const dev_linear &b
  * slicing's read of it. Only when all four conv1 products take the int8 kernel (and C <= 256);
  * returns false (nothing done) otherwise. Layout in s->rotated per part (K = 6C, 8C, 4C): the
  * [n] exponents (16-byte aligned), then the three planes [n][ld]. */
-static bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int first, const float *x,
-                         edge_tape &t, const float *y) {
-    if (!producers_write_sliced(s, n))
+static bool conv1_sliced(cuda_state *s, presliced_scope &scope, const dev_block &b, int C,
+                         const edge_chunk &c, const float *x, edge_tape &t, const float *y) {
+    if (!producers_write_sliced(s, c.n))
         return false;
     const int K[3] = {6 * C, 8 * C, 4 * C};
     i8_sliced part[3];
-    if (!operands_sliced_in(s->rotated, n, K, part) ||
-        !ozaki_forward_takes(s, b.conv1_m0_gates, n, part[0]) ||
-        !ozaki_forward_takes(s, b.conv1_m0_rows, n, part[0]) ||
-        !ozaki_forward_takes(s, b.block_conv1_m1, n, part[1]) ||
-        !ozaki_forward_takes(s, b.block_conv1_m2, n, part[2]) ||
-        !cu_gather_rotate_sliced(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                                 radial_of(s, t), part, s->stream))
+    if (!operands_sliced_in(s->rotated, c.n, K, part) ||
+        !ozaki_forward_takes(s, b.conv1_m0_gates, c.n, part[0]) ||
+        !ozaki_forward_takes(s, b.conv1_m0_rows, c.n, part[0]) ||
+        !ozaki_forward_takes(s, b.block_conv1_m1, c.n, part[1]) ||
+        !ozaki_forward_takes(s, b.block_conv1_m2, c.n, part[2]) ||
+        !cu_gather_rotate_sliced(c.n, c.source, c.target, c.wigner, C, x, radial_of(s, t), part,
+                                 s->stream))
         return false;
-    register_presliced(s, {y, y + 6 * C, y + 14 * C}, n, K, {18 * C, 18 * C, 18 * C}, part);
+    scope.hold({y, y + 6 * C, y + 14 * C}, c.n, K, {18 * C, 18 * C, 18 * C}, part, s->rotated);
     return true;
 }
 
@@ -241,35 +254,35 @@ static bool conv1_sliced(cuda_state *s, const dev_block &b, int C, int n, int fi
  * s->sliced: g (the products on g, g + 3H, g + 7H) never exists in fp32, nor is o gated in
  * place. Only when all three conv2 products take the int8 kernel; false (nothing done)
  * otherwise. */
-static bool gate_sliced(cuda_state *s, const dev_block &b, int H, int n, edge_tape &t,
-                        const float *o, const float *g) {
+static bool gate_sliced(cuda_state *s, presliced_scope &scope, const dev_block &b, int H, int n,
+                        edge_tape &t, const float *o, const float *g) {
     if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {3 * H, 4 * H, 2 * H};
     i8_sliced part[3];
-    if (!fused_operands_sliced(s, n, K, part) ||
+    if (!operands_sliced_in(s->sliced, n, K, part) ||
         !so2_products_take(s, b.conv2_m0, b.block_conv2_m1, b.block_conv2_m2, 0, n, part) ||
         !cu_gate_forward_sliced(n, H, F(t.gates), o, part, s->stream))
         return false;
-    register_presliced(s, {g, g + 3 * H, g + 7 * H}, n, K, {9 * H, 9 * H, 9 * H}, part);
+    scope.hold({g, g + 3 * H, g + 7 * H}, n, K, {9 * H, 9 * H, 9 * H}, part, s->sliced);
     return true;
 }
 
 /* The backward's counterpart: the gate's adjoints, conv1's adjoint operands (d_conv1_m0 and the
  * m > 0 columns of dO), written sliced into s->sliced (cu_gate_backward_sliced); dg stays as
  * conv2's backward wrote it. */
-static bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n,
-                                 edge_tape &t, const float *dg) {
+static bool gate_backward_sliced(cuda_state *s, presliced_scope &scope, const dev_block &b, int C,
+                                 int H, int n, edge_tape &t, const float *dg) {
     if (!producers_write_sliced(s, n))
         return false;
     const int K[3] = {5 * H, 4 * H, 2 * H};
     i8_sliced part[3];
-    if (!fused_operands_sliced(s, n, K, part) ||
+    if (!operands_sliced_in(s->sliced, n, K, part) ||
         !so2_products_take(s, b.conv1_m0, b.block_conv1_m1, b.block_conv1_m2, 6 * C, n, part) ||
         !cu_gate_backward_sliced(n, H, F(t.gates), F(t.gated), dg, part, s->stream))
         return false;
     const float *d_conv1_m0 = F(s->d_conv1_m0);
-    register_presliced(s, {d_conv1_m0, dg + 3 * H, dg + 7 * H}, n, K, {5 * H, 9 * H, 9 * H}, part);
+    scope.hold({d_conv1_m0, dg + 3 * H, dg + 7 * H}, n, K, {5 * H, 9 * H, 9 * H}, part, s->sliced);
     return true;
 }
 
@@ -277,71 +290,71 @@ static bool gate_backward_sliced(cuda_state *s, const dev_block &b, int C, int H
  * weights in radial_of(t). With `keep_gate_input` (the backward will read this chunk's tape) the
  * conv1 output stays in t.gated and the gate writes to scratch; else it gates in place. The
  * unscaled rotated features go to `unscaled` unless it is null. */
-static void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
+static void edgewise_messages(cuda_state *s, const dev_block &b, int C, int H, const edge_chunk &c,
                               const float *x, edge_tape &t, float *unscaled, bool keep_gate_input) {
     cudaStream_t st = s->stream;
     float *y = F(s->rotated), *o = F(t.gated), *z = F(t.messages);
     float *g = keep_gate_input ? F(s->d_gated) : o;
-    if (!conv1_sliced(s, b, C, n, first, x, t, y))
-        cu_gather_rotate(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                         radial_of(s, t), unscaled, y, st);
-    linear_forward(s, b.conv1_m0_gates, n, y, 18 * C, F(t.gates), 2 * H);
-    s->ozaki_same_activation = true; /* the same m = 0 rows of y */
-    linear_forward(s, b.conv1_m0_rows, n, y, 18 * C, o, 9 * H);
-    s->ozaki_same_activation = false;
-    so2_forward(s, b.conv1_m1, b.block_conv1_m1, n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
-                o + 5 * H, 9 * H);
-    so2_forward(s, b.conv1_m2, b.block_conv1_m2, n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
-                o + 8 * H, 9 * H);
-    s->presliced_count = 0; /* y's buffer is reused below (as dz, dy) */
-    if (!gate_sliced(s, b, H, n, t, o, g))
-        cu_gate_forward(n, H, F(t.gates), o, g, st);
-    linear_forward(s, b.conv2_m0, n, g, 9 * H, z, 9 * C);
-    so2_forward(s, b.conv2_m1, b.block_conv2_m1, n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
+    { /* conv1: y [n][9][2C] -> o [n][9][H] (the m = 0 gate inputs to t.gates) */
+        presliced_scope scope(s);
+        if (!conv1_sliced(s, scope, b, C, c, x, t, y))
+            cu_gather_rotate(c.n, c.source, c.target, c.wigner, C, x, radial_of(s, t), unscaled, y,
+                             st);
+        linear_forward_pair(s, b.conv1_m0_gates, F(t.gates), 2 * H, b.conv1_m0_rows, o, 9 * H, c.n,
+                            y, 18 * C);
+        so2_forward(s, b.conv1_m1, b.block_conv1_m1, c.n, y + 6 * C, y + 10 * C, 18 * C, o + 3 * H,
+                    o + 5 * H, 9 * H);
+        so2_forward(s, b.conv1_m2, b.block_conv1_m2, c.n, y + 14 * C, y + 16 * C, 18 * C, o + 7 * H,
+                    o + 8 * H, 9 * H);
+    }
+    /* the gate, then conv2: g [n][9][H] -> z [n][9][C] */
+    presliced_scope scope(s);
+    if (!gate_sliced(s, scope, b, H, c.n, t, o, g))
+        cu_gate_forward(c.n, H, F(t.gates), o, g, st);
+    linear_forward(s, b.conv2_m0, c.n, g, 9 * H, z, 9 * C);
+    so2_forward(s, b.conv2_m1, b.block_conv2_m1, c.n, g + 3 * H, g + 5 * H, 9 * H, z + 3 * C,
                 z + 5 * C, 9 * C);
-    so2_forward(s, b.conv2_m2, b.block_conv2_m2, n, g + 7 * H, g + 8 * H, 9 * H, z + 7 * C,
+    so2_forward(s, b.conv2_m2, b.block_conv2_m2, c.n, g + 7 * H, g + 8 * H, 9 * H, z + 7 * C,
                 z + 8 * C, 9 * C);
-    s->presliced_count = 0;
 }
 
 /* umas_fast_gpu, ozaki: the consumer's backward writes conv2's adjoint operands sliced
  * (cu_rotate_back_backward_sliced) into s->sliced instead of dz in fp32. Only when all three
  * conv2 adjoint products take the int8 kernel; false (nothing done) otherwise. */
-static bool rotate_back_backward_sliced(cuda_state *s, const dev_block &b, int C, int H, int n,
-                                        int first, edge_tape &t, const float *d_out,
-                                        const float *dz) {
-    if (!producers_write_sliced(s, n))
+static bool rotate_back_backward_sliced(cuda_state *s, presliced_scope &scope, const dev_block &b,
+                                        int C, int H, const edge_chunk &c, edge_tape &t,
+                                        const float *d_out, const float *dz) {
+    if (!producers_write_sliced(s, c.n))
         return false;
     const int K[3] = {3 * C, 4 * C, 2 * C};
     i8_sliced part[3];
-    if (!fused_operands_sliced(s, n, K, part) ||
-        !so2_products_take(s, b.conv2_m0, b.block_conv2_m1, b.block_conv2_m2, 3 * H, n, part))
+    if (!operands_sliced_in(s->sliced, c.n, K, part) ||
+        !so2_products_take(s, b.conv2_m0, b.block_conv2_m1, b.block_conv2_m2, 3 * H, c.n, part))
         return false;
-    cu_rotate_back_backward_sliced(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                                   F(t.messages), d_out, dW(s, first), F(s->d_envelope) + first,
-                                   part, s->stream);
-    register_presliced(s, {dz, dz + 3 * C, dz + 7 * C}, n, K, {9 * C, 9 * C, 9 * C}, part);
+    cu_rotate_back_backward_sliced(c.n, c.target, c.wigner, c.envelope, C, F(t.messages), d_out,
+                                   c.d_wigner, c.d_envelope, part, s->stream);
+    scope.hold({dz, dz + 3 * C, dz + 7 * C}, c.n, K, {9 * C, 9 * C, 9 * C}, part, s->sliced);
     return true;
 }
 
 /* umas_fast_gpu, ozaki: the producer's backward writes d_radial sliced into s->sliced
  * (cu_producer_backward_sliced), the operand of the radial MLP's last layer's backward, which
- * block_radial_backward runs next (radial_mlp_rest_backward ends the registration). Only when
- * that product takes the int8 kernel; false (nothing done) otherwise. */
-static bool producer_backward_sliced(cuda_state *s, const dev_block &b, int C, int n, int first,
-                                     const float *x, edge_tape &t, const float *dy) {
-    if (!producers_write_sliced(s, n))
+ * block_radial_backward runs next in the same scope. Only when that product takes the int8
+ * kernel; false (nothing done) otherwise. */
+static bool producer_backward_sliced(cuda_state *s, presliced_scope &scope, const dev_block &b,
+                                     int C, const edge_chunk &c, const float *x, edge_tape &t,
+                                     const float *dy) {
+    if (!producers_write_sliced(s, c.n))
         return false;
     const dev_linear &fc3 = b.radial.fc3;
     const int K[1] = {fc3.out}; /* 12C */
     i8_sliced part[1];
-    if (!fused_operands_sliced(s, n, K, part) ||
-        !ozaki_backward_takes(s, fc3, fc3.in, n, part[0]) ||
-        !cu_producer_backward_sliced(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                                     radial_of(s, t), dy, &part[0], U(s->node_sums), dW(s, first),
-                                     s->stream))
+    if (!operands_sliced_in(s->sliced, c.n, K, part) ||
+        !ozaki_backward_takes(s, fc3, fc3.in, c.n, part[0]) ||
+        !cu_producer_backward_sliced(c.n, c.source, c.target, c.wigner, C, x, radial_of(s, t), dy,
+                                     &part[0], U(s->node_sums), c.d_wigner, s->stream))
         return false;
-    register_presliced(s, {F(s->d_radial)}, n, K, {fc3.out}, part);
+    scope.hold({(const float *)F(s->d_radial)}, c.n, K, {fc3.out}, part, s->sliced);
     return true;
 }
 
@@ -358,49 +371,58 @@ static void so2_backward(cuda_state *s, const dev_linear &Wl, const dev_linear &
     linear_backward(s, Wl, n, F(s->product_i), Wl.out, dx_i, ldx, Wl.in, 0);
 }
 
-/* The chunk's adjoints; dE/dx goes into the fixed-point s->node_sums. The chunk's tape is
- * recomputed from x first unless the forward kept it (`kept`, umas_fast_gpu only).
- * umas_fast_gpu runs the producer's backward as one pass that re-gathers and rotates x itself
- * (cu_producer_backward); general and umas_fast keep the unscaled rotated features of the
- * recompute for it. */
-static void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, int n, int first,
+/* The chunk's adjoints down to conv1's input: dE/dy [n][9][2C] into s->rotated (dy). The
+ * chunk's tape is recomputed from x first unless the forward kept it (`kept`, umas_fast_gpu
+ * only). */
+static void edgewise_backward(cuda_state *s, const dev_block &b, int C, int H, const edge_chunk &c,
                               const float *x, const float *d_out, edge_tape &t, bool kept) {
     cudaStream_t st = s->stream;
     if (!kept)
-        edgewise_messages(s, b, C, H, n, first, x, t, s->fused ? nullptr : F(s->unscaled), true);
+        edgewise_messages(s, b, C, H, c, x, t, s->fused ? nullptr : F(s->unscaled), true);
     else if (!s->keep_radial)
-        radial_mlp_last(s, b.radial, n, t); /* the tape kept its input, not its output */
+        radial_mlp_last(s, b.radial, c.n, t); /* the tape kept its input, not its output */
     /* dz lives in conv1's operand buffer: dead there since conv1's forward, and read only
      * by conv2's backward, before conv1's backward writes dy over it */
     float *dz = F(s->rotated), *dg = F(s->d_gated), *dy = F(s->rotated);
-    if (!rotate_back_backward_sliced(s, b, C, H, n, first, t, d_out, dz))
-        cu_rotate_back_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                                F(t.messages), d_out, dz, dW(s, first), F(s->d_envelope) + first,
-                                st);
-    linear_backward(s, b.conv2_m0, n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
-    so2_backward(s, b.conv2_m1, b.block_conv2_m1, n, dz + 3 * C, dz + 5 * C, 9 * C, dg + 3 * H,
-                 dg + 5 * H, 9 * H);
-    so2_backward(s, b.conv2_m2, b.block_conv2_m2, n, dz + 7 * C, dz + 8 * C, 9 * C, dg + 7 * H,
-                 dg + 8 * H, 9 * H);
-    s->presliced_count = 0;
-    if (!gate_backward_sliced(s, b, C, H, n, t, dg))
-        cu_gate_backward(n, H, F(t.gates), F(t.gated), dg, F(s->d_conv1_m0), st);
-    linear_backward(s, b.conv1_m0, n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
-    so2_backward(s, b.conv1_m1, b.block_conv1_m1, n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
+    { /* the rotation back, then conv2's backward: dz -> dg */
+        presliced_scope scope(s);
+        if (!rotate_back_backward_sliced(s, scope, b, C, H, c, t, d_out, dz))
+            cu_rotate_back_backward(c.n, c.target, c.wigner, c.envelope, C, F(t.messages), d_out,
+                                    dz, c.d_wigner, c.d_envelope, st);
+        linear_backward(s, b.conv2_m0, c.n, dz, 9 * C, dg, 9 * H, 3 * H, 0);
+        so2_backward(s, b.conv2_m1, b.block_conv2_m1, c.n, dz + 3 * C, dz + 5 * C, 9 * C,
+                     dg + 3 * H, dg + 5 * H, 9 * H);
+        so2_backward(s, b.conv2_m2, b.block_conv2_m2, c.n, dz + 7 * C, dz + 8 * C, 9 * C,
+                     dg + 7 * H, dg + 8 * H, 9 * H);
+    }
+    /* the gate's backward, then conv1's: dg -> dy */
+    presliced_scope scope(s);
+    if (!gate_backward_sliced(s, scope, b, C, H, c.n, t, dg))
+        cu_gate_backward(c.n, H, F(t.gates), F(t.gated), dg, F(s->d_conv1_m0), st);
+    linear_backward(s, b.conv1_m0, c.n, F(s->d_conv1_m0), 5 * H, dy, 18 * C, 6 * C, 0);
+    so2_backward(s, b.conv1_m1, b.block_conv1_m1, c.n, dg + 3 * H, dg + 5 * H, 9 * H, dy + 6 * C,
                  dy + 10 * C, 18 * C);
-    so2_backward(s, b.conv1_m2, b.block_conv1_m2, n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
+    so2_backward(s, b.conv1_m2, b.block_conv1_m2, c.n, dg + 7 * H, dg + 8 * H, 9 * H, dy + 14 * C,
                  dy + 16 * C, 18 * C);
-    s->presliced_count = 0;
+}
+
+/* The producer's backward, from dy (s->rotated): d_radial [n][12C], dE/dx into the fixed-point
+ * s->node_sums and the Wigner adjoints. umas_fast_gpu runs it as one pass that re-gathers and
+ * rotates x itself (cu_producer_backward), with ozaki writing d_radial sliced and held in
+ * `scope`; general and umas_fast use the unscaled rotated features kept by the recompute. */
+static void producer_backward(cuda_state *s, presliced_scope &scope, const dev_block &b, int C,
+                              const edge_chunk &c, const float *x, edge_tape &t) {
+    cudaStream_t st = s->stream;
+    float *dy = F(s->rotated); /* scaled in place by general and umas_fast */
     if (s->fused) {
-        if (!producer_backward_sliced(s, b, C, n, first, x, t, dy))
-            cu_producer_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x,
-                                 radial_of(s, t), dy, F(s->d_radial), U(s->node_sums), dW(s, first),
-                                 st);
+        if (!producer_backward_sliced(s, scope, b, C, c, x, t, dy))
+            cu_producer_backward(c.n, c.source, c.target, c.wigner, C, x, radial_of(s, t), dy,
+                                 F(s->d_radial), U(s->node_sums), c.d_wigner, st);
         return;
     }
-    cu_scale_by_radial_backward(n, C, radial_of(s, t), F(s->unscaled), dy, F(s->d_radial), st);
-    cu_gather_rotate_backward(n, I(s->src) + first, I(s->tgt) + first, W(s, first), C, x, dy,
-                              U(s->node_sums), dW(s, first), st);
+    cu_scale_by_radial_backward(c.n, C, radial_of(s, t), F(s->unscaled), dy, F(s->d_radial), st);
+    cu_gather_rotate_backward(c.n, c.source, c.target, c.wigner, C, x, dy, U(s->node_sums),
+                              c.d_wigner, st);
 }
 
 static void message_input(cuda_state *s, const dev_block &b, int N, int C, const float *h,
@@ -484,11 +506,12 @@ static void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_v
         cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
     message_input(s, b, N, C, F(s->h), F(s->u));
     for (int first = 0; first < g.E; first += s->chunk) {
+        const edge_chunk c = chunk_at(s, g, first);
         edge_tape t = tape(s, w, l, first);
-        int n = block_radial_chunk(s, w, l, g, first, t);
-        edgewise_messages(s, b, C, H, n, first, F(s->u), t, nullptr, block_keeps(s, l));
-        cu_rotate_back_scatter(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               F(t.messages), U(s->node_sums), s->stream);
+        block_radial_chunk(s, w, l, c, t);
+        edgewise_messages(s, b, C, H, c, F(s->u), t, nullptr, block_keeps(s, l));
+        cu_rotate_back_scatter(c.n, c.target, c.wigner, c.envelope, C, F(t.messages),
+                               U(s->node_sums), s->stream);
     }
     cu_fixed_add((size_t)N * 9 * C, U(s->node_sums), F(s->h), s->stream);
     if (save)
@@ -515,11 +538,15 @@ static void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_
     message_input(s, b, N, C, h_in, F(s->u));
     cudaMemsetAsync(F(s->du), 0, size * sizeof(float), s->stream);
     for (int first = 0; first < g.E; first += s->chunk) {
+        const edge_chunk c = chunk_at(s, g, first);
         edge_tape t = tape(s, w, l, first);
-        bool kept = block_keeps(s, l);
-        int n = kept ? chunk_size(s, g, first) : block_radial_chunk(s, w, l, g, first, t);
-        edgewise_backward(s, b, C, H, n, first, F(s->u), F(s->dh), t, kept);
-        block_radial_backward(s, w, l, n, first, t);
+        const bool kept = block_keeps(s, l);
+        if (!kept)
+            block_radial_chunk(s, w, l, c, t);
+        edgewise_backward(s, b, C, H, c, F(s->u), F(s->dh), t, kept);
+        presliced_scope d_radial_sliced(s);
+        producer_backward(s, d_radial_sliced, b, C, c, F(s->u), t);
+        block_radial_backward(s, w, l, c, t);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->du), s->stream);
     cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
@@ -565,10 +592,11 @@ void enqueue_forward(umas_context *ctx, cuda_state *s, const graph_view &g, int 
     cu_embed_nodes(N, C, I(s->z), s->sphere, s->system_embedding, F(s->h), st);
     record_trace(ctx, s, 0, F(s->h), N);
     for (int first = 0; first < E; first += s->chunk) {
+        const edge_chunk c = chunk_at(s, g, first);
         edge_tape t = tape(s, w, -1, first);
-        int n = radial_chunk(s, w, s->degree, g, first, t);
-        cu_edge_degree_forward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                               radial_of(s, t), U(s->node_sums), st);
+        radial_chunk(s, w, s->degree, c, t);
+        cu_edge_degree_forward(c.n, c.target, c.wigner, c.envelope, C, radial_of(s, t),
+                               U(s->node_sums), st);
     }
     cu_fixed_add(size, U(s->node_sums), F(s->h), st);
     record_trace(ctx, s, 1, F(s->h), N);
@@ -604,16 +632,16 @@ void enqueue_backward(umas_context *ctx, cuda_state *s, const graph_view &g) {
     if (s->fast)
         unified_radial_backward(s, w, g);
     for (int first = 0; first < E; first += s->chunk) {
+        const edge_chunk c = chunk_at(s, g, first);
         edge_tape t = tape(s, w, -1, first);
-        int n = radial_chunk(s, w, s->degree, g, first, t);
-        cu_edge_degree_backward(n, I(s->tgt) + first, W(s, first), F(s->envelope) + first, C,
-                                radial_of(s, t), F(s->dh), F(s->d_radial), dW(s, first),
-                                F(s->d_envelope) + first, st);
-        radial_mlp_backward(s, s->degree, n, first, w->B, t);
+        radial_chunk(s, w, s->degree, c, t);
+        cu_edge_degree_backward(c.n, c.target, c.wigner, c.envelope, C, radial_of(s, t), F(s->dh),
+                                F(s->d_radial), c.d_wigner, c.d_envelope, st);
+        radial_mlp_backward(s, s->degree, c, w->B, t);
     }
-    cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff, dW(s, 0),
-                     F(s->d_envelope), F(s->d_distance), w->energy_rmsd,
-                     static_cast<double *>(s->gradient.ptr), st);
+    cu_edge_gradient(E, static_cast<const double *>(s->vec.ptr), w->cutoff,
+                     static_cast<const cu_wigner *>(s->d_wigner.ptr), F(s->d_envelope),
+                     F(s->d_distance), w->energy_rmsd, static_cast<double *>(s->gradient.ptr), st);
 }
 
 /* Node outputs from the device into ctx->node_output (waits for the stream). */

@@ -1,6 +1,6 @@
 /* presliced.h - operands that umas_fast_gpu's producers write already sliced for the ozaki GEMM
- * (gemm_i8.h): their layout in a buffer and their registration with cuda_state::presliced, so
- * that the products on those activations read the slices. Internal to cuda/. */
+ * (gemm_i8.h): their layout in a buffer, and the scope that holds them for the products that
+ * follow the producer, so that those products read the slices. Internal to cuda/. */
 #ifndef UMAS_CUDA_PRESLICED_H
 #define UMAS_CUDA_PRESLICED_H
 
@@ -27,17 +27,85 @@ size_t sliced_layout(void *base, int rows, const int (&K)[P], i8_sliced (&parts)
     return offset;
 }
 
-/* Registers the P operands a producer wrote sliced for the products on act[i] (rows, K[i]
- * columns, row stride ld[i]); until presliced_count is reset their products read these. */
-template <int P>
-void register_presliced(cuda_state *s, const float *const (&act)[P], int rows, const int (&K)[P],
-                        const int (&ld)[P], const i8_sliced (&parts)[P]) {
-    static_assert(P <= 3, "room in s->presliced");
-    for (int i = 0; i < P; i++)
-        s->presliced[i] = {act[i], rows, K[i], ld[i], parts[i]};
-    s->presliced_count = P;
-    s->sliced_from = nullptr; /* s->sliced may have been overwritten */
-}
+/* An activation `act` [rows][k] (row stride ld) that exists only as its slices x, which live in
+ * the buffer `home`. */
+struct presliced_operand {
+    const float *act;
+    int rows, k, ld;
+    i8_sliced x;
+    const void *home;
+};
+
+/* The operands a producer wrote sliced, for the products that follow it. Declare the scope
+ * around the producer and those products; while it lives, a product on one of its operands
+ * (gemm_dispatch.cu) reads the slices and takes the int8 kernel. Scopes nest: a product looks in
+ * the innermost first, then outwards; holding operands in a buffer forgets the outer scopes'
+ * operands in that buffer (their slices are being overwritten). Leaving the scope forgets its
+ * operands: nothing outlives the products it was made for, nothing needs resetting.
+ *
+ *     presliced_scope scope(s);
+ *     if (!producer_writes_sliced(s, scope, ...))   // on success: scope.hold(...)
+ *         producer_writes_fp32(...);
+ *     linear_forward(s, lin, n, act, ...);           // reads the slices when held */
+class presliced_scope {
+  public:
+    explicit presliced_scope(cuda_state *s) : s_(s), outer_(s->presliced) {
+        s->presliced = this;
+    }
+    ~presliced_scope() {
+        s_->presliced = outer_;
+    }
+    presliced_scope(const presliced_scope &) = delete;
+    presliced_scope &operator=(const presliced_scope &) = delete;
+
+    /* Holds the P operands a producer wrote sliced (parts, in the buffer home) for the products
+     * on act[i]: rows rows, K[i] columns, row stride ld[i]. */
+    template <int P>
+    void hold(const float *const (&act)[P], int rows, const int (&K)[P], const int (&ld)[P],
+              const i8_sliced (&parts)[P], const buffer &home) {
+        static_assert(P <= max_operands, "room in the scope");
+        for (presliced_scope *o = outer_; o; o = o->outer_)
+            o->forget(home.ptr);
+        count_ = 0;
+        for (int i = 0; i < P; i++)
+            operands_[count_++] = {act[i], rows, K[i], ld[i], parts[i], home.ptr};
+    }
+
+    /* The operand held for a product on act [rows][k] (row stride ld) in this scope or an outer
+     * one, or null. */
+    const presliced_operand *find(const float *act, int rows, int k, int ld) const {
+        for (const presliced_scope *o = this; o; o = o->outer_)
+            for (int i = 0; i < o->count_; i++) {
+                const presliced_operand &p = o->operands_[i];
+                if (p.act == act && p.rows == rows && p.k == k && p.ld == ld)
+                    return &p;
+            }
+        return nullptr;
+    }
+    /* Whether act exists only sliced (any shape): its products must take the int8 kernel. */
+    bool holds(const float *act) const {
+        for (const presliced_scope *o = this; o; o = o->outer_)
+            for (int i = 0; i < o->count_; i++)
+                if (o->operands_[i].act == act)
+                    return true;
+        return false;
+    }
+
+  private:
+    void forget(const void *home) {
+        int kept = 0;
+        for (int i = 0; i < count_; i++)
+            if (operands_[i].home != home)
+                operands_[kept++] = operands_[i];
+        count_ = kept;
+    }
+
+    static const int max_operands = 3;
+    cuda_state *s_;
+    presliced_scope *outer_;
+    presliced_operand operands_[max_operands] = {};
+    int count_ = 0;
+};
 
 /* Operands written sliced for n rows into the buffer b: whether they fit there (parts set if
  * so). conv1's go into s->rotated, the other producers' into s->sliced. */
@@ -48,10 +116,6 @@ bool operands_sliced_in(const buffer &b, int n, const int (&K)[P], i8_sliced (&p
         return false;
     sliced_layout(b.ptr, n, K, parts);
     return true;
-}
-template <int P>
-bool fused_operands_sliced(cuda_state *s, int n, const int (&K)[P], i8_sliced (&parts)[P]) {
-    return operands_sliced_in(s->sliced, n, K, parts);
 }
 
 } // namespace umas_cuda
