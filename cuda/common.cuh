@@ -1,5 +1,6 @@
-/* common.cuh - small device helpers shared by the CUDA kernel files: grid sizes, a
- * deterministic block reduction in double, and fp32 activations with their derivatives. */
+/* common.cuh - the one home of the small helpers the CUDA kernel files share: grid sizes, a
+ * deterministic block reduction in double, and fp32 activations with their derivatives (host and
+ * device, so that per-element math can be checked on the host). */
 #ifndef UMAS_CUDA_COMMON_CUH
 #define UMAS_CUDA_COMMON_CUH
 
@@ -7,10 +8,10 @@
 
 #include <cstddef>
 
-/* Blocks for a grid-stride loop over n elements (n > 0). */
-static unsigned grid_for(size_t n, int threads) {
+/* Blocks for a grid-stride loop over n elements: at least 1, at most 65536. */
+static inline unsigned grid_for(size_t n, int threads) {
     size_t blocks = (n + (size_t)threads - 1) / (size_t)threads;
-    return (unsigned)(blocks < 65536 ? blocks : 65536);
+    return (unsigned)(blocks < 1 ? 1 : blocks < 65536 ? blocks : 65536);
 }
 
 /* Sums v[0..K) over the block; every thread gets the sums. blockDim.x a multiple of 32, at most
@@ -34,19 +35,19 @@ template <int K> static __device__ void block_sum(double (&v)[K]) {
     }
 }
 
-static __device__ __forceinline__ float sigmoidf_(float x) {
+static __host__ __device__ __forceinline__ float sigmoidf_(float x) {
     return 1.0f / (1.0f + expf(-x));
 }
-static __device__ __forceinline__ float siluf_(float x) {
+static __host__ __device__ __forceinline__ float siluf_(float x) {
     return x * sigmoidf_(x);
 }
 /* d sigmoid / dx = s (1 - s) */
-static __device__ __forceinline__ float sigmoid_derivativef_(float x) {
+static __host__ __device__ __forceinline__ float sigmoid_derivativef_(float x) {
     float s = sigmoidf_(x);
     return s * (1.0f - s);
 }
 /* d SiLU / dx = s (1 + x (1 - s)) */
-static __device__ __forceinline__ float silu_derivativef_(float x) {
+static __host__ __device__ __forceinline__ float silu_derivativef_(float x) {
     float s = sigmoidf_(x);
     return s * (1.0f + x * (1.0f - s));
 }

@@ -34,6 +34,7 @@
 #ifndef UMAS_CUDA_EDGEWISE_COMMON_CUH
 #define UMAS_CUDA_EDGEWISE_COMMON_CUH
 
+#include "common.cuh"
 #include "kernels.h"
 #include "slicing.cuh"
 
@@ -69,14 +70,6 @@ HD constexpr int degree_of_m(int p) {
 /* Offsets of the m = 0 rows inside W: D^1[1][j] = W[3 + j], D^2[2][j] = W[19 + j]. */
 #define W_L1_M0 3
 #define W_L2_M0 19
-
-HD float sigmoidf_(float x) {
-    return 1.0f / (1.0f + expf(-x));
-}
-HD float silu_derivativef(float x) { /* s (1 + x (1 - s)) */
-    float s = sigmoidf_(x);
-    return s * (1.0f + x * (1.0f - s));
-}
 
 /* fixed[i] += v in 2^-32 units: atomic on the device (several edges hit one node row), plain
  * on the host. Integer addition is associative, so the sum is the same in any order. */

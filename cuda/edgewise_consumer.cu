@@ -132,7 +132,7 @@ HD void gate_backward_values(size_t e, int c, int H, const float *gates, const f
     }
     dce[0] = sum1 * (s1 * (1.0f - s1));
     dce[1] = sum2 * (s2 * (1.0f - s2));
-    dO[0] = dg[base] * silu_derivativef(o[base]);
+    dO[0] = dg[base] * silu_derivativef_(o[base]);
     dce[2] = dO[0];
     dce[3] = dO[1];
     dce[4] = dO[2];

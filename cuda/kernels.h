@@ -76,7 +76,8 @@ void cu_edge_gradient(int E, const double *edge_vector, double cutoff, const cu_
                       double *edge_gradient, cudaStream_t stream);
 
 /* ---------------------------------------------------------------------------------------------
- * edgewise_producer.cu, edgewise_consumer.cu: the message pipeline pieces (core/edgewise.c), forward and backward
+ * edgewise_producer.cu, edgewise_consumer.cu: the message pipeline pieces (core/edgewise.c),
+ * forward and backward
  * ------------------------------------------------------------------------------------------- */
 
 /* gather_rotate for n edges with conv1's radial scaling fused in: u[e][p][0:C] =

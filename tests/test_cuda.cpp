@@ -101,7 +101,7 @@ struct ScopedEnv {
 
 /* What each precision promises against fairchem's float64 truth.
  *  fp32 (exact, the default) and 3xtf32 (split-precision tensor-core products; on Hopper the
- *  kernels of cuda/gemm_tc.h, whose sums carry no significant bias): the CUDA issue's strict
+ *  kernels of cuda/gemm/gemm_tc.h, whose sums carry no significant bias): the CUDA issue's strict
  *  bounds.
  *  tf32 is the fast mode (issue 7): on the H200 its errors are those recorded in
  *  bench/README.md (forces up to 1.2e-2 eV/A); this bound states that behaviour. */

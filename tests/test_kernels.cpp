@@ -1,5 +1,5 @@
 // test_kernels.cpp - the CUDA edge kernels (cuda/edgewise_producer.cu, edgewise_consumer.cu), the radial MLP's LayerNorm+SiLU
-// kernels (cuda/geometry.cu) and the split-precision GEMM (cuda/gemm_tc_tma.cu), one at a time,
+// kernels (cuda/geometry.cu) and the split-precision GEMM (cuda/gemm/gemm_tc_tma.cu), one at a time,
 // against the CPU float64 functions they mirror (core/edgewise.c, core/nn.c), on random graphs with
 // real Wigner rotations and random rows.
 //
@@ -41,7 +41,7 @@
 //    nothing written. Shapes: the model's 3000 x 768 -> 640, a ragged 1003 x 200 -> 72 with
 //    padded strides and beta = 1, K = 8 (less than one stage), 500 x 96 -> 256 without bias or
 //    beta, 1 row.
-//  * ozaki GEMM (precision ozaki on Hopper, cuda/gemm_i8.h): i8_slice writes each row as its
+//  * ozaki GEMM (precision ozaki on Hopper, cuda/gemm/gemm_i8.h): i8_slice writes each row as its
 //    exponent e (max|row| (1 + 2^-6) < 2^e <= 2 max|row| (1 + 2^-6)) and three balanced base-255
 //    digits in [-127, 127] whose value 2^(e-23) (255^2 s0 + 255 s1 + s2) is within 2^(e-24) of the
 //    entry, zeros past K, a
@@ -1195,7 +1195,7 @@ INSTANTIATE_TEST_SUITE_P(Sizes, NormSiluKernels,
                          row_size_label);
 
 // ---------------------------------------------------------------------------------------------
-// the split-precision GEMM (cuda/gemm_tc_tma.cu) against a float64 product
+// the split-precision GEMM (cuda/gemm/gemm_tc_tma.cu) against a float64 product
 // ---------------------------------------------------------------------------------------------
 
 struct GemmShape {

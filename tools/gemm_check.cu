@@ -1,5 +1,5 @@
 /* gemm_check.cu - umas-gemm-check: accuracy and speed of the split-precision tensor-core GEMM
- * (cuda/gemm_tc.cu) on the model's shapes, against a float64 reference and cuBLAS. Needs a GPU
+ * (cuda/gemm/gemm_tc.cu) on the model's shapes, against a float64 reference and cuBLAS. Needs a GPU
  * (the kernels are built for sm_90).
  *
  *   umas-gemm-check [--quick] [--reps N] [--case SUBSTRING]

@@ -44,6 +44,7 @@
  *
  * Costs per output tile and k-step: 3 mma, plus 4 fp32 adds (CHUNK) or 4 x (and, fma, add)
  * (CHUNK_JAM). */
+#include "common.cuh"
 #include "gemm_tc.h"
 #include "gemm_tc_common.cuh"
 
@@ -363,8 +364,5 @@ extern "C" void tc_split_weights(int rows, int cols, const float *w, size_t ld, 
                                  float *lo, cudaStream_t stream) {
     if (rows <= 0 || cols <= 0)
         return;
-    const size_t total = (size_t)rows * cols;
-    const size_t want = (total + 255) / 256;
-    const unsigned blocks = (unsigned)(want < 65536 ? want : 65536);
-    split_kernel<<<blocks, 256, 0, stream>>>(rows, cols, w, ld, hi, lo);
+    split_kernel<<<grid_for((size_t)rows * cols, 256), 256, 0, stream>>>(rows, cols, w, ld, hi, lo);
 }
