@@ -230,13 +230,45 @@ int umas_build_edges(int num_atoms, const double *positions, const double cell[9
     return umas_build_edges_to(num_atoms, num_atoms, positions, cell, pbc, cutoff, edges, err);
 }
 
-int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
-                        const double cell[9], const int pbc[3], double cutoff,
-                        umas_edge_list *edges, umas_error *err) {
-    if (edges == NULL) {
-        return umas_fail(err, "umas_build_edges: edges is NULL");
-    }
-    memset(edges, 0, sizeof *edges);
+/* The periodic images ("ghosts") of the atoms that can lie within the cutoff of an atom, binned
+ * on a grid in fractional coordinates (the method at the top of this file). */
+typedef struct ghost_grid {
+    int periodic[3];
+    double basis[3][3], inv[3][3], volume;
+    double delta[3];       /* fractional reach of the cutoff along each direction */
+    double rlo[3], rhi[3]; /* the region of the ghosts: the atoms' bounds, widened by delta */
+    double extent[3], width[3];
+    int nb[3]; /* bins along each direction, each at least delta wide */
+    size_t num_ghosts, num_bins;
+    double *frac;         /* [N][3] fractional coordinates of the atoms */
+    int *image_lo;        /* [N][3] first image n along each direction */
+    int *image_hi;        /* [N][3] last image n along each direction */
+    int *atom_bin;        /* [N][3] bin coordinates of each atom (its n = 0 image) */
+    int *ghost_atom;      /* [G] atom of each ghost; ghosts are ordered by (atom, n) */
+    int *ghost_shift;     /* [G][3] its image n */
+    size_t *bin_start;    /* [B+1] first entry of each bin in the by_bin arrays */
+    int *by_bin_ghost;    /* [G] ghosts ordered by bin */
+    int *by_bin_atom;     /* [G] their atoms */
+    double *by_bin_shift; /* [G][3] their shifts n . cell (periodic directions only) */
+} ghost_grid;
+
+static void ghost_grid_free(ghost_grid *g) {
+    free(g->frac);
+    free(g->image_lo);
+    free(g->image_hi);
+    free(g->atom_bin);
+    free(g->ghost_atom);
+    free(g->ghost_shift);
+    free(g->bin_start);
+    free(g->by_bin_ghost);
+    free(g->by_bin_atom);
+    free(g->by_bin_shift);
+}
+
+/* The arguments of umas_build_edges_to, checked: 1 when there are no atoms (nothing to do). */
+static int check_edge_inputs(int num_atoms, int num_targets, const double *positions,
+                             const double cell[9], const int pbc[3], double cutoff, int periodic[3],
+                             umas_error *err) {
     if (num_atoms < 0) {
         return umas_fail(err, "umas_build_edges: num_atoms = %d is negative", num_atoms);
     }
@@ -249,7 +281,7 @@ int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
                          cutoff);
     }
     if (num_atoms == 0) {
-        return 0;
+        return 1;
     }
     if (positions == NULL) {
         return umas_fail(err, "umas_build_edges: positions is NULL");
@@ -261,7 +293,6 @@ int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
                              r[2]);
         }
     }
-    int periodic[3];
     int any_periodic = 0;
     for (int a = 0; a < 3; a++) {
         periodic[a] = pbc != NULL && pbc[a] != 0;
@@ -270,320 +301,357 @@ int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
     if (any_periodic && cell == NULL) {
         return umas_fail(err, "umas_build_edges: the cell is NULL but some direction is periodic");
     }
+    return 0;
+}
 
-    /* Fractional coordinates and the geometry of the grid. */
-    double basis[3][3] = {{0}}, inv[3][3];
-    if (make_basis(cell, periodic, basis, err) != 0) {
-        return -1;
-    }
-    invert3(basis, inv);
-    const double volume = fabs(det3(basis));
-    const double rc2 = cutoff * cutoff;
-
-    int status = -1;
-    double *frac = NULL;         /* [N][3] fractional coordinates of the atoms */
-    int *image_lo = NULL;        /* [N][3] first image n along each direction */
-    int *image_hi = NULL;        /* [N][3] last image n along each direction */
-    int *ghost_atom = NULL;      /* [G] atom of each ghost; ghosts are ordered by (atom, n) */
-    int *ghost_shift = NULL;     /* [G][3] its image n */
-    size_t *ghost_bin = NULL;    /* [G] its bin */
-    size_t *bin_start = NULL;    /* [B+1] first entry of each bin in the by_bin arrays */
-    int *by_bin_ghost = NULL;    /* [G] ghosts ordered by bin */
-    int *by_bin_atom = NULL;     /* [G] their atoms */
-    double *by_bin_shift = NULL; /* [G][3] their shifts n . cell (periodic directions only) */
-    int *atom_bin = NULL;        /* [N][3] bin coordinates of each atom (its n = 0 image) */
-    uint64_t *hits = NULL;     /* [hit_cap] neighbours of the current target: ghost << 32 | slot */
-    double *hit_vector = NULL; /* [hit_cap][3] their edge vectors, by slot */
-    size_t hit_cap = 0, capacity = 0, num_edges = 0;
-
-    frac = malloc((size_t)num_atoms * 3 * sizeof(double));
-    image_lo = malloc((size_t)num_atoms * 3 * sizeof(int));
-    image_hi = malloc((size_t)num_atoms * 3 * sizeof(int));
-    atom_bin = malloc((size_t)num_atoms * 3 * sizeof(int));
-    if (frac == NULL || image_lo == NULL || image_hi == NULL || atom_bin == NULL) {
-        umas_fail(err, "umas_build_edges: out of memory (%d atoms)", num_atoms);
-        goto done;
+/* Fractional coordinates of the atoms, the cutoff's reach delta and the region of the ghosts. */
+static int find_region(ghost_grid *g, int num_atoms, const double *positions, double cutoff,
+                       umas_error *err) {
+    g->frac = malloc((size_t)num_atoms * 3 * sizeof(double));
+    if (g->frac == NULL) {
+        return umas_fail(err, "umas_build_edges: out of memory (%d atoms)", num_atoms);
     }
     double lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
     double fmax = 0;
     for (int i = 0; i < num_atoms; i++) {
         const double *r = positions + 3 * (size_t)i;
         for (int a = 0; a < 3; a++) {
-            double f = r[0] * inv[0][a] + r[1] * inv[1][a] + r[2] * inv[2][a];
-            frac[3 * (size_t)i + a] = f;
+            double f = r[0] * g->inv[0][a] + r[1] * g->inv[1][a] + r[2] * g->inv[2][a];
+            g->frac[3 * (size_t)i + a] = f;
             lo[a] = f < lo[a] ? f : lo[a];
             hi[a] = f > hi[a] ? f : hi[a];
             fmax = fabs(f) > fmax ? fabs(f) : fmax;
         }
     }
     if (!isfinite(fmax)) {
-        umas_fail(err, "umas_build_edges: positions too large for this cell");
-        goto done;
+        return umas_fail(err, "umas_build_edges: positions too large for this cell");
     }
     /* delta[a]: largest fractional difference along a of two points within the cutoff, with a
      * margin for round-off (a larger delta only adds candidates, never loses neighbours). */
-    double delta[3], rlo[3], rhi[3];
     for (int a = 0; a < 3; a++) {
         double w[3];
-        cross(basis[(a + 1) % 3], basis[(a + 2) % 3], w);
-        double height = volume / norm(w);
-        delta[a] = cutoff / height * (1 + 1e-6) + 1e-9 * (1 + fmax);
-        rlo[a] = periodic[a] ? lo[a] - delta[a] : lo[a];
-        rhi[a] = periodic[a] ? hi[a] + delta[a] : hi[a];
+        cross(g->basis[(a + 1) % 3], g->basis[(a + 2) % 3], w);
+        double height = g->volume / norm(w);
+        g->delta[a] = cutoff / height * (1 + 1e-6) + 1e-9 * (1 + fmax);
+        g->rlo[a] = g->periodic[a] ? lo[a] - g->delta[a] : lo[a];
+        g->rhi[a] = g->periodic[a] ? hi[a] + g->delta[a] : hi[a];
     }
+    return 0;
+}
 
-    /* Images of each atom that land in the region [rlo, rhi] (only n = 0 along non-periodic
-     * directions; the atom itself always does). */
+/* The images of each atom that land in the region [rlo, rhi] (only n = 0 along non-periodic
+ * directions; the atom itself always does), and their number. */
+static int count_images(ghost_grid *g, int num_atoms, double cutoff, umas_error *err) {
+    g->image_lo = malloc((size_t)num_atoms * 3 * sizeof(int));
+    g->image_hi = malloc((size_t)num_atoms * 3 * sizeof(int));
+    if (g->image_lo == NULL || g->image_hi == NULL) {
+        return umas_fail(err, "umas_build_edges: out of memory (%d atoms)", num_atoms);
+    }
     double total = 0;
     for (int i = 0; i < num_atoms; i++) {
         double count = 1;
         for (int a = 0; a < 3; a++) {
-            double nlo = 0, nhi = 0, f = frac[3 * (size_t)i + a];
-            if (periodic[a]) {
-                nlo = ceil(rlo[a] - f);
-                nhi = floor(rhi[a] - f);
+            double nlo = 0, nhi = 0, f = g->frac[3 * (size_t)i + a];
+            if (g->periodic[a]) {
+                nlo = ceil(g->rlo[a] - f);
+                nhi = floor(g->rhi[a] - f);
                 nlo = nlo > 0 ? 0 : nlo; /* n = 0 always (guards against round-off) */
                 nhi = nhi < 0 ? 0 : nhi;
             }
             count *= nhi - nlo + 1;
             if (count > MAX_GHOSTS || total + count > MAX_GHOSTS) {
-                umas_fail(err,
-                          "the cell is too small for the cutoff %g (or the atoms are spread "
-                          "over too many cells): more than %.0f periodic images needed",
-                          cutoff, MAX_GHOSTS);
-                goto done;
+                return umas_fail(err,
+                                 "the cell is too small for the cutoff %g (or the atoms are spread "
+                                 "over too many cells): more than %.0f periodic images needed",
+                                 cutoff, MAX_GHOSTS);
             }
-            image_lo[3 * (size_t)i + a] = (int)nlo;
-            image_hi[3 * (size_t)i + a] = (int)nhi;
+            g->image_lo[3 * (size_t)i + a] = (int)nlo;
+            g->image_hi[3 * (size_t)i + a] = (int)nhi;
         }
         total += count;
     }
-    const size_t num_ghosts = (size_t)total;
+    g->num_ghosts = (size_t)total;
+    return 0;
+}
 
-    /* Grid: nb[a] bins along a, each at least delta[a] wide; at most ~2 bins per ghost. */
-    double width[3], extent[3];
-    int nb[3];
+/* The grid: nb[a] bins along a, each at least delta[a] wide; at most ~2 bins per ghost. */
+static void choose_bins(ghost_grid *g) {
     for (int a = 0; a < 3; a++) {
-        extent[a] = rhi[a] - rlo[a];
-        width[a] = delta[a];
+        g->extent[a] = g->rhi[a] - g->rlo[a];
+        g->width[a] = g->delta[a];
     }
-    const double max_bins = 2.0 * (double)num_ghosts + 64;
+    const double max_bins = 2.0 * (double)g->num_ghosts + 64;
     for (;;) {
         double product = 1;
         for (int a = 0; a < 3; a++) {
-            double n = floor(extent[a] / width[a]);
+            double n = floor(g->extent[a] / g->width[a]);
             n = n < 1 ? 1 : (n > 1e6 ? 1e6 : n);
-            nb[a] = (int)n;
+            g->nb[a] = (int)n;
             product *= n;
         }
         if (product <= max_bins) {
             break;
         }
         for (int a = 0; a < 3; a++) {
-            width[a] *= 1.26;
+            g->width[a] *= 1.26;
         }
     }
     for (int a = 0; a < 3; a++) {
-        width[a] = extent[a] > 0 ? extent[a] / nb[a] : 1.0; /* >= delta[a] */
+        g->width[a] = g->extent[a] > 0 ? g->extent[a] / g->nb[a] : 1.0; /* >= delta[a] */
     }
-    const size_t num_bins = (size_t)nb[0] * nb[1] * nb[2];
+    g->num_bins = (size_t)g->nb[0] * g->nb[1] * g->nb[2];
+}
 
-    ghost_atom = malloc(num_ghosts * sizeof(int));
-    ghost_shift = malloc(num_ghosts * 3 * sizeof(int));
-    ghost_bin = malloc(num_ghosts * sizeof(size_t));
-    by_bin_ghost = malloc(num_ghosts * sizeof(int));
-    by_bin_atom = malloc(num_ghosts * sizeof(int));
-    by_bin_shift = malloc(num_ghosts * 3 * sizeof(double));
-    bin_start = calloc(num_bins + 1, sizeof(size_t));
-    if (ghost_atom == NULL || ghost_shift == NULL || ghost_bin == NULL || by_bin_ghost == NULL ||
-        by_bin_atom == NULL || by_bin_shift == NULL || bin_start == NULL) {
-        umas_fail(err, "umas_build_edges: out of memory (%zu periodic images)", num_ghosts);
-        goto done;
+/* Bin coordinate along a of fractional coordinate f. */
+static int bin_along(const ghost_grid *g, int a, double f) {
+    int k = (int)floor((f - g->rlo[a]) / g->width[a]);
+    return k < 0 ? 0 : (k >= g->nb[a] ? g->nb[a] - 1 : k);
+}
+
+/* Every ghost with its atom, image and shift, in bin order (a counting sort, stable: the ghosts
+ * of a bin stay in (atom, n) order), and each atom's bin. */
+static int fill_bins(ghost_grid *g, int num_atoms, const double cell[9], umas_error *err) {
+    const size_t G = g->num_ghosts; /* >= num_atoms > 0: every atom is its own n = 0 image */
+    if (G < (size_t)num_atoms || num_atoms <= 0) {
+        return umas_fail(err, "umas_build_edges: %zu periodic images for %d atoms", G, num_atoms);
     }
-
-    /* Ghosts and their bins. */
-    size_t g = 0;
+    size_t *ghost_bin = malloc(G * sizeof(size_t)); /* [G] the bin of each ghost */
+    g->atom_bin = calloc((size_t)num_atoms * 3, sizeof(int));
+    g->ghost_atom = malloc(G * sizeof(int));
+    g->ghost_shift = malloc(G * 3 * sizeof(int));
+    g->by_bin_ghost = malloc(G * sizeof(int));
+    g->by_bin_atom = malloc(G * sizeof(int));
+    g->by_bin_shift = malloc(G * 3 * sizeof(double));
+    g->bin_start = calloc(g->num_bins + 1, sizeof(size_t));
+    if (ghost_bin == NULL || g->atom_bin == NULL || g->ghost_atom == NULL ||
+        g->ghost_shift == NULL || g->by_bin_ghost == NULL || g->by_bin_atom == NULL ||
+        g->by_bin_shift == NULL || g->bin_start == NULL) {
+        free(ghost_bin);
+        return umas_fail(err, "umas_build_edges: out of memory (%zu periodic images)", G);
+    }
+    const int *nb = g->nb;
+    size_t h = 0;
     for (int i = 0; i < num_atoms; i++) {
-        const double *f = frac + 3 * (size_t)i;
-        const int *nlo = image_lo + 3 * (size_t)i, *nhi = image_hi + 3 * (size_t)i;
+        const double *f = g->frac + 3 * (size_t)i;
+        const int *nlo = g->image_lo + 3 * (size_t)i, *nhi = g->image_hi + 3 * (size_t)i;
         for (int a = 0; a < 3; a++) {
-            int k = (int)floor((f[a] - rlo[a]) / width[a]);
-            atom_bin[3 * (size_t)i + a] = k < 0 ? 0 : (k >= nb[a] ? nb[a] - 1 : k);
+            g->atom_bin[3 * (size_t)i + a] = bin_along(g, a, f[a]);
         }
         for (int n0 = nlo[0]; n0 <= nhi[0]; n0++) {
             for (int n1 = nlo[1]; n1 <= nhi[1]; n1++) {
                 for (int n2 = nlo[2]; n2 <= nhi[2]; n2++) {
                     int n[3] = {n0, n1, n2}, k[3];
                     for (int a = 0; a < 3; a++) {
-                        k[a] = (int)floor((f[a] + n[a] - rlo[a]) / width[a]);
-                        k[a] = k[a] < 0 ? 0 : (k[a] >= nb[a] ? nb[a] - 1 : k[a]);
+                        k[a] = bin_along(g, a, f[a] + n[a]);
                     }
-                    ghost_atom[g] = i;
-                    memcpy(ghost_shift + 3 * g, n, sizeof n);
-                    ghost_bin[g] = ((size_t)k[0] * nb[1] + k[1]) * nb[2] + k[2];
-                    bin_start[ghost_bin[g] + 1]++;
-                    g++;
+                    g->ghost_atom[h] = i;
+                    memcpy(g->ghost_shift + 3 * h, n, sizeof n);
+                    ghost_bin[h] = ((size_t)k[0] * nb[1] + k[1]) * nb[2] + k[2];
+                    g->bin_start[ghost_bin[h] + 1]++;
+                    h++;
                 }
             }
         }
     }
-    /* Counting sort by bin (stable: ghosts of a bin stay in (atom, n) order). */
-    for (size_t b = 0; b < num_bins; b++) {
+    size_t *bin_start = g->bin_start;
+    for (size_t b = 0; b < g->num_bins; b++) {
         bin_start[b + 1] += bin_start[b];
     }
-    for (size_t h = 0; h < g; h++) { /* g == num_ghosts */
-        size_t slot = bin_start[ghost_bin[h]]++;
-        const int *n = ghost_shift + 3 * h;
-        by_bin_ghost[slot] = (int)h;
-        by_bin_atom[slot] = ghost_atom[h];
+    for (size_t j = 0; j < h; j++) { /* h == num_ghosts */
+        size_t slot = bin_start[ghost_bin[j]]++;
+        const int *n = g->ghost_shift + 3 * j;
+        g->by_bin_ghost[slot] = (int)j;
+        g->by_bin_atom[slot] = g->ghost_atom[j];
         for (int c = 0; c < 3; c++) {
             double shift = 0; /* n . cell, summed over periodic directions only */
             for (int a = 0; a < 3; a++) {
-                if (periodic[a]) {
+                if (g->periodic[a]) {
                     shift += n[a] * cell[3 * a + c];
                 }
             }
-            by_bin_shift[3 * slot + c] = shift;
+            g->by_bin_shift[3 * slot + c] = shift;
         }
     }
-    for (size_t b = num_bins; b > 0; b--) { /* undo the shift of the fill pass */
+    for (size_t b = g->num_bins; b > 0; b--) { /* undo the shift of the fill pass */
         bin_start[b] = bin_start[b - 1];
     }
     bin_start[0] = 0;
     free(ghost_bin);
-    ghost_bin = NULL;
+    return 0;
+}
 
-    /* First guess of the edge count from the ghost density: a little above the expected
-     * neighbours per atom; the arrays grow when needed and shrink at the end. */
-    {
-        double region = volume;
-        for (int a = 0; a < 3; a++) {
-            region *= extent[a] > delta[a] ? extent[a] : delta[a];
-        }
-        double expected = (double)num_ghosts / region * 4.18879 * cutoff * cutoff * cutoff;
-        double guess = num_targets * (1.1 * (isfinite(expected) ? expected : 0) + 8) + 256;
-        double most = (double)num_targets * (double)num_ghosts;
-        guess = guess < most ? guess : most;
-        guess = guess < 4194304.0 ? guess : 4194304.0; /* beyond this, grow when needed */
-        if (reserve_edges(edges, &capacity, (size_t)guess) != 0) {
-            umas_fail(err, "umas_build_edges: out of memory (%.0f edges)", guess);
-            goto done;
-        }
+/* First guess of the edge count from the ghost density: a little above the expected neighbours
+ * per atom; the arrays grow when needed and shrink at the end. */
+static int reserve_first_guess(const ghost_grid *g, int num_targets, double cutoff,
+                               umas_edge_list *edges, size_t *capacity, umas_error *err) {
+    double region = g->volume;
+    for (int a = 0; a < 3; a++) {
+        region *= g->extent[a] > g->delta[a] ? g->extent[a] : g->delta[a];
     }
+    double expected = (double)g->num_ghosts / region * 4.18879 * cutoff * cutoff * cutoff;
+    double guess = num_targets * (1.1 * (isfinite(expected) ? expected : 0) + 8) + 256;
+    double most = (double)num_targets * (double)g->num_ghosts;
+    guess = guess < most ? guess : most;
+    guess = guess < 4194304.0 ? guess : 4194304.0; /* beyond this, grow when needed */
+    if (reserve_edges(edges, capacity, (size_t)guess) != 0) {
+        return umas_fail(err, "umas_build_edges: out of memory (%.0f edges)", guess);
+    }
+    return 0;
+}
 
-    /* For each target: its neighbours among the ghosts of its bin and the 26 around it, sorted
-     * by ghost index, i.e. by (source, n). */
-    for (int i = 0; i < num_targets; i++) {
-        const double *ri = positions + 3 * (size_t)i;
-        const int *bi = atom_bin + 3 * (size_t)i;
-        size_t num_hits = 0;
-        for (int k0 = bi[0] - 1; k0 <= bi[0] + 1; k0++) {
-            if (k0 < 0 || k0 >= nb[0]) {
-                continue;
-            }
-            for (int k1 = bi[1] - 1; k1 <= bi[1] + 1; k1++) {
-                if (k1 < 0 || k1 >= nb[1]) {
+/* The neighbours of one target: ghost << 32 | slot in hits, their edge vectors by slot. */
+typedef struct target_hits {
+    uint64_t *hits;
+    double *vector; /* [cap][3] */
+    size_t count, cap;
+} target_hits;
+
+static int add_hit(target_hits *t, int ghost, const double v[3], umas_error *err) {
+    if (t->count == t->cap) {
+        size_t cap = t->cap > 0 ? 2 * t->cap : 256;
+        uint64_t *grown = realloc(t->hits, cap * sizeof *t->hits);
+        if (grown != NULL) {
+            t->hits = grown;
+        }
+        double *grown_v = realloc(t->vector, cap * 3 * sizeof(double));
+        if (grown_v != NULL) {
+            t->vector = grown_v;
+        }
+        if (grown == NULL || grown_v == NULL) {
+            return umas_fail(err, "umas_build_edges: out of memory");
+        }
+        t->cap = cap;
+    }
+    t->hits[t->count] = (uint64_t)ghost << 32 | t->count;
+    memcpy(t->vector + 3 * t->count, v, 3 * sizeof(double));
+    t->count++;
+    return 0;
+}
+
+/* Target i's neighbours among the ghosts of its bin and the 26 around it, sorted by ghost index,
+ * i.e. by (source, n). Two atoms at distance 0 are an error (the model is undefined there). */
+static int find_neighbours(const ghost_grid *g, int i, const double *positions, double rc2,
+                           target_hits *t, umas_error *err) {
+    const double *ri = positions + 3 * (size_t)i;
+    const int *bi = g->atom_bin + 3 * (size_t)i, *nb = g->nb;
+    t->count = 0;
+    for (int k0 = bi[0] - 1; k0 <= bi[0] + 1; k0++) {
+        for (int k1 = bi[1] - 1; k1 <= bi[1] + 1; k1++) {
+            for (int k2 = bi[2] - 1; k2 <= bi[2] + 1; k2++) {
+                if (k0 < 0 || k0 >= nb[0] || k1 < 0 || k1 >= nb[1] || k2 < 0 || k2 >= nb[2]) {
                     continue;
                 }
-                for (int k2 = bi[2] - 1; k2 <= bi[2] + 1; k2++) {
-                    if (k2 < 0 || k2 >= nb[2]) {
-                        continue;
+                size_t b = ((size_t)k0 * nb[1] + k1) * nb[2] + k2;
+                for (size_t e = g->bin_start[b]; e < g->bin_start[b + 1]; e++) {
+                    const int j = g->by_bin_atom[e];
+                    const double *rj = positions + 3 * (size_t)j;
+                    const double *shift = g->by_bin_shift + 3 * e;
+                    double v[3] = {rj[0] - ri[0] + shift[0], rj[1] - ri[1] + shift[1],
+                                   rj[2] - ri[2] + shift[2]};
+                    double d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
+                    int self = j == i && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
+                    if (d2 == 0 && !self) {
+                        return umas_fail_atoms(
+                            err, j, i, "atoms %d and %d are on top of each other (distance 0)", j,
+                            i);
                     }
-                    size_t b = ((size_t)k0 * nb[1] + k1) * nb[2] + k2;
-                    for (size_t e = bin_start[b]; e < bin_start[b + 1]; e++) {
-                        const double *rj = positions + 3 * (size_t)by_bin_atom[e];
-                        const double *shift = by_bin_shift + 3 * e;
-                        double v[3] = {rj[0] - ri[0] + shift[0], rj[1] - ri[1] + shift[1],
-                                       rj[2] - ri[2] + shift[2]};
-                        double d2 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2];
-                        int self =
-                            by_bin_atom[e] == i && shift[0] == 0 && shift[1] == 0 && shift[2] == 0;
-                        if (d2 == 0 && !self) { /* the model is undefined there (1/d) */
-                            umas_fail_atoms(err, by_bin_atom[e], i,
-                                            "atoms %d and %d are on top of each other (distance 0)",
-                                            by_bin_atom[e], i);
-                            goto done;
-                        }
-                        if (!(d2 > 0 && d2 <= rc2)) {
-                            continue;
-                        }
-                        if (num_hits == hit_cap) {
-                            size_t cap = hit_cap > 0 ? 2 * hit_cap : 256;
-                            uint64_t *grown = realloc(hits, cap * sizeof *hits);
-                            if (grown != NULL) {
-                                hits = grown;
-                            }
-                            double *grown_v = realloc(hit_vector, cap * 3 * sizeof(double));
-                            if (grown_v != NULL) {
-                                hit_vector = grown_v;
-                            }
-                            if (grown == NULL || grown_v == NULL) {
-                                umas_fail(err, "umas_build_edges: out of memory");
-                                goto done;
-                            }
-                            hit_cap = cap;
-                        }
-                        hits[num_hits] = (uint64_t)by_bin_ghost[e] << 32 | num_hits;
-                        memcpy(hit_vector + 3 * num_hits, v, sizeof v);
-                        num_hits++;
+                    if (d2 > 0 && d2 <= rc2 && add_hit(t, g->by_bin_ghost[e], v, err) != 0) {
+                        return -1;
                     }
                 }
             }
         }
-        if (num_hits == 0) {
-            continue;
-        }
-        sort_u64(hits, num_hits);
-        if (num_edges + num_hits > (size_t)INT32_MAX) {
-            umas_fail(err, "umas_build_edges: more than %d edges", INT32_MAX);
+    }
+    sort_u64(t->hits, t->count);
+    return 0;
+}
+
+/* Appends target i's neighbours t (sorted) to the edge list. */
+static int append_edges(const ghost_grid *g, int i, const target_hits *t, umas_edge_list *edges,
+                        size_t *capacity, size_t *num_edges, umas_error *err) {
+    if (*num_edges + t->count > (size_t)INT32_MAX) {
+        return umas_fail(err, "umas_build_edges: more than %d edges", INT32_MAX);
+    }
+    if (reserve_edges(edges, capacity, *num_edges + t->count) != 0) {
+        return umas_fail(err, "umas_build_edges: out of memory (%zu edges)", *num_edges + t->count);
+    }
+    for (size_t k = 0; k < t->count; k++) {
+        size_t h = (size_t)(t->hits[k] >> 32), slot = (size_t)(t->hits[k] & 0xffffffffu);
+        size_t e = (*num_edges)++;
+        edges->source[e] = g->ghost_atom[h];
+        edges->target[e] = i;
+        memcpy(edges->cell_shift + 3 * e, g->ghost_shift + 3 * h, 3 * sizeof(int));
+        memcpy(edges->vector + 3 * e, t->vector + 3 * slot, 3 * sizeof(double));
+    }
+    return 0;
+}
+
+/* Gives back the unused part of the edge arrays (n edges kept). */
+static void shrink_edges(umas_edge_list *edges, size_t n) {
+    int *p;
+    double *q;
+    if ((p = realloc(edges->source, n * sizeof(int))) != NULL) {
+        edges->source = p;
+    }
+    if ((p = realloc(edges->target, n * sizeof(int))) != NULL) {
+        edges->target = p;
+    }
+    if ((p = realloc(edges->cell_shift, 3 * n * sizeof(int))) != NULL) {
+        edges->cell_shift = p;
+    }
+    if ((q = realloc(edges->vector, 3 * n * sizeof(double))) != NULL) {
+        edges->vector = q;
+    }
+}
+
+int umas_build_edges_to(int num_atoms, int num_targets, const double *positions,
+                        const double cell[9], const int pbc[3], double cutoff,
+                        umas_edge_list *edges, umas_error *err) {
+    if (edges == NULL) {
+        return umas_fail(err, "umas_build_edges: edges is NULL");
+    }
+    memset(edges, 0, sizeof *edges);
+    ghost_grid grid;
+    memset(&grid, 0, sizeof grid);
+    int checked =
+        check_edge_inputs(num_atoms, num_targets, positions, cell, pbc, cutoff, grid.periodic, err);
+    if (checked != 0) {
+        return checked > 0 ? 0 : -1; /* no atoms: no edges */
+    }
+    if (make_basis(cell, grid.periodic, grid.basis, err) != 0) {
+        return -1;
+    }
+    invert3(grid.basis, grid.inv);
+    grid.volume = fabs(det3(grid.basis));
+
+    int status = -1;
+    target_hits hits = {NULL, NULL, 0, 0};
+    size_t capacity = 0, num_edges = 0;
+    if (find_region(&grid, num_atoms, positions, cutoff, err) != 0 ||
+        count_images(&grid, num_atoms, cutoff, err) != 0) {
+        goto done;
+    }
+    choose_bins(&grid);
+    if (fill_bins(&grid, num_atoms, cell, err) != 0 ||
+        reserve_first_guess(&grid, num_targets, cutoff, edges, &capacity, err) != 0) {
+        goto done;
+    }
+    for (int i = 0; i < num_targets; i++) {
+        if (find_neighbours(&grid, i, positions, cutoff * cutoff, &hits, err) != 0 ||
+            append_edges(&grid, i, &hits, edges, &capacity, &num_edges, err) != 0) {
             goto done;
-        }
-        if (reserve_edges(edges, &capacity, num_edges + num_hits) != 0) {
-            umas_fail(err, "umas_build_edges: out of memory (%zu edges)", num_edges + num_hits);
-            goto done;
-        }
-        for (size_t k = 0; k < num_hits; k++, num_edges++) {
-            size_t h = (size_t)(hits[k] >> 32), slot = (size_t)(hits[k] & 0xffffffffu);
-            edges->source[num_edges] = ghost_atom[h];
-            edges->target[num_edges] = i;
-            memcpy(edges->cell_shift + 3 * num_edges, ghost_shift + 3 * h, 3 * sizeof(int));
-            memcpy(edges->vector + 3 * num_edges, hit_vector + 3 * slot, 3 * sizeof(double));
         }
     }
-    if (num_edges < capacity && num_edges > 0) { /* give back the unused part */
-        size_t n = num_edges;
-        int *p;
-        double *q;
-        if ((p = realloc(edges->source, n * sizeof(int))) != NULL) {
-            edges->source = p;
-        }
-        if ((p = realloc(edges->target, n * sizeof(int))) != NULL) {
-            edges->target = p;
-        }
-        if ((p = realloc(edges->cell_shift, 3 * n * sizeof(int))) != NULL) {
-            edges->cell_shift = p;
-        }
-        if ((q = realloc(edges->vector, 3 * n * sizeof(double))) != NULL) {
-            edges->vector = q;
-        }
+    if (num_edges < capacity && num_edges > 0) {
+        shrink_edges(edges, num_edges);
     }
     edges->num_edges = (int)num_edges;
     status = 0;
 
 done:
-    free(frac);
-    free(image_lo);
-    free(image_hi);
-    free(atom_bin);
-    free(ghost_atom);
-    free(ghost_shift);
-    free(ghost_bin);
-    free(bin_start);
-    free(by_bin_ghost);
-    free(by_bin_atom);
-    free(by_bin_shift);
-    free(hits);
-    free(hit_vector);
+    ghost_grid_free(&grid);
+    free(hits.hits);
+    free(hits.vector);
     if (status != 0) {
         umas_edge_list_free(edges);
     }

@@ -13,6 +13,8 @@
 # spills). UMAS_DEVICE_TESTS: the GoogleTest programs (default test_cuda test_balance
 # test_neighbors, plus test_kernels); UMAS_BENCH_MODELS: the models benchmarked (default umas
 # umas121, those carried); UMAS_PROFILE_MODEL: the model of the kernel breakdown (default umas).
+# UMAS_BENCH_BEFORE: an earlier build's umas-bench (xz, carried) to time against this one,
+# alternating, at UMAS_BENCH_BEFORE_ATOMS (default 2000) atoms.
 set -uo pipefail
 source tools/device-env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -94,6 +96,26 @@ for model in ${UMAS_BENCH_MODELS:-umas umas121}; do
             --steps "${UMAS_BENCH_STEPS:-5}" --warmup 2 | tee -a "$OUT/bench.txt"
     done
 done
+if [ -n "${UMAS_BENCH_BEFORE:-}" ] && [ -f "$UMAS_BENCH_BEFORE" ]; then
+    # the same benchmark by an earlier build's umas-bench (an xz file, carried), alternating
+    # with this build's, on the same machine: the before/after table of a change
+    xz -dc "$UMAS_BENCH_BEFORE" > /tmp/umas/bin/umas-bench-before
+    chmod +x /tmp/umas/bin/umas-bench-before
+    model=${UMAS_BENCH_BEFORE_MODEL:-umas}
+    for round in 1 2; do
+        for build in before after; do
+            bench=/tmp/umas/bin/umas-bench
+            [ "$build" = before ] && bench=/tmp/umas/bin/umas-bench-before
+            for precision in ${UMAS_BENCH_BEFORE_PRECISIONS:-ozaki fp32 tf32}; do
+                echo "== before/after round $round, $build, $model, umas_fast_gpu, $precision"
+                $bench --model /tmp/umas/models/$model.safetensors --device cuda \
+                    --backend umas_fast_gpu --precision "$precision" \
+                    --atoms "${UMAS_BENCH_BEFORE_ATOMS:-2000}" --steps 10 --warmup 3 |
+                    tee -a "$OUT/before-after.txt"
+            done
+        done
+    done
+fi
 profile_model=${UMAS_PROFILE_MODEL:-umas}
 if [ "${UMAS_PROFILE:-0}" = 1 ] && [ -f /tmp/umas/models/$profile_model.safetensors ]; then
     # per-kernel time of one MD step (Nsight Compute, one metric: one replay) at each of
