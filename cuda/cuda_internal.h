@@ -10,6 +10,7 @@
  *   memory_plan.cu    buffer sizes, tapes and the keep/recompute search (reserve_all)
  *   model_cuda.cu     the model's composition, forward and backward (mirrors backend_general.c)
  *   step_graph.cu     umas_fast_gpu's padded edge count and the CUDA graph of the step
+ *   gemm/             the tensor-core GEMM kernels (gemm_tc.h: 3xtf32, gemm_i8.h: ozaki)
  */
 #ifndef UMAS_CUDA_INTERNAL_H
 #define UMAS_CUDA_INTERNAL_H
