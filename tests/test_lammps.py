@@ -256,8 +256,8 @@ def mpi_flags():
     """Open MPI refuses more ranks than cores without --oversubscribe; MPICH has no such flag."""
     if not hasattr(mpi_flags, "flags"):
         version = subprocess.run([ARGS.mpirun, "--version"], capture_output=True, text=True)
-        mpi_flags.flags = ["--oversubscribe"] if "Open MPI" in version.stdout + version.stderr \
-            else []
+        # MPICH's launcher (Hydra) names itself; Open MPI's says "Open MPI" or "OpenRTE"
+        mpi_flags.flags = [] if "HYDRA" in version.stdout + version.stderr else ["--oversubscribe"]
     return mpi_flags.flags
 
 
