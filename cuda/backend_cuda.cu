@@ -209,8 +209,7 @@ static int cuda_set_neighbors(umas_context *ctx, umas_error *err) {
     cudaSetDevice(s->device);
     /* the kept edges go straight into the graph's edge arrays (with room for padding) */
     const buffer_sizes z = {N, E, 0, listed};
-    if (reserve_for(s, &ctx->weights, LIST, z, err) ||
-        reserve_for(s, &ctx->weights, EDGE_INPUT, z, err))
+    if (reserve_for(s, &ctx->weights, {LIST, EDGE_INPUT}, z, err))
         return -1;
     if (listed > 0) {
         cudaMemcpy(s->list_source.ptr, nb->source, listed * sizeof(int), cudaMemcpyHostToDevice);
@@ -266,7 +265,7 @@ static int cuda_compute_positions(umas_context *ctx, const double *positions, co
     if (reserve_all(ctx, g, err))
         return -1;
     if (gradients && result->node_virial &&
-        reserve_for(s, &ctx->weights, NODE_VIRIALS, {(size_t)N, (size_t)g.E, 0, 0}, err))
+        reserve_for(s, &ctx->weights, {NODE_VIRIALS}, {(size_t)N, (size_t)g.E, 0, 0}, err))
         return -1;
     double *node_virial = result->node_virial ? static_cast<double *>(s->node_virial.ptr) : nullptr;
     if (N > 0)

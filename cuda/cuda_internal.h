@@ -33,6 +33,7 @@ extern "C" {
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 namespace umas_cuda {
@@ -257,8 +258,8 @@ struct buffer_entry {
     const char *what;
 };
 std::vector<buffer_entry> buffer_table(cuda_state *s, const umas_weights *w, const buffer_sizes &z);
-int reserve_for(cuda_state *s, const umas_weights *w, buffer_use use, const buffer_sizes &z,
-                umas_error *err);
+int reserve_for(cuda_state *s, const umas_weights *w, std::initializer_list<buffer_use> uses,
+                const buffer_sizes &z, umas_error *err);
 void release_all(cuda_state *s, const umas_weights *w);
 size_t buffer_bytes(cuda_state *s, const umas_weights *w);
 bool block_keeps(const cuda_state *s, int l);

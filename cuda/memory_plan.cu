@@ -231,11 +231,13 @@ std::vector<buffer_entry> buffer_table(cuda_state *s, const umas_weights *w,
     return t;
 }
 
-/* Reserves the buffers of s that `use` reserves, sized for z. */
-int reserve_for(cuda_state *s, const umas_weights *w, buffer_use use, const buffer_sizes &z,
-                umas_error *err) {
+/* Reserves the buffers of s that any of `uses` reserves, sized for z (one pass over the table:
+ * this runs every step). */
+int reserve_for(cuda_state *s, const umas_weights *w, std::initializer_list<buffer_use> uses,
+                const buffer_sizes &z, umas_error *err) {
     for (const buffer_entry &it : buffer_table(s, w, z))
-        if (it.use == use && reserve(s, *it.b, it.bytes, it.what, (int)z.atoms, (int)z.edges, err))
+        if (std::find(uses.begin(), uses.end(), it.use) != uses.end() &&
+            reserve(s, *it.b, it.bytes, it.what, (int)z.atoms, (int)z.edges, err))
             return -1;
     return 0;
 }
@@ -248,10 +250,7 @@ static int reserve_buffers(umas_context *ctx, const graph_view &g, umas_error *e
     const size_t n = (size_t)s->chunk < E ? (size_t)s->chunk : (E ? E : 1);
     s->ozaki_rows = ozaki_rows_for(s, std::max(n, N));
     const buffer_sizes z = {N, E, n, 0};
-    return reserve_for(s, w, EDGE_INPUT, z, err) || reserve_for(s, w, GRAPH, z, err) ||
-                   reserve_for(s, w, TAPE, z, err)
-               ? -1
-               : 0;
+    return reserve_for(s, w, {EDGE_INPUT, GRAPH, TAPE}, z, err);
 }
 
 /* Frees every buffer of s (cuda_destroy). */
