@@ -78,8 +78,9 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc) {
         fprintf(stderr, "ERROR: %s\n", why.c_str());
         return;
     }
+    static const std::string built_for = version_text(UMAS_PLUGIN_LAMMPS_VERSION);
     lammpsplugin_t plugin;
-    plugin.version = UMAS_PLUGIN_LAMMPS_VERSION_TEXT; /* the loader compares it with its own */
+    plugin.version = built_for.c_str(); /* the loader compares it with its LAMMPS_VERSION */
     plugin.style = "pair";
     plugin.name = "umas";
     plugin.info = "umas: fairchem UMA-S potentials (native C core)";
