@@ -5,7 +5,8 @@
  *   geometry   per edge: d, envelope, Wigner D
  *   embedding  h[n][0] = sphere_embedding[Z_n] + c_sys, other coefficients 0
  *   degree     h[target] += edge-degree messages
- *   block l    u = norm_1(h) (+ c_sys on l = 0);  h += messages(u)
+ *   block l    (halo: ghost rows of h from their atoms, halo.h)
+ *              u = norm_1(h) (+ c_sys on l = 0);  h += messages(u)
  *              h += FFN(norm_2(h));  h = balance(h)
  *   output     energy_n = head(final_norm(h)[n][0])
  * Backward (when forces or the virial are asked for): the same steps in reverse, seeded with
@@ -29,6 +30,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "backend_cpu.h"
 #include "error.h"
+#include "halo.h"
 #include "so3.h"
 
 #include <math.h>
@@ -264,6 +266,7 @@ static void block_forward(umas_context *ctx, int layer, const umas_graph *g, dou
     int N = g->num_nodes, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
 
+    umas_halo_refresh(ctx, s->h, N, 9 * C); /* ghosts read by this block's messages */
     if (save)
         memcpy(save, s->h, sizeof(double) * size);
     message_input(w, b, N, s->h, s->u);
@@ -306,6 +309,7 @@ static void block_backward(umas_context *ctx, int layer, const umas_graph *g, co
     umas_rms_norm_backward(&b->norm_1, N, C, h_in, s->du, s->d_tmp);
     for (size_t k = 0; k < size; k++)
         s->dh[k] += s->d_tmp[k];
+    umas_halo_sum_into_owners(ctx, s->dh, N, g->num_energy_nodes, 9 * C);
 }
 
 /* output[n] = head MLP of the final l = 0 features s->u[n][0], model units. */

@@ -137,6 +137,9 @@ static int check_system(const umas_model *model, const umas_system *sys, umas_er
         return umas_fail(err, "the system has no atoms (%d)", sys->num_atoms);
     if (!sys->atomic_numbers && !sys->element_counts)
         return umas_fail(err, "the system needs atomic_numbers or element_counts");
+    if (!sys->refresh_ghosts != !sys->sum_into_owners)
+        return umas_fail(err, "the halo exchange needs both refresh_ghosts and sum_into_owners "
+                              "(or neither)");
     return 0;
 }
 
@@ -183,6 +186,9 @@ umas_context *umas_context_create(const umas_model *model, const umas_system *sy
     ctx->num_atoms = sys->num_atoms;
     ctx->sum_over_processes = sys->sum_over_processes;
     ctx->sum_data = sys->sum_data;
+    ctx->refresh_ghosts = sys->refresh_ghosts;
+    ctx->sum_into_owners = sys->sum_into_owners;
+    ctx->halo_data = sys->halo_data;
     ctx->neighbors.num_nodes = -1;
     ctx->expert_coefficients = calloc((size_t)model->info.num_experts, sizeof(double));
     ctx->routing_input = calloc(2 * (size_t)model->info.sphere_channels, sizeof(double));

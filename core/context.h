@@ -74,6 +74,10 @@ struct umas_context {
     /* umas_system.sum_over_processes and its data (NULL: one process holds the system) */
     void (*sum_over_processes)(double *values, int count, void *data);
     void *sum_data;
+    /* umas_system's halo exchange (NULL: none; core/halo.h) */
+    void (*refresh_ghosts)(double *rows, int num_nodes, int width, void *data);
+    void (*sum_into_owners)(double *rows, int num_nodes, int width, void *data);
+    void *halo_data;
     void *backend_state;
     double *node_output; /* [N] energy head output, model units, written by the backend */
     int node_output_capacity;

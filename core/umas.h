@@ -109,6 +109,23 @@ typedef struct umas_system {
      * hold every atom of the system exactly once. NULL: this process holds the whole system. */
     void (*sum_over_processes)(double *values, int count, void *data);
     void *sum_data;
+
+    /* Halo exchange, for processes that each hold a ghost shell of one cutoff only (LAMMPS'
+     * domain decomposition, pair_style umas mode halo). When set, nodes [num_energy_nodes, N)
+     * of every graph are ghosts, each a copy of an energy node of some process (possibly of
+     * this one: a periodic image), and the graph has only the edges into energy nodes.
+     *   refresh_ghosts(rows, N, width, data): before every block, on the node features
+     *     rows [N][width] (width = 9 C): overwrite every ghost row with its atom's row.
+     *   sum_into_owners(rows, N, width, data): after that block's backward, on the adjoints
+     *     rows [N][width]: add every ghost row into its atom's row (the engine then zeroes the
+     *     ghost rows).
+     * Collective like sum_over_processes (the same calls on every process, also one whose
+     * graph is empty: every process asks for the same outputs of umas_result, so that all of
+     * them run the backward or none). Both or neither; NULL: no exchange (one process, or
+     * mode shell). */
+    void (*refresh_ghosts)(double *rows, int num_nodes, int width, void *data);
+    void (*sum_into_owners)(double *rows, int num_nodes, int width, void *data);
+    void *halo_data;
 } umas_system;
 
 typedef struct umas_options {

@@ -257,7 +257,7 @@ static int cuda_compute_positions(umas_context *ctx, const double *positions, co
      * edges) so that the graph serves many steps */
     int kept = host_flags[0];
     bool graphed = s->fused && gradients && !ctx->keep_trace && !s->graphs_failed &&
-                   !balance_on_host(ctx) && N > 0 && kept > 0;
+                   !step_waits_for_processes(ctx) && N > 0 && kept > 0;
     graph_view g = {N, graphed ? padded_edges(kept) : kept, nb->num_energy_nodes};
     if (g.E > kept)
         cu_pad_edges(kept, g.E - kept, N, 2.0 * ctx->weights.cutoff, I(s->src), I(s->tgt),

@@ -9,6 +9,7 @@
  *                     held by a scope object
  *   memory_plan.cu    buffer sizes, tapes and the keep/recompute search (reserve_all)
  *   model_cuda.cu     the model's composition, forward and backward (mirrors backend_general.c)
+ *   processes.cu      the balancing's sums and the halo exchange with the other processes
  *   step_graph.cu     umas_fast_gpu's padded edge count and the CUDA graph of the step
  *   gemm/             the tensor-core GEMM kernels (gemm_tc.h: 3xtf32, gemm_i8.h: ozaki)
  */
@@ -209,6 +210,9 @@ struct cuda_state {
 
     std::vector<float> host_output;   /* [N] */
     std::vector<float> host_features; /* trace */
+    /* halo exchange through the host (processes.cu): [N][9][C] as doubles, and fp32 rows */
+    std::vector<double> host_halo;
+    std::vector<float> host_halo_rows;
 };
 
 inline float *F(buffer &b) {
@@ -301,8 +305,21 @@ void so3_linear_forward(cuda_state *s, const dev_linear (&lin)[3], int N, const 
 void so3_linear_backward(cuda_state *s, const dev_linear (&lin)[3], int N, const float *dy,
                          float *dx, int accumulate);
 
-/* model_cuda.cu */
+/* processes.cu: the exchanges with the other processes sharing the system, around a block */
+/* Whether the balancing's sums go through the host (several processes share the system). */
 bool balance_on_host(const umas_context *ctx);
+/* Whether the step waits for the other processes (balancing sums or halo exchange through the
+ * host): then it cannot be one CUDA graph. */
+bool step_waits_for_processes(const umas_context *ctx);
+/* Charge/spin balancing (core/balance.h) of x [N][9][C]: the forward on a block's output, or
+ * (backward) its adjoint on dE/d(block output). */
+void balance_block(umas_context *ctx, cuda_state *s, const graph_view &g, float *x, bool backward);
+/* Halo exchange (core/halo.h): ghost rows of the features x [N][9][C] from their atoms before a
+ * block; after its backward the ghost rows of the adjoints dx added into their atoms', zeroed. */
+void halo_refresh(umas_context *ctx, cuda_state *s, const graph_view &g, float *x);
+void halo_sum_into_owners(umas_context *ctx, cuda_state *s, const graph_view &g, float *dx);
+
+/* model_cuda.cu */
 void enqueue_forward(umas_context *ctx, cuda_state *s, const graph_view &g, int gradients);
 void enqueue_backward(umas_context *ctx, cuda_state *s, const graph_view &g);
 int download_node_output(umas_context *ctx, cuda_state *s, int N, const char *what,

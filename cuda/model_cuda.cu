@@ -1,6 +1,7 @@
 /* model_cuda.cu - the model on the GPU, as core/backend_general.c composes it on the CPU (read that
  * file first): radial MLPs, a block's messages over chunks of edges with their tapes, the FFN,
- * the charge/spin balancing, the energy head, and the forward and backward passes of a step. */
+ * the energy head, and the forward and backward passes of a step (the balancing and the halo
+ * exchange around each block: processes.cu). */
 #include "cuda_internal.h"
 #include "presliced.h"
 
@@ -466,42 +467,13 @@ static void record_trace(umas_context *ctx, cuda_state *s, int stage, const floa
         ctx->trace[(size_t)stage * n + k] = s->host_features[k];
 }
 
-/* Whether the balancing's sums go through the host (several processes share the system): then
- * every balancing waits for the GPU, and the step cannot be one CUDA graph. */
-bool balance_on_host(const umas_context *ctx) {
-    return ctx->balance.count > 0 && ctx->sum_over_processes;
-}
-
-/* Charge/spin balancing (core/balance.h) of x [N][9][C]: the forward on a block's output, or
- * (backward) its adjoint on dE/d(block output). */
-static void balance(umas_context *ctx, cuda_state *s, const graph_view &g, float *x,
-                    bool backward) {
-    const umas_balance &b = ctx->balance;
-    if (b.count == 0)
-        return;
-    int C = ctx->weights.C;
-    cu_balance_sums(backward ? g.N : g.energy_nodes, C, b.count, s->balance_channel, x,
-                    s->balance_sums, s->stream);
-    if (balance_on_host(ctx)) {
-        double *host = s->host_sums.data();
-        cudaMemcpyAsync(host, s->balance_sums, sizeof(double) * b.count, cudaMemcpyDeviceToHost,
-                        s->stream);
-        cudaStreamSynchronize(s->stream);
-        umas_sum_over_processes(ctx, host, b.count);
-        cudaMemcpyAsync(s->balance_sums, host, sizeof(double) * b.count, cudaMemcpyHostToDevice,
-                        s->stream);
-    }
-    cu_balance_shift(backward ? g.energy_nodes : g.N, C, b.count, s->balance_channel,
-                     s->balance_sums, backward ? nullptr : s->balance_target, ctx->num_atoms, x,
-                     s->stream);
-}
-
 static void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
                           float *save) {
     const dev_block &b = s->blocks[l];
     const umas_weights *w = &ctx->weights;
     int N = g.N, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C * sizeof(float);
+    halo_refresh(ctx, s, g, F(s->h)); /* ghosts read by this block's messages */
     if (save)
         cudaMemcpyAsync(save, F(s->h), size, cudaMemcpyDeviceToDevice, s->stream);
     message_input(s, b, N, C, F(s->h), F(s->u));
@@ -520,7 +492,7 @@ static void block_forward(umas_context *ctx, cuda_state *s, int l, const graph_v
     cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, F(s->h), F(s->u), s->stream);
     ffn_forward(s, b, N, C, H, F(s->u), F(s->ffn_out));
     cu_add((size_t)N * 9 * C, F(s->ffn_out), F(s->h), s->stream);
-    balance(ctx, s, g, F(s->h), false);
+    balance_block(ctx, s, g, F(s->h), false);
 }
 
 static void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_view &g,
@@ -530,7 +502,7 @@ static void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_
     int N = g.N, C = w->C, H = w->H;
     size_t size = (size_t)N * 9 * C;
     const float *h_in = save, *h_mid = save + size;
-    balance(ctx, s, g, F(s->dh), true);
+    balance_block(ctx, s, g, F(s->dh), true);
     cu_rms_norm_forward(N, C, b.norm_2.scale, b.norm_2.bias, h_mid, F(s->u), s->stream);
     ffn_backward(s, b, N, C, H, F(s->u), F(s->dh), F(s->d_tmp));
     cu_rms_norm_backward(N, C, b.norm_2.scale, h_mid, F(s->d_tmp), F(s->du), s->stream);
@@ -551,6 +523,7 @@ static void block_backward(umas_context *ctx, cuda_state *s, int l, const graph_
     cu_fixed_add(size, U(s->node_sums), F(s->du), s->stream);
     cu_rms_norm_backward(N, C, b.norm_1.scale, h_in, F(s->du), F(s->d_tmp), s->stream);
     cu_add(size, F(s->d_tmp), F(s->dh), s->stream);
+    halo_sum_into_owners(ctx, s, g, F(s->dh));
 }
 
 static void head_forward(cuda_state *s, const umas_weights *w, int N, const float *u) {

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <tuple>
 
 using namespace LAMMPS_NS;
 
@@ -39,14 +40,15 @@ static std::string format_bytes(double bytes) {
 PairUMAS::PairUMAS(LAMMPS *lmp)
     : Pair(lmp), charge(0), spin(0), spin_given(false), requested_mode(AUTO), mode(LOCAL),
       model(nullptr), context(nullptr), banner_printed(false), list_context(nullptr),
-      owned_nodes(0), every_step(false), warned_max_neighbors(false), seconds_edges(0),
-      seconds_forward(0), seconds_backward(0), calls(0), list_builds(0) {
+      owned_nodes(0), every_step(false), warned_max_neighbors(false), halo_width(0),
+      seconds_edges(0), seconds_forward(0), seconds_backward(0), calls(0), list_builds(0) {
     single_enable = 0;
     restartinfo = 0; /* re-issue pair_style after read_restart */
     one_coeff = 1;
     manybody_flag = 1;
     no_virial_fdotr_compute = 1; /* the virial comes from the edges, explicitly */
     centroidstressflag = CENTROID_NOTAVAIL;
+    comm_forward = comm_reverse = 0; /* mode halo: 9 C, set in settings */
 }
 
 PairUMAS::~PairUMAS() {
@@ -80,11 +82,12 @@ void PairUMAS::allocate() {
 }
 
 /* pair_style umas FILE task T [charge Q] [spin S] [backend B] [device D] [precision P]
- * [mode M] */
+ * [mode M]. The halo exchange's width is set here (comm_forward, comm_reverse): LAMMPS sizes
+ * its buffers from them in Comm::init, and pair hybrid reads them after settings. */
 void PairUMAS::settings(int narg, char **arg) {
     if (narg < 1)
         fail("usage: pair_style umas model.safetensors task TASK [charge Q] [spin S] "
-             "[backend general] [device cpu] [precision default] [mode auto|local|shell]");
+             "[backend general] [device cpu] [precision default] [mode auto|local|halo|shell]");
     umas_context_free(context);
     context = nullptr;
     umas_model_free(model);
@@ -122,10 +125,12 @@ void PairUMAS::settings(int narg, char **arg) {
                 requested_mode = AUTO;
             else if (value == "local")
                 requested_mode = LOCAL;
+            else if (value == "halo")
+                requested_mode = HALO;
             else if (value == "shell")
                 requested_mode = SHELL;
             else
-                fail("mode must be auto, local or shell, not '" + value + "'");
+                fail("mode must be auto, local, halo or shell, not '" + value + "'");
         } else
             fail("unknown keyword '" + key +
                  "' (known: task, charge, spin, backend, device, precision, mode)");
@@ -136,6 +141,8 @@ void PairUMAS::settings(int narg, char **arg) {
     if (!model)
         fail(err.message);
     const umas_model_info *info = umas_model_get_info(model);
+    bool halo = requested_mode == HALO || (requested_mode == AUTO && comm->nprocs > 1);
+    comm_forward = comm_reverse = halo ? 9 * info->sphere_channels : 0;
     if (task.empty()) {
         std::string tasks;
         for (int t = 0; t < info->num_tasks; t++)
@@ -194,14 +201,16 @@ void PairUMAS::init_style() {
 
     mode = requested_mode;
     if (mode == AUTO)
-        mode = comm->nprocs > 1 ? SHELL : LOCAL;
+        mode = comm->nprocs > 1 ? HALO : LOCAL;
     if (mode == LOCAL && comm->nprocs > 1)
-        fail("mode local works on one MPI rank only; use mode shell (the default with several "
+        fail("mode local works on one MPI rank only; use mode halo (the default with several "
              "ranks)");
+    const umas_model_info *info = umas_model_get_info(model);
+    if (mode == HALO && comm_forward != 9 * info->sphere_channels)
+        fail("mode halo was not known when pair_style was read: re-issue pair_style");
     if (mode == SHELL) {
         /* the energy of an atom depends on atoms (blocks + 1) cutoffs away (edge-degree
          * embedding + one hop per block); skin keeps the ghost set valid between rebuilds */
-        const umas_model_info *info = umas_model_get_info(model);
         double shell = (info->num_layers + 1) * info->cutoff + neighbor->skin;
         if (comm->cutghostuser < shell) {
             comm->cutghostuser = shell;
@@ -240,11 +249,20 @@ void PairUMAS::update_merge(const char *why) {
         total += c;
     if (total == 0)
         fail("no atoms of the elements given in pair_coeff");
-    umas_system system = {task.c_str(), charge,        spin,    (int)total,
-                          nullptr,      counts.data(), nullptr, nullptr};
+    umas_system system = {};
+    system.task = task.c_str();
+    system.charge = charge;
+    system.spin = spin;
+    system.num_atoms = (int)total;
+    system.element_counts = counts.data();
     if (comm->nprocs > 1) {
         system.sum_over_processes = sum_over_ranks;
         system.sum_data = &world;
+    }
+    if (mode == HALO) {
+        system.refresh_ghosts = refresh_ghosts;
+        system.sum_into_owners = sum_into_owners;
+        system.halo_data = this;
     }
     umas_options options = {backend.c_str(), device.c_str(),
                             precision == "default" ? nullptr : precision.c_str()};
@@ -300,8 +318,11 @@ void PairUMAS::print_banner() {
     text += "  MoLE merged for " + composition + "(expert coefficients " + coefficients + ")\n";
     text += "  types " + types + "\n";
     text += "  backend " + backend + ", device " + device + ", precision " + precision + ", mode " +
-            (mode == SHELL ? "shell" : "local") + ", " + std::to_string(comm->nprocs) +
-            " MPI ranks x " + std::to_string(umas_cpu_threads()) + " BLAS threads\n";
+            (mode == SHELL  ? "shell"
+             : mode == HALO ? "halo"
+                            : "local") +
+            ", " + std::to_string(comm->nprocs) + " MPI ranks x " +
+            std::to_string(umas_cpu_threads()) + " BLAS threads\n";
     text += "  memory: model file " + format_bytes((double)umas_model_bytes(model)) +
             " (mapped), merged weights and work " +
             format_bytes((double)umas_context_bytes(context)) + " per rank\n";
@@ -430,6 +451,16 @@ static void keep_within(umas_edge_list &edges, double cutoff) {
  * Edges are sorted by (target, source, image): results do not depend on LAMMPS' atom order,
  * which makes restarts continue bit for bit. */
 void PairUMAS::build_list() {
+    const umas_model_info *info = umas_model_get_info(model);
+    double needed = info->cutoff + neighbor->skin, ghost_cutoff = comm->get_comm_cutoff();
+    if (mode == HALO && ghost_cutoff < needed)
+        fail("mode halo needs ghost atoms out to cutoff + skin = " + std::to_string(needed) +
+             " A, but the communication cutoff is " + std::to_string(ghost_cutoff) +
+             " A: remove the smaller comm_modify cutoff");
+    if (list_builds == 0 && comm->me == 0)
+        utils::logmesg(lmp, "pair_style umas: ghost atom cutoff " + std::to_string(ghost_cutoff) +
+                                " A (model cutoff " + std::to_string(info->cutoff) + " + skin " +
+                                std::to_string(neighbor->skin) + ")\n");
     int model_atoms = gather_atoms();
     int owned = 0;
     while (owned < model_atoms && slot_of[owned] < atom->nlocal)
@@ -457,7 +488,7 @@ umas_edge_list PairUMAS::candidate_pairs(int model_atoms, int owned) {
     const int no_pbc[3] = {0, 0, 0}; /* ghosts are explicit images */
     umas_edge_list all = {0, nullptr, nullptr, nullptr, nullptr};
     umas_error err;
-    int targets = mode == LOCAL ? owned : model_atoms;
+    int targets = mode == SHELL ? model_atoms : owned; /* halo, local: edges into owned atoms */
     if (umas_build_edges_to(model_atoms, targets, positions.data(), cell, no_pbc,
                             info->cutoff + neighbor->skin, &all, &err))
         fail_naming_atoms(err, slot_of);
@@ -479,10 +510,12 @@ umas_edge_list PairUMAS::candidate_pairs(int model_atoms, int owned) {
     return all;
 }
 
-/* build_list, phase 2: the graph's nodes, owned atoms by ID, then in shell mode the ghosts that
- * can reach an owned atom (the owned energies depend on nodes up to `blocks` hops away through
- * their complete incoming edges, plus one hop for the edge-degree embedding; hop[k]: model atom
- * k's hops). Sets node_slot, list_z, owned_nodes; returns the model atom of each node. */
+/* build_list, phase 2: the graph's nodes, owned atoms by ID, then
+ *   halo:  the ghosts that send an edge into an owned atom, by ID and position;
+ *   shell: the ghosts that can reach an owned atom (the owned energies depend on nodes up to
+ *          `blocks` hops away through their complete incoming edges, plus one hop for the
+ *          edge-degree embedding; hop[k]: model atom k's hops).
+ * Sets node_slot, list_z, owned_nodes; returns the model atom of each node. */
 std::vector<int> PairUMAS::order_nodes(const umas_edge_list &pairs, int model_atoms, int owned,
                                        std::vector<int> &hop) {
     const umas_model_info *info = umas_model_get_info(model);
@@ -492,6 +525,21 @@ std::vector<int> PairUMAS::order_nodes(const umas_edge_list &pairs, int model_at
     std::sort(order.begin(), order.end(),
               [&](int p, int q) { return atom->tag[slot_of[p]] < atom->tag[slot_of[q]]; });
     hop.clear();
+    if (mode == HALO) { /* the ghosts that send an edge, by ID and position (any atom order) */
+        std::vector<char> sends(model_atoms, 0);
+        for (int e = 0; e < pairs.num_edges; e++)
+            sends[pairs.source[e]] = 1;
+        size_t first_ghost = order.size();
+        for (int k = owned; k < model_atoms; k++)
+            if (sends[k])
+                order.push_back(k);
+        auto key = [&](int k) {
+            const double *x = &positions[3 * (size_t)k];
+            return std::make_tuple(atom->tag[slot_of[k]], x[0], x[1], x[2]);
+        };
+        std::sort(order.begin() + (ptrdiff_t)first_ghost, order.end(),
+                  [&](int p, int q) { return key(p) < key(q); });
+    }
     if (mode == SHELL) {
         hop = receptive_hops(pairs, model_atoms, owned, info->num_layers + 1);
         for (int k = owned; k < model_atoms; k++)
@@ -534,7 +582,7 @@ void PairUMAS::list_edges(umas_edge_list &pairs, int model_atoms, int owned,
     for (int e = 0; e < pairs.num_edges; e++) {
         int s = pairs.source[e], t = pairs.target[e];
         list_edge edge = {node_of[t], node_of[s], {0, 0, 0}};
-        if (mode == LOCAL ? t >= owned : hop[t] > info->num_layers)
+        if (mode == SHELL ? hop[t] > info->num_layers : t >= owned)
             continue; /* no energy or message of an owned atom depends on it */
         if (mode == LOCAL && s >= owned) {
             tagint tag = atom->tag[slot_of[s]];
@@ -593,9 +641,11 @@ void PairUMAS::compute(int eflag, int vflag) {
     }
     double cell[9];
     box_cell(domain, cell);
-    node_energy.resize(nodes);
-    node_forces.resize(3 * (size_t)nodes);
-    node_virial.resize(vflag_atom ? 6 * (size_t)nodes : 0);
+    /* one spare row: a rank without atoms still passes non-null arrays, so that it runs the
+     * backward with the others (the halo exchange and the balancing sums are collective) */
+    node_energy.resize(nodes + 1);
+    node_forces.resize(3 * (size_t)nodes + 3);
+    node_virial.resize(vflag_atom ? 6 * (size_t)nodes + 6 : 0);
     seconds_edges += seconds_since(start);
 
     umas_result result = {};
@@ -632,12 +682,105 @@ double PairUMAS::memory_usage() {
     double bytes = Pair::memory_usage();
     if (context)
         bytes += (double)umas_context_bytes(context);
-    bytes += sizeof(double) * (positions.capacity() + node_energy.capacity() +
-                               node_forces.capacity() + node_virial.capacity());
+    bytes +=
+        sizeof(double) * (positions.capacity() + node_energy.capacity() + node_forces.capacity() +
+                          node_virial.capacity() + halo_rows.capacity());
     bytes += sizeof(int) *
              (slot_of.capacity() + node_z.capacity() + node_slot.capacity() + list_z.capacity() +
               list_source.capacity() + list_target.capacity() + list_image.capacity());
     return bytes;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The halo exchange (mode halo, umas_system.refresh_ghosts / sum_into_owners): node rows go
+ * through halo_rows, one row per LAMMPS slot, and LAMMPS' own pair communication, which runs
+ * swap by swap (a later swap may forward ghost rows an earlier one received; periodic images
+ * on one rank are swaps with itself).
+ * ------------------------------------------------------------------------------------------- */
+
+static void forward_pair_comm(Comm *comm, Pair *pair) {
+#if LAMMPS_VERSION_NUMBER >= 20220324
+    comm->forward_comm(pair);
+#else
+    comm->forward_comm_pair(pair);
+#endif
+}
+
+static void reverse_pair_comm(Comm *comm, Pair *pair) {
+#if LAMMPS_VERSION_NUMBER >= 20220324
+    comm->reverse_comm(pair);
+#else
+    comm->reverse_comm_pair(pair);
+#endif
+}
+
+/* halo_rows: a row of `width` doubles for every slot, owned and ghost. */
+void PairUMAS::halo_slots(int width) {
+    if (width != comm_forward || (int)node_slot.size() > atom->nlocal + atom->nghost)
+        error->one(FLERR, "pair_style umas: internal error: halo exchange of " +
+                              std::to_string(width) + " doubles per atom, set up for " +
+                              std::to_string(comm_forward));
+    halo_width = width;
+    halo_rows.resize((size_t)(atom->nlocal + atom->nghost) * width);
+}
+
+/* rows [nodes][width]: every ghost node's row from its owner (forward communication). */
+void PairUMAS::refresh_ghosts(double *rows, int nodes, int width, void *self) {
+    PairUMAS *pair = static_cast<PairUMAS *>(self);
+    pair->halo_slots(width);
+    const std::vector<int> &slot = pair->node_slot;
+    double *slot_rows = pair->halo_rows.data();
+    for (int n = 0; n < pair->owned_nodes; n++)
+        std::copy(rows + (size_t)n * width, rows + (size_t)(n + 1) * width,
+                  slot_rows + (size_t)slot[n] * width);
+    forward_pair_comm(pair->comm, pair);
+    for (int n = pair->owned_nodes; n < nodes; n++)
+        std::copy(slot_rows + (size_t)slot[n] * width, slot_rows + (size_t)(slot[n] + 1) * width,
+                  rows + (size_t)n * width);
+}
+
+/* rows [nodes][width]: every ghost node's row added into its owner's (reverse communication;
+ * the core zeroes the ghost rows afterwards). Slots that are no node send zeros. */
+void PairUMAS::sum_into_owners(double *rows, int nodes, int width, void *self) {
+    PairUMAS *pair = static_cast<PairUMAS *>(self);
+    pair->halo_slots(width);
+    const std::vector<int> &slot = pair->node_slot;
+    double *slot_rows = pair->halo_rows.data();
+    std::fill(pair->halo_rows.begin(), pair->halo_rows.end(), 0.0);
+    for (int n = 0; n < nodes; n++)
+        std::copy(rows + (size_t)n * width, rows + (size_t)(n + 1) * width,
+                  slot_rows + (size_t)slot[n] * width);
+    reverse_pair_comm(pair->comm, pair);
+    for (int n = 0; n < pair->owned_nodes; n++)
+        std::copy(slot_rows + (size_t)slot[n] * width, slot_rows + (size_t)(slot[n] + 1) * width,
+                  rows + (size_t)n * width);
+}
+
+/* Node features are invariant under translation, so the periodic shift (pbc) plays no part. */
+int PairUMAS::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+    for (int i = 0; i < n; i++) {
+        const double *row = &halo_rows[(size_t)list[i] * halo_width];
+        std::copy(row, row + halo_width, buf + (size_t)i * halo_width);
+    }
+    return n * halo_width;
+}
+
+void PairUMAS::unpack_forward_comm(int n, int first, double *buf) {
+    std::copy(buf, buf + (size_t)n * halo_width, &halo_rows[(size_t)first * halo_width]);
+}
+
+int PairUMAS::pack_reverse_comm(int n, int first, double *buf) {
+    std::copy(&halo_rows[(size_t)first * halo_width],
+              &halo_rows[(size_t)first * halo_width] + (size_t)n * halo_width, buf);
+    return n * halo_width;
+}
+
+void PairUMAS::unpack_reverse_comm(int n, int *list, double *buf) {
+    for (int i = 0; i < n; i++) {
+        double *row = &halo_rows[(size_t)list[i] * halo_width];
+        for (int k = 0; k < halo_width; k++)
+            row[k] += buf[(size_t)i * halo_width + k];
+    }
 }
 
 static Pair *create_pair_umas(LAMMPS *lmp) {

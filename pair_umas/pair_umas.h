@@ -2,18 +2,24 @@
  *
  *   units metal
  *   pair_style umas model.safetensors task omat [charge 0] [spin 0] [backend general]
- *              [device cpu] [precision default|fp32|3xtf32|ozaki|tf32] [mode auto|local|shell]
+ *              [device cpu] [precision default|fp32|3xtf32|ozaki|tf32]
+ *              [mode auto|local|halo|shell]
  *   pair_coeff * * Cu O            # LAMMPS type -> element (NULL: not this style's, hybrid)
  *
  * The style builds its own neighbour list from the atom and ghost positions (no neighbor list
  * request) when LAMMPS rebuilds its lists: every pair within cutoff + skin, handed to the core
  * once (umas_set_neighbors); every step only positions and the box go in
  * (umas_compute_positions), the core drops pairs beyond the cutoff, forces come back per atom.
- *   local (one rank): nodes are the owned atoms; a ghost source is mapped to its owner by tag
- *         and an integer periodic image, so every periodic image is one edge.
- *   shell (several ranks): the ghost shell is widened to (blocks + 1) x cutoff + skin, the
- *         graph spans owned and ghost atoms, energy counts the owned atoms only, ghost forces
- *         return through LAMMPS' reverse communication. Exact, not yet efficient.
+ *   local (auto with one rank): nodes are the owned atoms; a ghost source is mapped to its
+ *         owner by tag and an integer periodic image, so every periodic image is one edge.
+ *   halo (auto with several ranks): LAMMPS' ghost shell of cutoff + skin; nodes are the owned
+ *         atoms, then the ghosts that send an edge into them; edges only into owned atoms.
+ *         Before every block the ghosts' node features come from their owners (forward_comm of
+ *         9 C doubles per atom), after its backward their adjoints go back to the owners
+ *         (reverse_comm); ghost forces return through LAMMPS' reverse communication.
+ *   shell (the reference for halo): the ghost shell is widened to (blocks + 1) x cutoff + skin,
+ *         the graph spans owned and ghost atoms and every block runs on the ghosts too, no
+ *         exchange; energy counts the owned atoms only. Exact, but the shell is large.
  */
 #ifndef LMP_PAIR_UMAS_H
 #define LMP_PAIR_UMAS_H
@@ -37,8 +43,14 @@ class PairUMAS : public Pair {
     double init_one(int, int) override;
     double memory_usage() override;
 
+    // halo exchange (mode halo): rows of halo_rows, one per LAMMPS slot
+    int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
+    void unpack_forward_comm(int n, int first, double *buf) override;
+    int pack_reverse_comm(int n, int first, double *buf) override;
+    void unpack_reverse_comm(int n, int *list, double *buf) override;
+
   private:
-    enum Mode { AUTO, LOCAL, SHELL };
+    enum Mode { AUTO, LOCAL, HALO, SHELL };
 
     // pair_style arguments
     std::string model_file, task, backend, device, precision;
@@ -63,6 +75,8 @@ class PairUMAS : public Pair {
     bool warned_max_neighbors;     // the max_neighbors warning was printed
     std::vector<double> positions; // [model atoms or nodes][3]
     std::vector<double> node_energy, node_forces, node_virial; // [nodes], [nodes][3], [nodes][6]
+    int halo_width;                // doubles per atom of the halo exchange: 9 C
+    std::vector<double> halo_rows; // [nlocal + nghost][halo_width] what forward/reverse_comm move
 
     // where the time went (printed when the style is destroyed)
     double seconds_edges, seconds_forward, seconds_backward;
@@ -81,6 +95,10 @@ class PairUMAS : public Pair {
                                  std::vector<int> &hop);
     void list_edges(umas_edge_list &pairs, int model_atoms, int owned,
                     const std::vector<int> &order, const std::vector<int> &hop);
+    // umas_system.refresh_ghosts / sum_into_owners (self: this style) through LAMMPS' comm
+    static void refresh_ghosts(double *rows, int nodes, int width, void *self);
+    static void sum_into_owners(double *rows, int nodes, int width, void *self);
+    void halo_slots(int width);
 };
 
 } // namespace LAMMPS_NS

@@ -83,6 +83,20 @@ inline std::vector<double> stress_from_virial(const double W[6], double V) {
             -W[5] / V, -W[4] / V, -W[5] / V, -W[2] / V};
 }
 
+// A umas_system of one process: the MoLE inputs, no exchange with other processes.
+inline umas_system one_process_system(const char *task, int charge, int spin, int num_atoms,
+                                      const int *atomic_numbers,
+                                      const int *element_counts = nullptr) {
+    umas_system sys = {};
+    sys.task = task;
+    sys.charge = charge;
+    sys.spin = spin;
+    sys.num_atoms = num_atoms;
+    sys.atomic_numbers = atomic_numbers;
+    sys.element_counts = element_counts;
+    return sys;
+}
+
 // One reference structure with fairchem's float64 results.
 struct ReferenceCase {
     std::string model, name, dir;
@@ -191,6 +205,10 @@ struct Evaluation {
     // set before setup() for a context that shares its system with other processes
     void (*sum_over_processes)(double *values, int count, void *data) = nullptr;
     void *sum_data = nullptr;
+    // and for one that exchanges a halo with them (umas_system.refresh_ghosts, sum_into_owners)
+    void (*refresh_ghosts)(double *rows, int num_nodes, int width, void *data) = nullptr;
+    void (*sum_into_owners)(double *rows, int num_nodes, int width, void *data) = nullptr;
+    void *halo_data = nullptr;
 
     Evaluation() = default;
     Evaluation(const Evaluation &) = delete;
@@ -208,9 +226,13 @@ struct Evaluation {
         model = umas_model_load(model_file.c_str(), &err);
         if (!model)
             throw std::runtime_error(err.message);
-        umas_system sys = {
-            c.task.c_str(), c.charge,           c.spin,  c.num_atoms, c.atomic_numbers.data(),
-            nullptr,        sum_over_processes, sum_data};
+        umas_system sys = one_process_system(c.task.c_str(), c.charge, c.spin, c.num_atoms,
+                                             c.atomic_numbers.data());
+        sys.sum_over_processes = sum_over_processes;
+        sys.sum_data = sum_data;
+        sys.refresh_ghosts = refresh_ghosts;
+        sys.sum_into_owners = sum_into_owners;
+        sys.halo_data = halo_data;
         umas_options opt = {backend, device, precision};
         ctx = umas_context_create(model, &sys, &opt, &err);
         if (!ctx)

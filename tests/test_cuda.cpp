@@ -195,7 +195,7 @@ TEST(CudaDevice, WithoutAGpuTheContextSaysSo) {
     umas_model *model = umas_model_load(model_path("tiny").c_str(), &err);
     ASSERT_NE(model, nullptr) << err.message;
     int z[1] = {29};
-    umas_system sys = {"omat", 0, 0, 1, z, nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 1, z);
     umas_options opt = {"general", "cuda", nullptr};
     umas_context *ctx = umas_context_create(model, &sys, &opt, &err);
     EXPECT_EQ(ctx, nullptr);
@@ -212,7 +212,7 @@ TEST(CudaDevice, UmasFastGpuIsAGpuBackend) {
     umas_model *model = umas_model_load(model_path("tiny").c_str(), &err);
     ASSERT_NE(model, nullptr) << err.message;
     int z[1] = {29};
-    umas_system sys = {"omat", 0, 0, 1, z, nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 1, z);
     umas_options on_cpu = {"umas_fast_gpu", "cpu", nullptr};
     EXPECT_EQ(umas_context_create(model, &sys, &on_cpu, &err), nullptr);
     std::string message = err.message;
@@ -231,7 +231,7 @@ TEST(Precision, TensorCoreModesAreForTheGpuAndNamesAreChecked) {
     umas_model *model = umas_model_load(model_path("tiny").c_str(), &err);
     ASSERT_NE(model, nullptr) << err.message;
     int z[1] = {29};
-    umas_system sys = {"omat", 0, 0, 1, z, nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 1, z);
     umas_options cpu_tf32 = {"general", "cpu", "tf32"};
     EXPECT_EQ(umas_context_create(model, &sys, &cpu_tf32, &err), nullptr);
     EXPECT_NE(std::string(err.message).find("precision 'tf32' is not available on device 'cpu'"),

@@ -133,8 +133,8 @@ TEST(FastBackend, FairchemNameIsAnAliasAndUnknownNamesListIt) {
     alias.setup(model_path("tiny"), c, "umas_fast_pytorch");
     EXPECT_STREQ(alias.ctx->backend->name, "umas_fast");
 
-    umas_system sys = {c.task.c_str(),          c.charge, c.spin,  c.num_atoms,
-                       c.atomic_numbers.data(), nullptr,  nullptr, nullptr};
+    umas_system sys =
+        one_process_system(c.task.c_str(), c.charge, c.spin, c.num_atoms, c.atomic_numbers.data());
     umas_options opt = {"umas_slow", "cpu", nullptr};
     umas_error err = {};
     EXPECT_EQ(umas_context_create(alias.model, &sys, &opt, &err), nullptr);

@@ -1,7 +1,7 @@
-// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise_producer.cu, edgewise_consumer.cu), the radial MLP's LayerNorm+SiLU
-// kernels (cuda/geometry.cu) and the split-precision GEMM (cuda/gemm/gemm_tc_tma.cu), one at a time,
-// against the CPU float64 functions they mirror (core/edgewise.c, core/nn.c), on random graphs with
-// real Wigner rotations and random rows.
+// test_kernels.cpp - the CUDA edge kernels (cuda/edgewise_producer.cu, edgewise_consumer.cu), the
+// radial MLP's LayerNorm+SiLU kernels (cuda/geometry.cu) and the split-precision GEMM
+// (cuda/gemm/gemm_tc_tma.cu), one at a time, against the CPU float64 functions they mirror
+// (core/edgewise.c, core/nn.c), on random graphs with real Wigner rotations and random rows.
 //
 // Specification (docs/history/gpu-performance.md, plan item 6: the per-kernel tests of the seed):
 //  * producer: cu_gather_rotate equals umas_gather_rotate followed by conv1's radial scaling, both

@@ -447,8 +447,28 @@ class ReferenceParity(unittest.TestCase):
                 self.assertLessEqual(atom_stress_error, 1e-8)
 
 
+def expected_mode(ranks, extra):
+    """The mode pair_style umas runs in: the one asked for, else halo with several ranks."""
+    for mode in ("local", "halo", "shell"):
+        if "mode " + mode in extra:
+            return mode
+    return "halo" if ranks > 1 else "local"
+
+
+def ghost_cutoff(run):
+    """The ghost atom cutoff LAMMPS reports (A)."""
+    lines = [line for line in run.output.splitlines()
+             if line.startswith("pair_style umas: ghost atom cutoff")]
+    return float(lines[-1].split()[5])
+
+
 class RankEquality(unittest.TestCase):
-    def compare(self, label, reference, other, tolerance=1e-9):
+    """Mode halo (the default with several ranks) exchanges node features with the ghosts of a
+    cutoff + skin shell before every block; mode shell (the reference) widens the shell to
+    (blocks + 1) x cutoff + skin and exchanges nothing; mode local is one rank, ghosts mapped
+    to their owners. All of them give the same results."""
+
+    def compare(self, label, reference, other, tolerance=1e-10):
         energy = abs(other["pe"] - reference["pe"]) / abs(reference["pe"])
         f_ref, f_other = forces_of(reference["atoms"]), forces_of(other["atoms"])
         force_scale = max(abs(x) for f in f_ref for x in f)
@@ -472,8 +492,10 @@ class RankEquality(unittest.TestCase):
             run = lammps(text + MEASURE, ranks=ranks, directory=directory)
             self.assertEqual(run.returncode, 0, run.output[-3000:])
             self.assertFalse(run.crashed(), run.output[-3000:])
-            if ranks > 1 or "shell" in extra:
-                self.assertIn("mode shell", run.output)
+            mode = expected_mode(ranks, extra)
+            self.assertIn("mode " + mode, run.output)
+            if mode != "shell":  # LAMMPS' own shell: cutoff + skin (6 + 2 A)
+                self.assertAlmostEqual(ghost_cutoff(run), 8.0, places=6)
             grid = [line.split() for line in run.output.splitlines()
                     if line.strip().endswith("MPI processor grid")][-1]
             self.assertEqual(int(grid[0]) * int(grid[2]) * int(grid[4]), ranks)
@@ -482,136 +504,197 @@ class RankEquality(unittest.TestCase):
             most, total = float(nlocal[3]), len(measure(run)["atoms"])
             if ranks > 1:  # the atoms are spread over several ranks
                 self.assertLess(most, total)
-            measured("%s %s: %.1f s, processor grid %s, at most %d of %d atoms on a rank" %
-                     (label, name, run.seconds, " ".join(grid[:5]), most, total))
+            ghosts = [line.split() for line in run.output.splitlines()
+                      if line.startswith("Nghost:")][-1]
+            measured("%s %s (mode %s): %.1f s, processor grid %s, at most %d of %d atoms on a "
+                     "rank, %s ghost atoms per rank on average (ghost cutoff %g A)" %
+                     (label, name, mode, run.seconds, " ".join(grid[:5]), most, total, ghosts[1],
+                      ghost_cutoff(run)))
             results[name] = measure(run)
         return results
 
     def test_molecule_ranks(self):
         """The cation doublet molecule (open box, omol, charge 1, spin 2) gives the same
-        energy, forces, per-atom energies and pressure (1e-9 relative) on 1 rank (mode local),
-        1 rank in mode shell, and 2 and 4 ranks (mode shell by default, `processors` default)."""
+        energy, forces, per-atom energies and pressure (1e-10 relative) on 1 rank in mode local,
+        halo and shell, on 2, 4 and 8 ranks (mode halo by default, `processors` default; the
+        ghost cutoff LAMMPS reports is cutoff + skin) and on 2 ranks in mode shell."""
         need_mpi(self)
         directory, script, _ = molecule_files("PAIR_EXTRA")
         results = self.run_variants("molecule", directory, script, [
-            ("np1 local", 1, "mode local"), ("np1 shell", 1, "mode shell"), ("np2", 2, ""),
-            ("np4", 4, "")])
-        for name in ("np1 shell", "np2", "np4"):
-            self.compare("molecule %s vs np1 local" % name, results["np1 local"], results[name])
+            ("np1 local", 1, "mode local"), ("np1 halo", 1, "mode halo"),
+            ("np1 shell", 1, "mode shell"), ("np2", 2, ""), ("np4", 4, ""), ("np8", 8, ""),
+            ("np2 shell", 2, "mode shell")])
+        for name in results:
+            if name != "np1 local":
+                self.compare("molecule %s vs np1 local" % name, results["np1 local"],
+                             results[name])
 
     def test_slab_ranks(self):
         """A rattled 32-atom Cu slab (2x2x2 FCC cells, a = 3.61, periodic in x and y, open in
-        z: boundary p p f) gives the same energy, forces, per-atom energies and pressure (1e-9
-        relative) on 1 rank in mode local and mode shell, and on 2 and 4 ranks (mode shell:
-        periodic images and atoms of other ranks enter as ghosts, forces return through
-        LAMMPS' reverse communication)."""
+        z: boundary p p f) gives the same energy, forces, per-atom energies and pressure (1e-10
+        relative) on 1 rank in mode local, halo and shell, on 2, 4 and 8 ranks (mode halo:
+        periodic images and atoms of other ranks enter as ghosts whose features are exchanged
+        every block, forces return through LAMMPS' reverse communication) and on 2 ranks in
+        mode shell."""
         need_mpi(self)
         directory, _ = cu_files("p p f")
         script = cu_script("p p f", "PAIR_EXTRA")
         results = self.run_variants("Cu slab", directory, script, [
-            ("np1 local", 1, "mode local"), ("np1 shell", 1, "mode shell"), ("np2", 2, ""),
-            ("np4", 4, "")])
-        for name in ("np1 shell", "np2", "np4"):
-            self.compare("Cu slab %s vs np1 local" % name, results["np1 local"], results[name])
+            ("np1 local", 1, "mode local"), ("np1 halo", 1, "mode halo"),
+            ("np1 shell", 1, "mode shell"), ("np2", 2, ""), ("np4", 4, ""), ("np8", 8, ""),
+            ("np2 shell", 2, "mode shell")])
+        for name in results:
+            if name != "np1 local":
+                self.compare("Cu slab %s vs np1 local" % name, results["np1 local"],
+                             results[name])
 
     def test_periodic_ranks(self):
-        """The fully periodic rattled 32-atom Cu cell (2x2x2 FCC cells, box 7.22 A, small
-        against the 20 A ghost shell: ~9400 ghost atoms per rank) gives the same energy,
-        forces, per-atom energies and pressure (1e-9 relative) on 1 rank in mode local and
-        mode shell, and on 2 and 4 ranks (mode shell)."""
+        """The fully periodic rattled 32-atom Cu cell (2x2x2 FCC cells, box 7.22 A: smaller than
+        the 8 A ghost cutoff, so a rank's ghosts include several images of the same atoms, and
+        on 8 ranks each owns ~4 atoms) gives the same energy, forces, per-atom energies and
+        pressure (1e-10 relative) on 1 rank in mode local, halo and shell, on 2, 4 and 8 ranks
+        (mode halo) and on 2 ranks in mode shell (20 A shell: ~9400 ghost atoms per rank)."""
         need_mpi(self)
         directory, _ = cu_files("p p p")
         script = cu_script("p p p", "PAIR_EXTRA")
         results = self.run_variants("Cu periodic", directory, script, [
-            ("np1 local", 1, "mode local"), ("np1 shell", 1, "mode shell"), ("np2", 2, ""),
-            ("np4", 4, "")])
-        for name in ("np1 shell", "np2", "np4"):
-            self.compare("Cu periodic %s vs np1 local" % name, results["np1 local"],
-                         results[name])
+            ("np1 local", 1, "mode local"), ("np1 halo", 1, "mode halo"),
+            ("np1 shell", 1, "mode shell"), ("np2", 2, ""), ("np4", 4, ""), ("np8", 8, ""),
+            ("np2 shell", 2, "mode shell")])
+        for name in results:
+            if name != "np1 local":
+                self.compare("Cu periodic %s vs np1 local" % name, results["np1 local"],
+                             results[name])
 
-    def test_balanced_model_ranks(self):
-        """The UMA-S 1.2.1 architecture (tiny121: the l = 0 sums of channels 0-2 are balanced to
-        the charge after every block, a sum over all atoms of all ranks) on the cation doublet
-        (omol, charge 1, spin 2, open box) and the 2-atom Si cell (periodic, smaller than the
-        cutoff: most of 8 ranks own no atom and still take part in every sum), `run 0` on 1,
-        2, 4 and 8 ranks (mode shell with several): fairchem's float64 energy (1e-8 relative)
-        and forces (1e-8 of max |F|) on every rank count, and 2, 4, 8 ranks equal to 1 rank
-        within 1e-10 (energy, forces, pressure, per-atom energies)."""
+    def test_reference_ranks(self):
+        """Reference cases of every reference model, `run 0` on 1, 2, 4 and 8 ranks (mode halo
+        with several): fairchem's float64 energy (1e-8 relative) and forces (1e-8 of max |F|)
+        on every rank count, and 2, 4, 8 ranks equal to 1 rank within 1e-10 (energy, forces,
+        pressure, per-atom energies). Cases: the cation doublet (omol, charge 1, spin 2, open
+        box; isopropanol for umas), the 2-atom Si cell (periodic, smaller than the cutoff: most
+        of 8 ranks own no atom and still take part in every exchange and sum) and, for tiny,
+        the triclinic perovskite. tiny121 and umas121 have UMA-S 1.2.1's charge-balanced
+        channels (a sum over all atoms of all ranks after every block); umas and umas121 have
+        UMA-S's dimensions (skipped when their checkpoints are not in models/)."""
         need_mpi(self)
-        for name in ("tiny121/c_molecule_q1_s2", "tiny121/e_si_primitive_2"):
-            case = load_case(name)
-            directory, script, rotation = case_input(case, "PAIR_EXTRA")
-            results = self.run_variants(name, directory, script, [
-                ("np1", 1, ""), ("np2", 2, ""), ("np4", 4, ""), ("np8", 8, "")])
-            reference_forces = case["forces"]
-            if rotation is not None:
-                reference_forces = [matvec(rotation, f) for f in reference_forces]
-            scale = max(abs(x) for f in reference_forces for x in f)
-            for label, got in results.items():
-                energy = abs(got["pe"] - case["energy"]) / abs(case["energy"])
-                force = max_abs_diff(forces_of(got["atoms"]), reference_forces) / scale
-                measured("%s %s vs fairchem float64: |dE|/|E| %.2e, max |dF|/max |F| %.2e" %
-                         (name, label, energy, force))
-                self.assertLessEqual(energy, 1e-8)
-                self.assertLessEqual(force, 1e-8)
-                if label != "np1":
-                    self.compare("%s %s vs np1" % (name, label), results["np1"], got,
-                                 tolerance=1e-10)
+        cases = ["tiny/c_molecule_q1_s2", "tiny/e_si_primitive_2",
+                 "tiny/b_triclinic_perovskite_60", "tiny121/c_molecule_q1_s2",
+                 "tiny121/e_si_primitive_2", "umas/c_molecule_q0_s1", "umas/e_si_primitive_2",
+                 "umas121/c_molecule_q1_s2", "umas121/e_si_primitive_2"]
+        for name in cases:
+            with self.subTest(case=name):
+                if not os.path.exists(model_file(name.split("/")[0])):
+                    self.skipTest("model %s not converted" % name.split("/")[0])
+                self.check_reference_ranks(name)
+
+    def check_reference_ranks(self, name):
+        case = load_case(name)
+        directory, script, rotation = case_input(case, "PAIR_EXTRA")
+        results = self.run_variants(name, directory, script, [
+            ("np1", 1, ""), ("np2", 2, ""), ("np4", 4, ""), ("np8", 8, "")])
+        reference_forces = case["forces"]
+        if rotation is not None:
+            reference_forces = [matvec(rotation, f) for f in reference_forces]
+        scale = max(abs(x) for f in reference_forces for x in f)
+        for label, got in results.items():
+            energy = abs(got["pe"] - case["energy"]) / abs(case["energy"])
+            force = max_abs_diff(forces_of(got["atoms"]), reference_forces) / scale
+            measured("%s %s vs fairchem float64: |dE|/|E| %.2e, max |dF|/max |F| %.2e" %
+                     (name, label, energy, force))
+            self.assertLessEqual(energy, 1e-8)
+            self.assertLessEqual(force, 1e-8)
+            if label != "np1":
+                self.compare("%s %s vs np1" % (name, label), results["np1"], got)
 
     def test_molecule_md_ranks(self):
         """20 NVE steps of the cation doublet molecule from `velocity all create 300 12345
         loop geom` (velocities independent of the decomposition) plus a drift of 150 A/ps along
         x (Galilean invariant: 1.5 A in 10 fs, so atoms cross the processor boundary; reneighbor
-        every step) on 1, 2 and 4 ranks: atoms change owner rank on 2 and 4 ranks; the same
-        total energy every 5 steps (1e-9 relative) and the same final positions (1e-9 A) and
-        forces (1e-9 relative): forces, ghost updates, migration and reverse communication
-        stay consistent while the atoms move. Both for the tiny model and for tiny121 (UMA-S
-        1.2.1 architecture: charge-balanced channels summed over the ranks every block)."""
+        every step) on 1, 2, 4 and 8 ranks: atoms change owner rank on several ranks; the same
+        total energy every 5 steps (1e-10 relative) and the same final positions (1e-10 A) and
+        forces (1e-10 relative): forces, ghost updates, halo exchanges, migration and reverse
+        communication stay consistent while the atoms move. Both for the tiny model and for
+        tiny121 (UMA-S 1.2.1 architecture: charge-balanced channels summed over the ranks every
+        block)."""
         need_mpi(self)
         for case_name in ("tiny/c_molecule_q1_s2", "tiny121/c_molecule_q1_s2"):
             with self.subTest(case=case_name):
-                self.check_molecule_md(case_name)
+                directory, script, _ = molecule_files(case_name=case_name)
+                self.check_md_ranks(case_name, directory, script)
 
-    def check_molecule_md(self, case_name):
-        directory, script, _ = molecule_files(case_name=case_name)
-        script += """velocity all create 300 12345 loop geom
+    def test_periodic_md_ranks(self):
+        """The same check on a periodic solid: 20 NVE steps of the rattled 108-atom Cu cell
+        (3x3x3 FCC cells, 10.8 A box) at 600 K plus the drift, on 1, 2, 4 and 8 ranks (mode halo
+        with several): atoms cross processor boundaries and the periodic boundary; same
+        energies, positions and forces (1e-10)."""
+        need_mpi(self)
+        positions, length = cu_cell(seed=11, cells=3)
+        directory = tempfile.mkdtemp(prefix="case-", dir=TMP.name)
+        box = {"xlo": 0, "xhi": length, "ylo": 0, "yhi": length, "zlo": 0, "zhi": length}
+        write_data(os.path.join(directory, "cu.data"), positions, [1] * len(positions), 1, box)
+        self.check_md_ranks("Cu 108 periodic", directory, cu_script("p p p"), temperature=600)
+
+    def check_md_ranks(self, label, directory, script, temperature=300):
+        script += """velocity all create %g 12345 loop geom
 velocity all set 150 0 0 sum yes
 neigh_modify every 1 delay 0 check no
 compute proc all property/atom proc
 fix 1 all nve
 timestep 0.0005
 thermo_style custom step pe etotal
-thermo_modify format float %.17g
+thermo_modify format float %%.17g
 thermo 5
 dump d all custom 5 md.dump id x y z fx fy fz c_proc
-dump_modify d sort id format float %.17g
+dump_modify d sort id format float %%.17g
 run 20
-"""
+""" % temperature
         results = {}
-        for ranks in (1, 2, 4):
+        for ranks in (1, 2, 4, 8):
             run = lammps(script, ranks=ranks, directory=directory)
             self.assertEqual(run.returncode, 0, run.output[-3000:])
+            self.assertIn("mode " + expected_mode(ranks, ""), run.output)
             snapshots = run.dump("md.dump", last=False)
             results[ranks] = (run.thermo()[-1], snapshots[-1])
             moved = sum(a["c_proc"] != b["c_proc"] for a, b in zip(snapshots[0], snapshots[-1]))
             measured("%s NVE 20 steps np%d: %.1f s, %d atoms changed rank" %
-                     (case_name, ranks, run.seconds, moved))
+                     (label, ranks, run.seconds, moved))
             if ranks > 1:
                 self.assertGreater(moved, 0)
         table, atoms = results[1]
         self.assertEqual(len(table), 5)
-        for ranks in (2, 4):
+        for ranks in (2, 4, 8):
             other_table, other_atoms = results[ranks]
             energy = max(abs(a[2] - b[2]) / abs(a[2]) for a, b in zip(table, other_table))
             position = max(abs(a[k] - b[k]) for a, b in zip(atoms, other_atoms) for k in "xyz")
             force = max_abs_diff(forces_of(atoms), forces_of(other_atoms)) / max(
                 abs(x) for f in forces_of(atoms) for x in f)
             measured("%s NVE np%d vs np1: etotal %.2e, positions %.2e A, forces %.2e" %
-                     (case_name, ranks, energy, position, force))
+                     (label, ranks, energy, position, force))
             self.assertEqual(len(other_table), len(table))
-            self.assertLessEqual(energy, 1e-9)
-            self.assertLessEqual(position, 1e-9)
-            self.assertLessEqual(force, 1e-9)
+            self.assertLessEqual(energy, 1e-10)
+            self.assertLessEqual(position, 1e-10)
+            self.assertLessEqual(force, 1e-10)
+
+    def test_tiled_decomposition(self):
+        """comm_style tiled with a recursive-bisection balance (rank domains of unequal shapes)
+        on the 108-atom Cu cell, 4 ranks, mode halo: the one-rank results (1e-10). In a box
+        smaller than the ghost cutoff LAMMPS' tiled communication refuses to run and says
+        why."""
+        need_mpi(self)
+        positions, length = cu_cell(seed=11, cells=3)
+        directory = tempfile.mkdtemp(prefix="case-", dir=TMP.name)
+        box = {"xlo": 0, "xhi": length, "ylo": 0, "yhi": length, "zlo": 0, "zhi": length}
+        write_data(os.path.join(directory, "cu.data"), positions, [1] * len(positions), 1, box)
+        script = cu_script("p p p").replace("read_data", "comm_style tiled\nread_data")
+        script += "balance 1.0 rcb\n"
+        results = self.run_variants("Cu 108 tiled", directory, script,
+                                    [("np1 local", 1, ""), ("np4 tiled", 4, "")])
+        self.compare("Cu 108 tiled np4 vs np1 local", results["np1 local"], results["np4 tiled"])
+        small, _ = cu_files("p p p")  # 7.2 A box, 8 A ghost cutoff
+        run = lammps(cu_script("p p p").replace("read_data", "comm_style tiled\nread_data") +
+                     MEASURE, ranks=4, directory=small)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("cannot exceed periodic box length", run.output)
 
 
 class Dynamics(unittest.TestCase):
@@ -971,13 +1054,13 @@ class BadInput(unittest.TestCase):
 
     def test_bad_mode(self):
         """mode fast: lists the modes."""
-        self.expect_error(self.cu(style=pair_style("omat", "mode fast")), ["fast", "shell"])
+        self.expect_error(self.cu(style=pair_style("omat", "mode fast")), ["fast", "halo", "shell"])
 
     def test_local_mode_on_two_ranks(self):
         """mode local with 2 MPI ranks: every rank stops cleanly, the message says to use
-        mode shell."""
+        mode halo."""
         need_mpi(self)
-        self.expect_error(self.cu(style=pair_style("omat", "mode local")), ["mode shell"],
+        self.expect_error(self.cu(style=pair_style("omat", "mode local")), ["mode halo"],
                           ranks=2)
 
 

@@ -279,7 +279,7 @@ class Context : public ::testing::Test {
     // The error of creating a context, "" when it succeeds.
     std::string create_error(const char *task, int charge, int spin, std::vector<int> z,
                              const char *backend = "general") {
-        umas_system sys = {task, charge, spin, (int)z.size(), z.data(), nullptr, nullptr, nullptr};
+        umas_system sys = one_process_system(task, charge, spin, (int)z.size(), z.data());
         umas_options opt = {backend, "cpu", nullptr};
         umas_context *ctx = umas_context_create(model, &sys, &opt, &err);
         umas_context_free(ctx);
@@ -328,8 +328,8 @@ TEST_F(Context, ElementCountsGiveTheSameMergeAsAtomicNumbers) {
     std::vector<int> counts(100, 0);
     counts[29] = 3;
     counts[8] = 1;
-    umas_system by_atoms = {"omat", 0, 0, 4, z.data(), nullptr, nullptr, nullptr};
-    umas_system by_counts = {"omat", 0, 0, 4, nullptr, counts.data(), nullptr, nullptr};
+    umas_system by_atoms = one_process_system("omat", 0, 0, 4, z.data());
+    umas_system by_counts = one_process_system("omat", 0, 0, 4, nullptr, counts.data());
     umas_context *a = umas_context_create(model, &by_atoms, nullptr, &err);
     umas_context *b = umas_context_create(model, &by_counts, nullptr, &err);
     ASSERT_TRUE(a && b) << err.message;
@@ -342,7 +342,7 @@ TEST_F(Context, ElementCountsGiveTheSameMergeAsAtomicNumbers) {
 
 TEST_F(Context, ComputeRefusesBadGraphs) {
     std::vector<int> z = {29, 29};
-    umas_system sys = {"omat", 0, 0, 2, z.data(), nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 2, z.data());
     umas_context *ctx = umas_context_create(model, &sys, nullptr, &err);
     ASSERT_NE(ctx, nullptr) << err.message;
     int src[2] = {0, 1}, tgt[2] = {1, 0};
@@ -370,7 +370,7 @@ TEST_F(Context, ComputeRefusesBadGraphs) {
 TEST_F(Context, AtomsWithoutEdgesGetTheirEmbeddingEnergy) {
     // Two atoms far apart: no edges at all (fairchem's "fake edge" case gives the same result).
     std::vector<int> z = {29, 8};
-    umas_system sys = {"omat", 0, 0, 2, z.data(), nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 2, z.data());
     umas_context *ctx = umas_context_create(model, &sys, nullptr, &err);
     ASSERT_NE(ctx, nullptr) << err.message;
     double per_atom[2];
@@ -386,7 +386,7 @@ TEST_F(Context, AtomsWithoutEdgesGetTheirEmbeddingEnergy) {
 TEST_F(Context, EmptyGraphAndLoneAtomWithGradients) {
     // A rank that owns no atoms gets an empty graph; a lone atom has no edges: both are defined.
     std::vector<int> z = {29};
-    umas_system sys = {"omat", 0, 0, 1, z.data(), nullptr, nullptr, nullptr};
+    umas_system sys = one_process_system("omat", 0, 0, 1, z.data());
     umas_context *ctx = umas_context_create(model, &sys, nullptr, &err);
     ASSERT_NE(ctx, nullptr) << err.message;
     double forces[3] = {1, 1, 1};

@@ -100,7 +100,7 @@ static void bench_size(umas_model *model, const char *backend, const char *devic
         goto done;
     }
     size_t memory_before = umas_cuda_memory_in_use(), memory_peak = memory_before;
-    umas_system sys = {"omat", 0, 0, atoms, z, NULL, NULL, NULL};
+    umas_system sys = {.task = "omat", .num_atoms = atoms, .atomic_numbers = z};
     umas_options opt = {backend, device, precision};
     ctx = umas_context_create(model, &sys, &opt, &err);
     umas_neighbors list = {atoms,        atoms,           z, edges.num_edges, edges.source,

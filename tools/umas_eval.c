@@ -150,8 +150,11 @@ int main(int argc, char **argv) {
     if (!model || !energies || !forces)
         goto fail;
     const umas_model_info *info = umas_model_get_info(model);
-    umas_system system = {a.task, a.charge, a.spin, frame.num_atoms, frame.atomic_numbers,
-                          NULL,   NULL,     NULL};
+    umas_system system = {.task = a.task,
+                          .charge = a.charge,
+                          .spin = a.spin,
+                          .num_atoms = frame.num_atoms,
+                          .atomic_numbers = frame.atomic_numbers};
     umas_options options = {a.backend, a.device, a.precision};
     ctx = umas_context_create(model, &system, &options, &err);
     if (!ctx)
