@@ -11,7 +11,7 @@
 # then skips its LAMMPS tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets="test_cuda test_balance test_neighbors umas-bench umas-eval"
+targets="test_cuda test_balance test_halo test_neighbors umas-bench umas-eval"
 lammps=(-DUMAS_WITH_LAMMPS=OFF)
 if [ "${UMAS_DEVICE_LAMMPS:-1}" = 1 ]; then
     ./tools/build-lammps-serial.sh "$PWD/.deps/lammps-serial"

@@ -37,14 +37,14 @@ if [ "${UMAS_SASS:-0}" = 1 ] && command -v cuobjdump > /dev/null; then
         "$OUT/gemm.sass"
 fi
 if [ "${UMAS_TEST_CUDA:-1}" = 1 ]; then
-    tests="${UMAS_DEVICE_TESTS:-test_cuda test_balance test_neighbors}"
+    tests="${UMAS_DEVICE_TESTS:-test_cuda test_balance test_halo test_neighbors}"
     [ -x /tmp/umas/bin/test_kernels ] && tests="$tests test_kernels"
     for test in $tests; do
         filter=()
         if [ "$test" = test_cuda ] && [ -n "${UMAS_CUDA_FILTER:-}" ]; then
             filter=("--gtest_filter=$UMAS_CUDA_FILTER")
         fi
-        if [ "$test" = test_balance ]; then # its processes are threads: one BLAS thread each
+        if [ "$test" = test_balance ] || [ "$test" = test_halo ]; then # processes as threads: one BLAS thread each
             export OPENBLAS_NUM_THREADS=1
         fi
         timeout "${UMAS_TEST_TIMEOUT:-540}" stdbuf -oL /tmp/umas/bin/$test "${filter[@]}" \
