@@ -20,13 +20,11 @@ rotated into that frame (positions with it); reference forces and stress are rot
 way before comparing (R F, R S R^T); tilts are reduced by lattice vectors as LAMMPS requires.
 
 Cost on a 2-core machine: one evaluation of a 32-atom Cu cell takes ~0.15-0.2 s in mode local.
-Mode shell (the default with several ranks) widens the ghost shell to (blocks + 1) x cutoff +
-skin = 20 A for the tiny model, so a fully periodic cell of any size carries ~9400 ghost atoms
-per rank (the style keeps those within blocks + 1 hops of an owned atom: ~2-5 s per evaluation
-per rank; ~35-50 s without that pruning). The multi-rank tests therefore use `run 0` (a few MD
-steps only for the 12-atom molecule) and small systems: the molecule, a Cu slab periodic in x
-and y, and the fully periodic 32-atom Cu cell. The whole file takes ~1.5-2 minutes (~4 minutes
-with a pair style that does not prune the shell).
+Mode halo (the default with several ranks) keeps LAMMPS' ghost shell of cutoff + skin (8 A for
+the tiny model) and exchanges node features with the ghosts every block: a multi-rank run costs
+about what one rank does. Mode shell (the reference) widens the shell to (blocks + 1) x cutoff +
+skin = 20 A, so a fully periodic cell of any size carries ~9400 ghost atoms per rank (~20 s per
+evaluation of the 32-atom cell): the tests run it on 1 and 2 ranks only.
 """
 import argparse
 import ast
