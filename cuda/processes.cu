@@ -71,7 +71,7 @@ void halo_refresh(umas_context *ctx, cuda_state *s, const graph_view &g, float *
     if (!umas_has_halo(ctx))
         return;
     int width = 9 * ctx->weights.C;
-    s->host_halo.assign((size_t)g.N * width, 0.0);
+    s->host_halo.resize((size_t)g.N * width); /* the ghost rows are written by the callback */
     download_rows(s, x, 0, g.energy_nodes, width);
     umas_halo_refresh(ctx, s->host_halo.data(), g.N, width);
     upload_rows(s, x, g.energy_nodes, g.N - g.energy_nodes, width);
@@ -83,7 +83,7 @@ void halo_sum_into_owners(umas_context *ctx, cuda_state *s, const graph_view &g,
     if (!umas_has_halo(ctx))
         return;
     int width = 9 * ctx->weights.C;
-    s->host_halo.assign((size_t)g.N * width, 0.0);
+    s->host_halo.resize((size_t)g.N * width); /* every row is downloaded */
     download_rows(s, dx, 0, g.N, width);
     umas_halo_sum_into_owners(ctx, s->host_halo.data(), g.N, g.energy_nodes, width);
     upload_rows(s, dx, 0, g.N, width);
